@@ -1,0 +1,79 @@
+"""Shared config sections. Every default of the project lives here or in a config file.
+
+Each function returns a fresh `ml_collections.ConfigDict`; config files compose them and
+override what differs. One comment per field says what it means.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# GPT-2 sizes from the released checkpoints (Radford et al. 2019, Table 2; HF config.json).
+GPT2_SIZES = {
+    "small": dict(n_layer=12, n_head=12, n_embd=768),    # 124M
+    "medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "large": dict(n_layer=36, n_head=20, n_embd=1280),   # 774M
+    "xl": dict(n_layer=48, n_head=25, n_embd=1600),      # 1558M
+}
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.model`: the fields of `gpt2jax.GPT2Config`, GPT-2 124M by default."""
+    c = ml_collections.ConfigDict()
+    c.vocab_size = 50257           # GPT-2 BPE vocabulary (50,256 merges + <|endoftext|>)
+    c.n_positions = 1024           # context length (learned position embeddings)
+    c.n_embd = 768                 # width of the residual stream
+    c.n_layer = 12                 # number of transformer blocks
+    c.n_head = 12                  # attention heads (n_embd must divide by it)
+    c.layer_norm_epsilon = 1e-5    # LayerNorm epsilon, as in GPT-2
+    c.embd_pdrop = 0.1             # dropout after token+position embeddings
+    c.attn_pdrop = 0.1             # dropout on attention probabilities
+    c.resid_pdrop = 0.1            # dropout on each residual branch output
+    c.initializer_range = 0.02     # std of the normal init (residual projections scaled)
+    c.dtype = "float32"            # compute dtype: float32 | bfloat16 | float16
+    c.param_dtype = "float32"      # parameter storage dtype (keep float32 to train)
+    c.attention_impl = "einsum"    # einsum | xla | cudnn (GPU) | pallas
+    c.remat = "none"               # rematerialisation: none | full | dots_saveable
+    c.update(overrides)
+    return c
+
+
+def generate_config() -> ml_collections.ConfigDict:
+    """`config.generate`: the keyword arguments of `gpt2jax.generate`, HF names and defaults."""
+    c = ml_collections.ConfigDict()
+    c.max_length = 50              # total length including the prompt (HF's default 20 is short)
+    c.max_new_tokens = ml_collections.FieldReference(None, field_type=int)  # overrides max_length
+    c.min_new_tokens = 0           # EOS is suppressed until this many tokens were generated
+    c.do_sample = False            # sample instead of greedy / beam search
+    c.temperature = 1.0            # softmax temperature when sampling
+    c.top_k = 50                   # keep the k most likely tokens when sampling (0 = off)
+    c.top_p = 1.0                  # nucleus sampling mass (1.0 = off)
+    c.num_beams = 1                # beam search width (1 = no beam search)
+    c.length_penalty = 1.0         # beam score = logprob / length ** length_penalty
+    c.early_stopping = False       # beam stopping rule: True | False | "never"
+    c.num_return_sequences = 1     # sequences returned per prompt (<= num_beams for beams)
+    c.no_repeat_ngram_size = 0     # forbid repeating any n-gram of this size (0 = off)
+    c.repetition_penalty = 1.0     # CTRL-style penalty on tokens already present (1.0 = off)
+    c.eos_token_id = 50256         # <|endoftext|>; generation of a row stops there
+    c.pad_token_id = 50256         # fills finished rows (GPT-2 has no pad token; HF uses EOS)
+    c.seed = 0                     # PRNG seed for sampling
+    return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """`config.mesh`: device mesh shape and the logical-axis -> mesh-axis rules."""
+    c = ml_collections.ConfigDict()
+    c.data = -1                    # data-parallel size (-1 = all devices not used below)
+    c.fsdp = 1                     # fully sharded data parallel size (params sharded on embed)
+    c.tensor = 1                   # tensor-parallel size (heads / mlp / vocab sharded)
+    # logical axis -> mesh axes; None = replicated. Names match gpt2jax.model.
+    c.rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("head_dim", None),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+    )
+    return c

@@ -1,0 +1,28 @@
+"""gpt2jax: exact GPT-2 in JAX/Flax (linen).
+
+The public API, what a notebook imports:
+
+    import gpt2jax
+    cfg, params = gpt2jax.load_pretrained("path/to/hf_dir")
+    logits = gpt2jax.GPT2(cfg).apply({"params": params}, ids)   # [B, T, V]
+"""
+
+from gpt2jax.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
+from gpt2jax.tokenizer import get_tokenizer
+
+__all__ = [
+    "GPT2",
+    "ConfigError",
+    "GPT2Config",
+    "get_tokenizer",
+    "init_cache",
+    "init_params",
+    "param_count",
+]
+
+try:  # modules that land issue by issue; the names above are always there
+    from gpt2jax.weights import load_pretrained, save_pretrained  # noqa: F401
+
+    __all__ += ["load_pretrained", "save_pretrained"]
+except ImportError:  # pragma: no cover
+    pass

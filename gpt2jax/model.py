@@ -1,0 +1,372 @@
+"""GPT-2 in Flax linen: the frozen model config, the modules and the KV cache.
+
+Parameter names follow OpenAI/Hugging Face GPT-2 (`wte`, `wpe`, `h_0`..., `ln_1`,
+`attn/c_attn`, `attn/c_proj`, `ln_2`, `mlp/c_fc`, `mlp/c_proj`, `ln_f`) so that released
+weights map one to one (see `weights.py`). Every parameter carries logical axis names
+(`sharding.py` maps them onto the mesh).
+
+Shapes use: B batch, T query length, S key length (cache length while decoding),
+E = n_embd, H = n_head, D = head_dim, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from gpt2jax import attention as attn_lib
+from gpt2jax.errors import ConfigError
+
+Dtype = Any
+AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]
+RematPolicy = Literal["none", "full", "dots_saveable"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """Hyper-parameters of a GPT-2 model (frozen, hashable: usable as a jit static arg).
+
+    Defaults are the 124M GPT-2 ("small"). `dtype` is the compute dtype, `param_dtype`
+    the storage dtype of parameters (keep float32 for training).
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    layer_norm_epsilon: float = 1e-5
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    initializer_range: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: AttentionImpl = "einsum"
+    remat: RematPolicy = "none"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"GPT2Config.{name} must be a positive int, got {value!r}.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; choose n_embd "
+                f"a multiple of n_head (e.g. n_embd={self.n_head * (self.n_embd // self.n_head)})."
+            )
+        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; choose one of {sorted(_DTYPES)}.")
+        _check_choice("attention_impl", self.attention_impl, AttentionImpl)
+        _check_choice("remat", self.remat, RematPolicy)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def compute_dtype(self) -> Dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def storage_dtype(self) -> Dtype:
+        return _DTYPES[self.param_dtype]
+
+    def replace(self, **changes) -> GPT2Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, model_config) -> GPT2Config:
+        """The one translation point from an ml_collections `config.model` to the dataclass.
+
+        Every field of the dataclass must be present in `model_config` (a missing key is an
+        error, so that defaults live in configs/ and nowhere else); unknown keys are errors.
+        """
+        given = dict(model_config)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise ConfigError(f"Unknown model config keys {unknown}; known keys: {sorted(fields)}.")
+        missing = sorted(fields - set(given))
+        if missing:
+            raise ConfigError(f"config.model is missing {missing}; add them to the config file.")
+        return cls(**given)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value, literal) -> None:
+    choices = literal.__args__
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}.")
+
+
+def _init(cfg: GPT2Config, axes: tuple, std: float | None = None):
+    std = cfg.initializer_range if std is None else std
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+def _zeros(axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def _residual_std(cfg: GPT2Config) -> float:
+    """GPT-2 scales residual projections by 1/sqrt(2 * n_layer) at init."""
+    return cfg.initializer_range / (2 * cfg.n_layer) ** 0.5
+
+
+def layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
+    """GPT-2 LayerNorm (eps 1e-5), computed in float32 whatever the compute dtype."""
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_epsilon,
+        dtype=jnp.float32,
+        param_dtype=cfg.storage_dtype,
+        scale_init=_ones(("embed",)),
+        bias_init=_zeros(("embed",)),
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with an optional KV cache.
+
+    `c_attn` projects to q, k, v with kernel [E, 3, H, D]; `c_proj` maps back with [H, D, E].
+    """
+
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
+        """Args:
+          x: [B, T, E] hidden states.
+          key_mask: [B, S] bool, True where a key may be attended (padding excluded), or None.
+          positions: [B, T] int positions of the queries (causality is by cache slot, see below).
+          deterministic: disable dropout.
+          decode: read and append to the KV cache at slot `cache_index`.
+          cache_index: int32 scalar, the first free cache slot (decode only).
+        Returns:
+          [B, T, E].
+        """
+        cfg = self.cfg
+        qkv = nn.DenseGeneral(
+            features=(3, cfg.n_head, cfg.head_dim),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.storage_dtype,
+            kernel_init=_init(cfg, ("embed", None, "heads", "head_dim")),
+            bias_init=_zeros((None, "heads", "head_dim")),
+            name="c_attn",
+        )(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, D]
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        batch, length = x.shape[:2]
+        if decode:
+            k, v = self._update_cache(k, v, cache_index)
+            query_slots = cache_index + jnp.arange(length)
+        else:
+            query_slots = jnp.arange(length)
+        key_slots = jnp.arange(k.shape[1])
+        mask = query_slots[:, None] >= key_slots[None, :]  # [T, S] causal by slot
+        mask = jnp.broadcast_to(mask, (batch, 1, length, k.shape[1]))
+        if key_mask is not None:
+            mask = mask & key_mask[:, None, None, :].astype(bool)
+        dropout_rng = None
+        if not deterministic and cfg.attn_pdrop > 0:
+            dropout_rng = self.make_rng("dropout")
+        out = attn_lib.dot_product_attention(
+            q, k, v, mask,
+            impl=cfg.attention_impl,
+            dropout_rate=0.0 if deterministic else cfg.attn_pdrop,
+            dropout_rng=dropout_rng,
+            dtype=cfg.compute_dtype,
+        )  # [B, T, H, D]
+        out = nn.DenseGeneral(
+            features=cfg.n_embd,
+            axis=(-2, -1),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.storage_dtype,
+            kernel_init=_init(cfg, ("heads", "head_dim", "embed"), _residual_std(cfg)),
+            bias_init=_zeros(("embed",)),
+            name="c_proj",
+        )(out)
+        return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
+
+    def _update_cache(self, k, v, cache_index):
+        """Writes k, v [B, T, H, D] at slot `cache_index`; returns the whole cache [B, S, H, D].
+
+        The cache is created by `init_cache` with S = the input length used at creation.
+        """
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        if self.is_initializing():
+            return k, v
+        start = (0, cache_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+        return cached_k.value, cached_v.value
+
+
+class MLP(nn.Module):
+    """GPT-2 feed-forward: c_fc [E, 4E] -> tanh GELU -> c_proj [4E, E]."""
+
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        h = nn.Dense(
+            4 * cfg.n_embd,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.storage_dtype,
+            kernel_init=_init(cfg, ("embed", "mlp")),
+            bias_init=_zeros(("mlp",)),
+            name="c_fc",
+        )(x)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.gelu(h, approximate=True)
+        h = nn.Dense(
+            cfg.n_embd,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.storage_dtype,
+            kernel_init=_init(cfg, ("mlp", "embed"), _residual_std(cfg)),
+            bias_init=_zeros(("embed",)),
+            name="c_proj",
+        )(h)
+        return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
+        h = layer_norm(self.cfg, "ln_1")(x).astype(self.cfg.compute_dtype)
+        x = x + Attention(self.cfg, name="attn")(
+            h, key_mask, positions, deterministic, decode, cache_index
+        )
+        h = layer_norm(self.cfg, "ln_2")(x).astype(self.cfg.compute_dtype)
+        x = x + MLP(self.cfg, name="mlp")(h, deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model with the LM head tied to `wte`.
+
+    Call: `GPT2(cfg).apply({"params": params}, input_ids)` -> logits [B, T, V] float32.
+    """
+
+    cfg: GPT2Config
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        """Args:
+          input_ids: [B, T] int token ids.
+          attention_mask: key mask, 1 for real tokens and 0 for padding: [B, T] for a full
+            forward, [B, S] over cache slots when decoding (S = cache length). None = all real.
+          position_ids: [B, T] positions (HF: `cumsum(mask) - 1` for left padding). Default:
+            0..T-1, or the cache index onward while decoding.
+          deterministic: disable dropout (pass rngs={"dropout": key} when False).
+          decode: use and update the KV cache (`mutable=["cache"]`, created by `init_cache`).
+        Returns:
+          logits [B, T, V] in float32.
+        """
+        cfg = self.cfg
+        batch, length = input_ids.shape
+        cache_index = None
+        if decode:
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            cache_index = index.value
+            if not self.is_initializing():
+                index.value = cache_index + length
+        if position_ids is None:
+            start = 0 if cache_index is None else cache_index
+            position_ids = jnp.broadcast_to(start + jnp.arange(length), (batch, length))
+        wte = nn.Embed(
+            cfg.vocab_size, cfg.n_embd,
+            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+            embedding_init=_init(cfg, ("vocab", "embed")), name="wte",
+        )
+        wpe = nn.Embed(
+            cfg.n_positions, cfg.n_embd,
+            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+            embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
+        )
+        x = wte(input_ids) + wpe(position_ids)
+        x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(4, 5))
+        for i in range(cfg.n_layer):
+            x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic, decode,
+                                          cache_index)
+        x = layer_norm(cfg, "ln_f")(x).astype(cfg.compute_dtype)
+        logits = wte.attend(x)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
+    """Fresh GPT-2-initialised parameters (std 0.02, residual projections scaled).
+
+    Returns the params pytree; with `boxed=True` leaves are `nn.Partitioned` carrying their
+    logical axis names (for `sharding.py`).
+    """
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    params = GPT2(cfg).init(rng, dummy)["params"]
+    return params if boxed else nn.unbox(params)
+
+
+def logical_axes(cfg: GPT2Config):
+    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s (no allocation)."""
+    abstract = jax.eval_shape(functools.partial(init_params, cfg, boxed=True), jax.random.key(0))
+    return nn.get_partition_spec(abstract)
+
+
+def param_count(cfg: GPT2Config) -> int:
+    """Number of parameters (LM head tied, so counted once), from abstract shapes."""
+    abstract = jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+    return sum(x.size for x in jax.tree.leaves(abstract))
+
+
+def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
+    """An empty KV cache for `max_length` slots: pytree of [B, S, H, D] arrays plus the index."""
+    if max_length > cfg.n_positions:
+        raise ConfigError(
+            f"max_length={max_length} exceeds the model context n_positions={cfg.n_positions}; "
+            "shorten the prompt or the number of new tokens."
+        )
+    ids = jnp.zeros((batch_size, max_length), jnp.int32)
+    shapes = jax.eval_shape(
+        lambda: GPT2(cfg).init(jax.random.key(0), ids, decode=True)["cache"]
+    )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

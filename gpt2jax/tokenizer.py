@@ -1,0 +1,96 @@
+"""The GPT-2 byte-level BPE tokenizer through tiktoken, usable offline from a ranks file.
+
+Where the ranks come from, in order: an explicit path, the environment variable
+`GPT2JAX_TIKTOKEN_RANKS`, `$GPT2JAX_DATA_DIR/gpt2/gpt2.tiktoken`, else
+`tiktoken.get_encoding("gpt2")` (downloads and caches on a machine with internet).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import tiktoken
+
+from gpt2jax.errors import ConfigError
+
+EOT_TOKEN = "<|endoftext|>"
+EOT_ID = 50256
+# tiktoken pins this sha256 for r50k_base.tiktoken, which holds the GPT-2 ranks.
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+RANKS_ENV = "GPT2JAX_TIKTOKEN_RANKS"
+DATA_ENV = "GPT2JAX_DATA_DIR"
+
+
+class TokenizerError(ConfigError):
+    """A tokenizer ranks file that is missing or not the GPT-2 one."""
+
+
+def _ranks_path(ranks_path: str | os.PathLike | None) -> Path | None:
+    if ranks_path:
+        return Path(ranks_path)
+    if os.environ.get(RANKS_ENV):
+        return Path(os.environ[RANKS_ENV])
+    data_dir = os.environ.get(DATA_ENV)
+    if data_dir and (Path(data_dir) / "gpt2" / "gpt2.tiktoken").is_file():
+        return Path(data_dir) / "gpt2" / "gpt2.tiktoken"
+    return None
+
+
+def load_ranks(path: str | os.PathLike, verify: bool = True) -> dict[bytes, int]:
+    """Reads a tiktoken ranks file (`base64(token) rank` per line), checking its sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise TokenizerError(
+            f"Tokenizer ranks file {str(path)!r} does not exist; pass the path of gpt2.tiktoken "
+            f"or set {RANKS_ENV}."
+        )
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if verify and digest != GPT2_RANKS_SHA256:
+        raise TokenizerError(
+            f"{str(path)!r} has sha256 {digest[:16]}..., not the GPT-2 ranks "
+            f"({GPT2_RANKS_SHA256[:16]}...); use the original gpt2.tiktoken (r50k_base)."
+        )
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@functools.lru_cache(maxsize=8)
+def _encoding_from_file(path: str) -> tiktoken.Encoding:
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=load_ranks(path),
+        special_tokens={EOT_TOKEN: EOT_ID},
+    )
+
+
+def get_tokenizer(ranks_path: str | os.PathLike | None = None) -> tiktoken.Encoding:
+    """The GPT-2 `tiktoken.Encoding` (n_vocab 50257, `<|endoftext|>` = 50256).
+
+    Use `enc.encode_ordinary_batch(texts, num_threads=os.cpu_count())` to encode on all cores.
+    """
+    path = _ranks_path(ranks_path)
+    if path is not None:
+        return _encoding_from_file(str(path.resolve()))
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come in many types
+        raise TokenizerError(
+            "Could not download the GPT-2 tokenizer ranks (offline?). Pass a local "
+            f"gpt2.tiktoken path or set {RANKS_ENV}=/path/to/gpt2.tiktoken ({e})."
+        ) from e
+
+
+def encode_batch(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
+    """Encodes texts in parallel on all cores (no special tokens are parsed)."""
+    return enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)

@@ -1,0 +1,46 @@
+"""gpt2jax command line: `python run.py --mode=MODE --config=configs/FILE.py[:ARG] [--config.x=v]`.
+
+Modes: generate, train, eval, prepare, sweep (see gpt2jax/cli/). User errors print one line
+and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gpt2jax.cli import MODES, CliArgs, run_mode
+from gpt2jax.errors import GPT2JaxError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/gpt2.py:small.", lock_config=True
+)
+_MODE = flags.DEFINE_enum("mode", "generate", sorted(MODES), "What to run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text for --mode=generate.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "File with one prompt per line.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write results as JSON to this path.")
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/gpt2.py:small")
+    args = CliArgs(
+        workdir=_WORKDIR.value,
+        prompt=_PROMPT.value,
+        prompt_file=_PROMPT_FILE.value,
+        output_json=_OUTPUT_JSON.value,
+    )
+    try:
+        run_mode(_MODE.value, _CONFIG.value, args)
+    except GPT2JaxError as e:
+        logging.flush()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,39 @@
+"""Test setup: 8 simulated CPU devices, float32 matmuls, and the shared data directory.
+
+Tests that need `../shared/data` fail (not skip) when it is missing: set GPT2JAX_DATA_DIR.
+"""
+
+import os
+from pathlib import Path
+
+# Must happen before jax is imported anywhere.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("GPT2JAX_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+os.environ["GPT2JAX_DATA_DIR"] = str(DATA_DIR)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real-data directory; a missing one is an error, never a skip."""
+    if not (DATA_DIR / "MANIFEST.md").is_file():
+        raise FileNotFoundError(
+            f"Shared data not found at {DATA_DIR}; set GPT2JAX_DATA_DIR to the shared/data folder."
+        )
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_dir):
+    from gpt2jax.tokenizer import get_tokenizer
+
+    return get_tokenizer(data_dir / "gpt2" / "gpt2.tiktoken")
