@@ -1,0 +1,576 @@
+"""Import and export of released GPT-2 checkpoints.
+
+Reads, into `(GPT2Config, params)`:
+- a Hugging Face model directory: `config.json` + `model.safetensors` (or a sharded
+  `model.safetensors.index.json`), else `flax_model.msgpack`, else `pytorch_model.bin`
+  (only with `allow_pickle=True`, through `torch.load(weights_only=True)`);
+- a bare `.safetensors` / `.msgpack` / `.bin` file (config from a sibling `config.json`, or
+  inferred from the tensor shapes plus an explicit `n_head=`);
+- OpenAI's original TensorFlow checkpoint (`hparams.json` + `model.ckpt.*`, needs tensorflow);
+- a hub name (`gpt2`, `gpt2-medium`, `openai-community/gpt2`, ...), downloaded with
+  `huggingface_hub` (the `hub` extra).
+
+Writes, with `save_pretrained`, the HF layout (`config.json` + `model.safetensors`) that
+`transformers.GPT2LMHeadModel.from_pretrained` loads.
+
+Tensor names in between are HF PyTorch `GPT2LMHeadModel` names without the `transformer.`
+prefix (`h.0.attn.c_attn.weight`, Conv1D layout [in, out]); see `hf_state_dict_to_params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt2jax.errors import ConfigError, WeightsError
+from gpt2jax.model import GPT2Config
+
+Params = dict[str, Any]
+StateDict = dict[str, np.ndarray]
+
+HF_PREFIX = "transformer."
+# Buffers (causal mask) that old HF checkpoints store; they are not parameters.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# HF activation names that are exactly the tanh-approximate GELU this model computes.
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPT2Config)}
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _layer_shapes(cfg: GPT2Config) -> dict[str, tuple]:
+    e = cfg.n_embd
+    return {
+        "ln_1.weight": (e,), "ln_1.bias": (e,),
+        "attn.c_attn.weight": (e, 3 * e), "attn.c_attn.bias": (3 * e,),
+        "attn.c_proj.weight": (e, e), "attn.c_proj.bias": (e,),
+        "ln_2.weight": (e,), "ln_2.bias": (e,),
+        "mlp.c_fc.weight": (e, 4 * e), "mlp.c_fc.bias": (4 * e,),
+        "mlp.c_proj.weight": (4 * e, e), "mlp.c_proj.bias": (e,),
+    }
+
+
+def expected_hf_shapes(cfg: GPT2Config) -> dict[str, tuple]:
+    """Every tensor name of an HF GPT-2 state dict (no prefix) -> its shape for `cfg`."""
+    shapes = {
+        "wte.weight": (cfg.vocab_size, cfg.n_embd),
+        "wpe.weight": (cfg.n_positions, cfg.n_embd),
+        "ln_f.weight": (cfg.n_embd,),
+        "ln_f.bias": (cfg.n_embd,),
+    }
+    for i in range(cfg.n_layer):
+        shapes.update({f"h.{i}.{k}": s for k, s in _layer_shapes(cfg).items()})
+    return shapes
+
+
+def _normalise_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Strips the `transformer.` prefix, drops mask buffers and a tied `lm_head.weight`."""
+    out = {}
+    for key, value in state.items():
+        key = key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        out[key] = value
+    head = out.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in out:
+        if head.shape != out["wte.weight"].shape or not np.array_equal(head, out["wte.weight"]):
+            raise WeightsError(
+                "lm_head.weight differs from wte.weight (an untied LM head); gpt2jax ties the "
+                "head to wte like GPT-2. Use a checkpoint with tied embeddings."
+            )
+    return out
+
+
+def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params:
+    """HF PyTorch-layout GPT-2 tensors -> the gpt2jax params pytree (numpy, `cfg.param_dtype`).
+
+    Args:
+      state: name -> array, names with or without `transformer.`; Conv1D weights [in, out],
+        e.g. `h.0.attn.c_attn.weight` [E, 3E], `wte.weight` [V, E].
+      cfg: the model config the tensors must fit.
+    Returns:
+      params: `wte/embedding` [V, E], `h_i/attn/c_attn/kernel` [E, 3, H, D], ... (model.py).
+    Raises:
+      WeightsError: a tensor is missing, unexpected or has the wrong shape.
+    """
+    state = _normalise_keys(state)
+    expected = expected_hf_shapes(cfg)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise WeightsError(
+            f"Checkpoint is missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+            f"({len(missing)} in all) needed by n_layer={cfg.n_layer}; use a complete GPT-2 "
+            "checkpoint or a config.json that matches it."
+        )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise WeightsError(
+            f"Checkpoint has unexpected tensor(s) {unexpected[:5]} ({len(unexpected)} in all); "
+            "it is not a GPT-2 LM checkpoint matching its config (check n_layer in config.json)."
+        )
+    for name, shape in expected.items():
+        got = tuple(state[name].shape)
+        if got != shape:
+            raise WeightsError(
+                f"Tensor {name!r} has shape {got}, expected {shape} for n_embd={cfg.n_embd}, "
+                f"vocab_size={cfg.vocab_size}, n_positions={cfg.n_positions}; the config does "
+                "not match the weights: fix config.json (or the n_* overrides)."
+            )
+    dtype = cfg.storage_dtype
+
+    def arr(name: str, *shape: int) -> np.ndarray:
+        value = np.asarray(state[name]).astype(dtype)
+        return value.reshape(shape) if shape else value
+
+    e, h, d = cfg.n_embd, cfg.n_head, cfg.head_dim
+
+    def ln(prefix: str) -> Params:
+        return {"scale": arr(f"{prefix}.weight"), "bias": arr(f"{prefix}.bias")}
+
+    params: Params = {
+        "wte": {"embedding": arr("wte.weight")},
+        "wpe": {"embedding": arr("wpe.weight")},
+        "ln_f": ln("ln_f"),
+    }
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        params[f"h_{i}"] = {
+            "ln_1": ln(p + "ln_1"),
+            "ln_2": ln(p + "ln_2"),
+            "attn": {
+                "c_attn": {"kernel": arr(p + "attn.c_attn.weight", e, 3, h, d),
+                           "bias": arr(p + "attn.c_attn.bias", 3, h, d)},
+                "c_proj": {"kernel": arr(p + "attn.c_proj.weight", h, d, e),
+                           "bias": arr(p + "attn.c_proj.bias")},
+            },
+            "mlp": {
+                "c_fc": {"kernel": arr(p + "mlp.c_fc.weight"), "bias": arr(p + "mlp.c_fc.bias")},
+                "c_proj": {"kernel": arr(p + "mlp.c_proj.weight"),
+                           "bias": arr(p + "mlp.c_proj.bias")},
+            },
+        }
+    return params
+
+
+def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PREFIX) -> StateDict:
+    """The gpt2jax params pytree -> HF PyTorch-layout numpy tensors (inverse of the above).
+
+    Args:
+      params: as produced by `init_params` / `load_pretrained` (jax or numpy leaves).
+      cfg: its config.
+      prefix: prepended to every name; `transformer.` is what `GPT2LMHeadModel` saves.
+    Returns:
+      name -> numpy array in the parameters' dtype, Conv1D weights [in, out].
+    """
+    e = cfg.n_embd
+    get = lambda *path: np.asarray(jax.device_get(_lookup(params, path)))
+    out = {
+        "wte.weight": get("wte", "embedding"),
+        "wpe.weight": get("wpe", "embedding"),
+        "ln_f.weight": get("ln_f", "scale"),
+        "ln_f.bias": get("ln_f", "bias"),
+    }
+    for i in range(cfg.n_layer):
+        b = f"h_{i}"
+        layer = {
+            "ln_1.weight": get(b, "ln_1", "scale"), "ln_1.bias": get(b, "ln_1", "bias"),
+            "ln_2.weight": get(b, "ln_2", "scale"), "ln_2.bias": get(b, "ln_2", "bias"),
+            "attn.c_attn.weight": get(b, "attn", "c_attn", "kernel").reshape(e, 3 * e),
+            "attn.c_attn.bias": get(b, "attn", "c_attn", "bias").reshape(3 * e),
+            "attn.c_proj.weight": get(b, "attn", "c_proj", "kernel").reshape(e, e),
+            "attn.c_proj.bias": get(b, "attn", "c_proj", "bias"),
+            "mlp.c_fc.weight": get(b, "mlp", "c_fc", "kernel"),
+            "mlp.c_fc.bias": get(b, "mlp", "c_fc", "bias"),
+            "mlp.c_proj.weight": get(b, "mlp", "c_proj", "kernel"),
+            "mlp.c_proj.bias": get(b, "mlp", "c_proj", "bias"),
+        }
+        out.update({f"h.{i}.{k}": v for k, v in layer.items()})
+    return {prefix + k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _lookup(params: Params, path: tuple) -> Any:
+    node = params
+    for i, key in enumerate(path):
+        try:
+            node = node[key]
+        except (KeyError, TypeError):
+            raise WeightsError(
+                f"params has no {'/'.join(path[:i + 1])!r}; pass the pytree made by "
+                "gpt2jax.init_params or load_pretrained (unboxed)."
+            ) from None
+    return node
+
+
+def flax_msgpack_to_state_dict(tree: Mapping[str, Any]) -> StateDict:
+    """HF Flax (`FlaxGPT2LMHeadModel`) params -> HF PyTorch-layout tensors.
+
+    HF's Flax Conv1D stores `kernel` as [out, in] (the PyTorch Conv1D weight transposed, see
+    transformers' `FlaxConv1D` and its PyTorch->Flax conversion) and an untied `lm_head`
+    Dense kernel as [in, out] = [E, V]: both become the PyTorch weight by a transpose.
+    """
+    from flax.traverse_util import flatten_dict
+
+    state = {}
+    for path, value in flatten_dict(dict(tree)).items():
+        path = [str(p) for p in path]
+        if path[0] == "transformer":
+            path = path[1:]
+        leaf = path[-1]
+        value = np.asarray(value)
+        if leaf == "kernel":
+            value = value.T
+        path[-1] = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+        state[".".join(path)] = value
+    return state
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_from_hf(hf: Mapping[str, Any], **overrides) -> GPT2Config:
+    """An HF GPT-2 `config.json` dict (+ GPT2Config field overrides) -> `GPT2Config`."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise WeightsError(f"config.json has model_type={hf['model_type']!r}; only 'gpt2' loads.")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _TANH_GELUS:
+        raise WeightsError(
+            f"activation_function={act!r} is not supported; GPT-2 uses the tanh GELU "
+            f"({' or '.join(_TANH_GELUS)})."
+        )
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise WeightsError(f"n_inner={hf['n_inner']} is not 4*n_embd; unsupported MLP width.")
+    for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False),
+                    ("scale_attn_weights", True), ("tie_word_embeddings", True)):
+        if hf.get(key, ok) != ok:
+            raise WeightsError(f"config.json sets {key}={hf[key]!r}; gpt2jax supports {ok}.")
+    fields = dict(
+        vocab_size=hf.get("vocab_size", 50257), n_positions=hf.get("n_positions", 1024),
+        n_embd=n_embd, n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12),
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        embd_pdrop=hf.get("embd_pdrop", 0.1), attn_pdrop=hf.get("attn_pdrop", 0.1),
+        resid_pdrop=hf.get("resid_pdrop", 0.1),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+    return _make_config(fields, overrides)
+
+
+def _make_config(fields: dict, overrides: Mapping[str, Any]) -> GPT2Config:
+    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"Unknown GPT2Config override(s) {unknown}; known: {sorted(_CONFIG_FIELDS)}."
+        )
+    return GPT2Config(**{**fields, **overrides})
+
+
+def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
+    """`GPT2Config` -> an HF `config.json` dict for `GPT2LMHeadModel`."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_positions,
+        "n_ctx": cfg.n_positions,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "embd_pdrop": cfg.embd_pdrop,
+        "attn_pdrop": cfg.attn_pdrop,
+        "resid_pdrop": cfg.resid_pdrop,
+        "summary_first_dropout": 0.1,
+        "initializer_range": cfg.initializer_range,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def infer_config(state: Mapping[str, Any], **overrides) -> GPT2Config:
+    """A config from tensor shapes alone; `n_head` cannot be inferred and must be given."""
+    state = _normalise_keys(state)
+    if "wte.weight" not in state or "wpe.weight" not in state:
+        raise WeightsError("Checkpoint has no wte.weight / wpe.weight; is it a GPT-2 checkpoint?")
+    if "n_head" not in overrides:
+        raise WeightsError(
+            "Cannot infer n_head from the tensors of a bare weights file: put the model's "
+            "config.json next to it, or pass n_head=... (e.g. load_pretrained(path, n_head=12))."
+        )
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"h\.(\d+)\.", k))}
+    vocab, n_embd = state["wte.weight"].shape
+    fields = dict(vocab_size=int(vocab), n_embd=int(n_embd),
+                  n_positions=int(state["wpe.weight"].shape[0]), n_layer=len(layers))
+    return _make_config(fields, overrides)
+
+
+# ----------------------------------------------------------------------------- file readers
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupt: {e}); "
+            "download or save it again."
+        ) from e
+
+
+def _read_sharded_safetensors(index: Path) -> StateDict:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as e:
+        raise WeightsError(f"{str(index)!r} is not a safetensors index ({e}); re-download it.")
+    state: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(_read_safetensors(index.parent / shard))
+    return state
+
+
+def _read_flax_msgpack(path: Path) -> StateDict:
+    from flax import serialization
+
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types on bad bytes
+        raise WeightsError(f"{str(path)!r} is not a readable Flax msgpack file ({e}).") from e
+    return flax_msgpack_to_state_dict(tree)
+
+
+def _read_torch_bin(path: Path, allow_pickle: bool) -> StateDict:
+    if not allow_pickle:
+        raise WeightsError(
+            f"{str(path)!r} is a pickle-based PyTorch file; gpt2jax never unpickles unless asked. "
+            "Prefer model.safetensors, or pass allow_pickle=True (read with "
+            "torch.load(weights_only=True)) if you trust the file."
+        )
+    try:
+        import torch
+    except ImportError as e:
+        raise WeightsError(f"Reading {str(path)!r} needs torch: pip install torch (CPU).") from e
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle/zip/runtime errors alike
+        raise WeightsError(f"{str(path)!r} could not be read by torch.load ({e}).") from e
+    return {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()
+            for k, v in state.items()}
+
+
+def _read_tf_checkpoint(directory: Path) -> tuple[dict, StateDict]:
+    """OpenAI's released TF checkpoint: `hparams.json` + `model.ckpt.*` -> (hf config, state)."""
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise WeightsError(
+            f"{str(directory)!r} holds an OpenAI TensorFlow checkpoint, which needs tensorflow "
+            "to read: pip install tensorflow, or use the HF safetensors weights (e.g. 'gpt2')."
+        ) from e
+    hparams = json.loads((directory / "hparams.json").read_text())
+    reader = tf.train.load_checkpoint(str(directory / "model.ckpt"))
+    state = {}
+    for name in reader.get_variable_to_shape_map():
+        if not name.startswith("model/"):
+            continue
+        key = name[len("model/"):]
+        key = re.sub(r"^h(\d+)/", r"h.\1/", key).replace("/", ".")
+        key = re.sub(r"\.w$", ".weight", re.sub(r"\.g$", ".weight", re.sub(r"\.b$", ".bias", key)))
+        key = {"wte": "wte.weight", "wpe": "wpe.weight"}.get(key, key)
+        value = np.asarray(reader.get_tensor(name))
+        state[key] = value[0] if key.endswith("weight") and value.ndim == 3 else value
+    hf = {"vocab_size": hparams["n_vocab"], "n_positions": hparams["n_ctx"],
+          "n_embd": hparams["n_embd"], "n_head": hparams["n_head"], "n_layer": hparams["n_layer"]}
+    return hf, state
+
+
+def _read_weights_file(path: Path, allow_pickle: bool) -> StateDict:
+    if path.name.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_sharded_safetensors(path)
+    if path.suffix == ".msgpack":
+        return _read_flax_msgpack(path)
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return _read_torch_bin(path, allow_pickle)
+    raise WeightsError(
+        f"{str(path)!r}: unknown weights format; use .safetensors, .msgpack (HF Flax) or "
+        ".bin (with allow_pickle=True)."
+    )
+
+
+_DIR_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
+              "pytorch_model.bin")
+
+
+def _read_directory(directory: Path, allow_pickle: bool) -> tuple[dict | None, StateDict]:
+    if (directory / "hparams.json").is_file() and (directory / "model.ckpt.index").is_file():
+        return _read_tf_checkpoint(directory)
+    for name in _DIR_FILES:
+        if (directory / name).is_file():
+            return _read_config_json(directory), _read_weights_file(directory / name, allow_pickle)
+    found = sorted(p.name for p in directory.iterdir())[:10]
+    raise WeightsError(
+        f"No GPT-2 weights in {str(directory)!r} (found {found}); expected one of "
+        f"{list(_DIR_FILES)} with config.json, or OpenAI's hparams.json + model.ckpt.*."
+    )
+
+
+def _read_config_json(directory: Path) -> dict | None:
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise WeightsError(f"{str(path)!r} is not valid JSON ({e}); fix or re-download it.")
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def _download(name: str) -> Path:
+    """Downloads config.json + model.safetensors of hub repo `name`; returns the local dir."""
+    how = ("pass a local path instead: a directory with config.json + model.safetensors "
+           "(e.g. from `huggingface-cli download gpt2` on a machine with internet) or a "
+           ".safetensors file")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise WeightsError(
+            f"{name!r} is not a local path, and downloading it needs huggingface_hub "
+            f"(pip install 'gpt2jax[hub]'); or {how}."
+        ) from e
+    try:
+        local = snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # offline, unknown repo, auth: all mean "cannot get it"
+        raise WeightsError(
+            f"{name!r} is not a local path and could not be downloaded from the Hugging Face "
+            f"hub ({type(e).__name__}: {str(e)[:200]}); {how}."
+        ) from e
+    return Path(local)
+
+
+def _resolve(path_or_name: str | os.PathLike) -> Path:
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_name)
+    if _HUB_NAME.match(text) and not text.startswith((".", "~")):
+        return _download(text)
+    raise WeightsError(f"{text!r} does not exist; pass a model directory, a weights file "
+                       "or a hub name like 'gpt2'.")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_pretrained(path_or_name: str | os.PathLike, *, allow_pickle: bool = False,
+                    **config_overrides) -> tuple[GPT2Config, Params]:
+    """Loads GPT-2 weights into `(GPT2Config, params)`.
+
+    Args:
+      path_or_name: an HF model directory, a weights file, an OpenAI TF checkpoint directory,
+        or a hub name (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `openai-community/gpt2`).
+      allow_pickle: permit `pytorch_model.bin` (pickle; read with `weights_only=True`).
+      **config_overrides: GPT2Config fields to set, e.g. `dtype="bfloat16"`, `attn_pdrop=0.0`,
+        or `n_head=12` for a bare weights file without config.json.
+    Returns:
+      (cfg, params): params as jax arrays in `cfg.param_dtype`, e.g. `wte/embedding` [V, E].
+    Raises:
+      WeightsError: missing/corrupt file, missing tensor, wrong shape, config mismatch.
+    """
+    path = _resolve(path_or_name)
+    if path.is_dir():
+        hf, state = _read_directory(path, allow_pickle)
+    else:
+        state = _read_weights_file(path, allow_pickle)
+        hf = None if "n_head" in config_overrides else _read_config_json(path.parent)
+    if hf is None:
+        cfg = infer_config(state, **config_overrides)
+    else:
+        cfg = config_from_hf(hf, **config_overrides)
+    _check_vocab(state, cfg)
+    params = hf_state_dict_to_params(state, cfg)
+    return cfg, jax.tree.map(jnp.asarray, params)
+
+
+def _check_vocab(state: Mapping[str, Any], cfg: GPT2Config) -> None:
+    wte = state.get("wte.weight", state.get(HF_PREFIX + "wte.weight"))
+    if wte is not None and wte.shape[0] != cfg.vocab_size:
+        raise WeightsError(
+            f"Vocabulary mismatch: wte.weight has {wte.shape[0]} rows but vocab_size="
+            f"{cfg.vocab_size}; set vocab_size={wte.shape[0]} in config.json (or the override)."
+        )
+
+
+def save_pretrained(cfg: GPT2Config, params: Params, directory: str | os.PathLike, *,
+                    overwrite: bool = False) -> Path:
+    """Writes `config.json` + `model.safetensors` (HF `GPT2LMHeadModel` layout) atomically.
+
+    Everything is written to a temporary sibling directory that is renamed into place, so an
+    interrupted save never leaves a half-written model. An existing non-empty `directory` is
+    only replaced with `overwrite=True`.
+
+    Args:
+      cfg: the model config.
+      params: the params pytree (any float dtype; saved as is).
+      directory: target directory.
+    Returns:
+      the directory path.
+    """
+    from safetensors.numpy import save_file
+
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise WeightsError(
+            f"{str(target)!r} exists and is not empty; choose a new directory or pass "
+            "overwrite=True to replace it."
+        )
+    state = params_to_hf_state_dict(params, cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        hf = config_to_hf(cfg)
+        hf["torch_dtype"] = str(next(iter(state.values())).dtype)
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(tmp, target)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
