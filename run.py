@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gpt2jax.cli import MODES, CliArgs, run_mode
+from gpt2jax.config_check import parse_flags
 from gpt2jax.errors import GPT2JaxError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)  # config problems: one line, exit 2
