@@ -77,3 +77,37 @@ def mesh_config() -> ml_collections.ConfigDict:
         ("vocab", "tensor"),
     )
     return c
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.data`: where text comes from, how it is tokenized and packed (gpt2jax.data)."""
+    c = ml_collections.ConfigDict()
+    c.source = "text"              # text (UTF-8 files) | tfds (TensorFlow Datasets) | shards
+    # -- source "text": a path or glob (** recursive); $VARS expand at run time. One file is
+    # one document; a literal <|endoftext|> inside a file also ends a document.
+    c.train_file = ""              # e.g. "$GPT2JAX_DATA_DIR/tinyshakespeare/input.txt"
+    c.val_file = ""                # path or glob of validation text; "" = held-out fraction
+    c.val_fraction = 0.1           # last fraction of the train characters used as val (nanoGPT)
+    c.encoding_errors = "strict"   # non-UTF-8 bytes: strict (error) | replace (U+FFFD)
+    # -- source "tfds": tfds.data_source (ArrayRecord, no TensorFlow) or tfds.load (TFRecord,
+    # needs TensorFlow). A dataset prepared under data_dir is read without network.
+    c.tfds_name = ""               # e.g. "tiny_shakespeare", "lm1b", "c4/en"
+    c.tfds_split_train = "train"   # split or slice for training, e.g. "train[:90%]"
+    c.tfds_split_val = "validation"  # split for validation; "" = val_fraction of train split
+    c.tfds_feature = "text"        # name of the Text feature to read
+    c.data_dir = ""                # TFDS data_dir, local or gs://; "" = ~/tensorflow_datasets
+    c.tfds_download = False        # let TFDS download + prepare a missing dataset (network)
+    # -- source "shards": folder written by `python run.py --mode=prepare` (meta.json + .bin)
+    c.shards_dir = ""              # also the output folder of --mode=prepare
+    c.tokens_per_shard = 100_000_000  # prepare: max tokens per .bin file (200 MB as uint16)
+    c.num_threads = 0              # tokenizer threads for prepare / text sources; 0 = all cores
+    # -- tokenizer (ignored for shards: their meta.json says which one)
+    c.tokenizer = "gpt2"           # gpt2 (tiktoken BPE) | char (vocabulary from the corpus)
+    c.tiktoken_ranks = ""          # gpt2.tiktoken path; "" = GPT2JAX_TIKTOKEN_RANKS / data dir
+    # -- packing into [batch, block_size + 1] windows
+    c.mode = "random"              # random (nanoGPT windows, endless) | epochs (all windows)
+    c.num_epochs = 0               # epochs mode: stop (StopIteration) after this many; 0 = never
+    c.shuffle = True               # epochs mode: new window order every epoch (seeded)
+    c.prefetch = 2                 # batches prepared ahead by a background thread; 0 = none
+    c.update(overrides)
+    return c
