@@ -1,0 +1,29 @@
+"""`python run.py --mode=prepare --config=configs/prepare_*.py`: text/TFDS -> token shards.
+
+Tokenizes `config.data` (source text or tfds) on all cores with a progress bar and writes
+`train_*.bin`, `val_*.bin` and `meta.json` into `config.data.shards_dir` (or `--workdir`).
+"""
+
+from __future__ import annotations
+
+from gpt2jax.data import prepare_shards
+from gpt2jax.errors import ConfigError
+
+
+def main(config, args) -> dict:
+    """Writes the shards and prints one summary line per split; returns the metadata."""
+    if config.data.source == "shards":
+        raise ConfigError("--mode=prepare reads text: set config.data.source to 'text' or "
+                          "'tfds' (source 'shards' is what training reads afterwards).")
+    out_dir = config.data.shards_dir or args.workdir
+    if not out_dir:
+        raise ConfigError("--mode=prepare needs an output folder: set config.data.shards_dir "
+                          "or --workdir.")
+    meta = prepare_shards(config.data, out_dir)
+    tok = meta["tokenizer"]
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['num_tokens']:,} tokens in {len(info['files'])} file(s) "
+              f"({meta['dtype']}, tokenizer {tok['name']} vocab {tok['vocab_size']}) "
+              f"from {info['origin']}")
+    print(f"wrote {out_dir}/meta.json in {meta['seconds']} s")
+    return meta

@@ -1,0 +1,129 @@
+"""Data: text files, TFDS and token shards -> packed, resumable, per-process batches.
+
+    from gpt2jax import data
+    ds = data.build_datasets(config.data, block_size=1024, global_batch_size=8, seed=0)
+    batch = next(ds.train)            # {"inputs", "targets": int32 [local_b, T], "weights"}
+    state = ds.train.state()          # JSON dict; ds.train.restore(state) resumes exactly
+    val = ds.val_batches(20)          # fixed validation batches, same layout
+    arrays = data.to_global(batch, mesh, sharding)   # global jax.Arrays on the mesh
+
+Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets),
+`shards` (token files written by `python run.py --mode=prepare`). See README `## Data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gpt2jax.data import corpus
+from gpt2jax.data.batching import BatchIterator, check_length, val_starts, windows_batch
+from gpt2jax.data.shards import TokenStream, open_shards, prepare_shards
+from gpt2jax.data.tokenizers import (CharTokenizer, Gpt2Tokenizer, Tokenizer, load_tokenizer,
+                                     save_tokenizer)
+from gpt2jax.errors import ConfigError
+
+__all__ = [
+    "BatchIterator", "CharTokenizer", "Datasets", "Gpt2Tokenizer", "TokenStream", "Tokenizer",
+    "build_datasets", "load_streams", "load_tokenizer", "prepare_shards", "save_tokenizer",
+    "to_global",
+]
+
+
+@dataclasses.dataclass
+class Datasets:
+    """What training and evaluation consume; built by `build_datasets`."""
+
+    tokenizer: Tokenizer
+    train: BatchIterator          # this process's share of each global batch
+    train_stream: TokenStream     # all training tokens (documents joined by EOT)
+    val_stream: TokenStream       # all validation tokens
+    block_size: int
+    global_batch_size: int
+    process_index: int
+    process_count: int
+
+    def val_batches(self, num_batches: int) -> list[dict[str, np.ndarray]]:
+        """`num_batches` fixed validation batches (this process's rows), same layout as train.
+
+        Window starts are evenly spaced over the val stream (see `batching.val_starts`); the
+        result is the same for every call, step and run.
+        """
+        g, local = self.global_batch_size, self.global_batch_size // self.process_count
+        starts = val_starts(len(self.val_stream), self.block_size, num_batches * g)
+        row0 = self.process_index * local
+        pad = self.tokenizer.eot_id or 0
+        return [windows_batch(self.val_stream, starts[b * g + row0: b * g + row0 + local],
+                              self.block_size, pad) for b in range(num_batches)]
+
+
+def load_streams(cfg) -> tuple[Tokenizer, TokenStream, TokenStream]:
+    """(tokenizer, train tokens, val tokens) of `config.data`; text/TFDS are tokenized now."""
+    if corpus.check_source(cfg.source) == "shards":
+        tok, train, val, _ = open_shards(cfg.shards_dir, cfg.tiktoken_ranks)
+        return tok, train, val
+    texts = corpus.split_texts(cfg)
+    tok, texts = corpus.make_tokenizer(cfg, texts)
+    train = TokenStream([corpus.tokenize_all(tok, texts.train, cfg.num_threads)],
+                        origin=texts.origin["train"])
+    val = TokenStream([corpus.tokenize_all(tok, texts.val, cfg.num_threads)],
+                      origin=texts.origin["val"])
+    return tok, train, val
+
+
+def build_datasets(data_config, block_size: int, global_batch_size: int, seed: int,
+                   process_index: int | None = None,
+                   process_count: int | None = None) -> Datasets:
+    """Train iterator, validation batches and tokenizer for `config.data`.
+
+    Args:
+      data_config: `config.data` (configs/common.py:data_config).
+      block_size: T, tokens per example (windows hold T + 1 tokens).
+      global_batch_size: examples per step over all processes.
+      seed: fixes the window order; the same seed gives the same batches.
+      process_index, process_count: this process's slice; default jax.process_index/count().
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if block_size < 1 or global_batch_size < 1:
+        raise ConfigError(f"block_size={block_size} and global_batch_size={global_batch_size} "
+                          "must be positive.")
+    tok, train, val = load_streams(data_config)
+    check_length(train, block_size, "Training data")
+    check_length(val, block_size, "Validation data")
+    it = BatchIterator(train, block_size, global_batch_size, seed, process_index,
+                       process_count, mode=data_config.mode, num_epochs=data_config.num_epochs,
+                       shuffle=data_config.shuffle, prefetch=data_config.prefetch,
+                       pad_id=tok.eot_id or 0)
+    return Datasets(tok, it, train, val, block_size, global_batch_size, process_index,
+                    process_count)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh, sharding=None) -> dict:
+    """Assembles each process's rows into global `jax.Array`s on `mesh`.
+
+    Args:
+      batch: this process's arrays `[local_b, ...]`.
+      mesh: the device mesh.
+      sharding: a `NamedSharding`, a `PartitionSpec`, a dict of either per key, or None
+        (batch axis over mesh axes ("data", "fsdp")).
+    Returns:
+      dict of `jax.Array` `[local_b * process_count, ...]`.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def resolve(s):
+        if s is None:
+            s = PartitionSpec(("data", "fsdp"))
+        return NamedSharding(mesh, s) if isinstance(s, PartitionSpec) else s
+
+    out = {}
+    for key, value in batch.items():
+        s = resolve(sharding.get(key) if isinstance(sharding, dict) else sharding)
+        shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(s, value, shape)
+    return out

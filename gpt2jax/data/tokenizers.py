@@ -1,0 +1,147 @@
+"""Tokenizers behind one small interface: GPT-2 BPE (tiktoken) and character level (nanoGPT).
+
+Both expose `.name`, `.vocab_size`, `.eot_id` (None for characters), `.encode(str)`,
+`.encode_batch(list[str])`, `.decode(ids)` and `.to_json()`; `tokenizer_from_json` rebuilds
+either from that dict (it is written into shard metadata and beside checkpoints so that
+generation and evaluation decode with the vocabulary the model was trained on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpt2jax.errors import ConfigError, DataError
+
+TOKENIZERS = ("gpt2", "char")
+
+
+class Gpt2Tokenizer:
+    """GPT-2 byte-level BPE through tiktoken; `<|endoftext|>` (50256) separates documents."""
+
+    name = "gpt2"
+
+    def __init__(self, ranks_path: str = ""):
+        from gpt2jax.tokenizer import get_tokenizer
+
+        self.ranks_path = ranks_path
+        self.encoding = get_tokenizer(ranks_path or None)
+        self.vocab_size = self.encoding.n_vocab          # 50257
+        self.eot_id = self.encoding.eot_token            # 50256
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings are encoded as plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        """Encodes `texts` on `num_threads` threads (0 = all cores); tiktoken drops the GIL."""
+        threads = num_threads or os.cpu_count() or 1
+        return self.encoding.encode_ordinary_batch(list(texts), num_threads=threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids (invalid UTF-8 byte sequences become U+FFFD)."""
+        return self.encoding.decode([int(i) for i in ids])
+
+    def to_json(self) -> dict:
+        """What `tokenizer_from_json` needs (the ranks path is looked up again on load)."""
+        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+
+
+class CharTokenizer:
+    """Character-level tokenizer; ids are the sorted characters of the corpus (nanoGPT)."""
+
+    name = "char"
+    eot_id = None
+
+    def __init__(self, chars: Sequence[str]):
+        self.chars = list(chars)
+        if not self.chars or sorted(set(self.chars)) != self.chars:
+            raise ConfigError("A character vocabulary must be non-empty, sorted and unique.")
+        self.vocab_size = len(self.chars)
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+        """The vocabulary of every character occurring in `texts` (65 for Tiny Shakespeare)."""
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        if not chars:
+            raise DataError("Cannot build a character vocabulary from empty text; give a "
+                            "non-empty training file.")
+        return cls(sorted(chars))
+
+    def encode_array(self, text: str, where: str = "text") -> np.ndarray:
+        """Ids of `text` as int64 `[len(text)]`, vectorised over code points."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        pos = np.searchsorted(self._codepoints, codes)
+        pos = np.minimum(pos, self.vocab_size - 1)
+        bad = self._codepoints[pos] != codes
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(
+                f"{where}: character {text[first]!r} at position {first} is not in the "
+                f"{self.vocab_size}-symbol vocabulary; build the vocabulary from this text "
+                "(prepare train and val together) or remove the character."
+            )
+        return pos.astype(np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; unknown characters raise DataError."""
+        return self.encode_array(text).tolist()
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        """Encodes each text (vectorised; threads are not needed)."""
+        del num_threads
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids."""
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def to_json(self) -> dict:
+        """The vocabulary as a JSON-serialisable dict."""
+        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": None,
+                "chars": "".join(self.chars)}
+
+
+Tokenizer = Gpt2Tokenizer | CharTokenizer
+
+
+def tokenizer_from_json(meta: dict, ranks_path: str = "") -> Tokenizer:
+    """Rebuilds a tokenizer from `to_json()` output (e.g. `meta["tokenizer"]` of shards)."""
+    name = meta.get("name")
+    if name == "gpt2":
+        return Gpt2Tokenizer(ranks_path)
+    if name == "char":
+        return CharTokenizer(list(meta["chars"]))
+    raise ConfigError(f"Unknown tokenizer {name!r} in metadata; expected one of {TOKENIZERS}.")
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
+    """Writes `tokenizer.to_json()` to `path` (e.g. `workdir/tokenizer.json`)."""
+    Path(path).write_text(json.dumps(tokenizer.to_json(), indent=1))
+
+
+def load_tokenizer(path: str | os.PathLike, ranks_path: str = "") -> Tokenizer:
+    """Reads a tokenizer saved by `save_tokenizer`, or the `meta.json` of a shards folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "meta.json"
+    if not path.is_file():
+        raise DataError(f"Tokenizer file {str(path)!r} does not exist; point to the "
+                        "tokenizer.json of the run or the meta.json of the shards folder.")
+    meta = json.loads(path.read_text())
+    return tokenizer_from_json(meta.get("tokenizer", meta), ranks_path)
+
+
+def check_tokenizer_name(name: str) -> str:
+    """Validates `config.data.tokenizer` once."""
+    if name not in TOKENIZERS:
+        raise ConfigError(f"config.data.tokenizer={name!r} is unknown; use one of {TOKENIZERS}.")
+    return name
