@@ -34,6 +34,13 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.param_dtype = "float32"      # parameter storage dtype (keep float32 to train)
     c.attention_impl = "einsum"    # einsum | xla | cudnn (GPU) | pallas
     c.remat = "none"               # rematerialisation: none | full | dots_saveable
+    # Attention variants (gpt2jax/attention.py); these defaults are exact GPT-2.
+    c.n_kv_heads = 0               # key/value heads: 0 = GPT-2 fused c_attn; 1 = MQA; k = GQA
+    c.position = "learned"         # positions: learned (wpe) | rope | alibi | none
+    c.rope_theta = 10000.0         # RoPE base (position="rope" only)
+    c.sliding_window = 0           # attend to the last W positions only (0 = full causal)
+    c.norm_position = "pre"        # LayerNorm placement: pre (GPT-2) | post (no ln_f)
+    c.qk_norm = False              # LayerNorm over head_dim on queries and keys
     c.update(overrides)
     return c
 
@@ -72,6 +79,7 @@ def mesh_config() -> ml_collections.ConfigDict:
         ("length", None),
         ("embed", "fsdp"),
         ("heads", "tensor"),
+        ("kv_heads", "tensor"),    # GQA key/value heads: n_kv_heads must divide by tensor
         ("head_dim", None),
         ("mlp", "tensor"),
         ("vocab", "tensor"),
