@@ -1,55 +1,186 @@
-"""Attention kernels: one function, several implementations chosen by `GPT2Config.attention_impl`.
+"""Attention variants: the attention layer, its masks, and the kernels that compute it.
 
-- "einsum": the reference (explicit scores, float32 softmax, supports attention dropout).
-- "xla": `jax.nn.dot_product_attention(implementation="xla")`.
-- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPU only).
-- "pallas": a Pallas flash-attention kernel (GPU/TPU).
+Variants are fields of `GPT2Config` (validated once there, see `check_supported`):
+
+- heads: `n_kv_heads` = 0 keeps GPT-2's fused `c_attn` [E, 3, H, D]; any n_kv_heads = K > 0
+  (K divides H; K = 1 is multi-query, 1 < K < H grouped-query, K = H multi-head) uses
+  `c_q` [E, H, D] and `c_kv` [E, 2, K, D]; query head h reads key/value head h // (H / K).
+  The KV cache holds [B, S, K, D] per layer. `fused_to_grouped` maps a GPT-2 `c_attn`
+  onto `c_q` / `c_kv` (exactly equal outputs with K = H).
+- positions (`position`): "learned" (GPT-2 `wpe`, in model.py), "rope" (q and k rotated by
+  their position ids before caching), "alibi" (a per-head linear bias on position distance),
+  "none" (NoPE). See `positions.py`.
+- `sliding_window` W > 0: a query at position p sees keys at positions in (p - W, p].
+- `qk_norm`: LayerNorm over head_dim on queries and keys (before RoPE), `q_norm` / `k_norm`.
+- kernels (`attention_impl`):
+  "einsum" the reference (explicit scores, float32 softmax, attention dropout);
+  "xla" / "cudnn" `jax.nn.dot_product_attention(implementation=...)` (cudnn: NVIDIA GPU);
+  "pallas" the flash-attention kernels of JAX's Pallas library
+  (`jax.experimental.pallas.ops.gpu.attention.mha` on GPU, run in interpret mode on CPU;
+  `...ops.tpu.flash_attention` on TPU). Pallas handles causal + padding masks only, so it
+  rejects ALiBi and sliding windows; cached decode steps (T != S) use the einsum reference.
+
+Shapes: B batch, T query length, S key length, E embed, H heads, K kv heads, D head_dim.
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
+from gpt2jax import positions as pos_lib
 from gpt2jax.errors import ConfigError
+
+AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]
+Position = Literal["learned", "rope", "alibi", "none"]
+NormPosition = Literal["pre", "post"]
 
 
 class UnsupportedAttention(ConfigError):
     """An attention implementation that cannot run with the requested options or backend."""
 
 
+def check_supported(cfg) -> None:
+    """Rejects variant combinations that no code path implements (called by GPT2Config)."""
+    if cfg.attention_impl == "pallas" and cfg.position == "alibi":
+        raise UnsupportedAttention(
+            "attention_impl='pallas' has no attention bias, so it cannot run position='alibi'; "
+            "use attention_impl='xla' or 'einsum' for ALiBi."
+        )
+    if cfg.attention_impl == "pallas" and cfg.sliding_window:
+        raise UnsupportedAttention(
+            "attention_impl='pallas' supports only causal + padding masks, not "
+            f"sliding_window={cfg.sliding_window}; use attention_impl='xla' or 'einsum'."
+        )
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def attention_mask(query_slots, num_keys: int, key_mask, q_positions, k_positions,
+                   window: int) -> jax.Array:
+    """The boolean attention mask (True = attend).
+
+    Causality is by cache slot (query slot >= key slot); padding by `key_mask`; the sliding
+    window by position ids (q_pos - k_pos < window), so left padding does not shift it.
+
+    Args:
+      query_slots: [T] int slots of the queries (0..T-1, or cache_index.. when decoding).
+      num_keys: S.
+      key_mask: [B, S] (1 = real token) or None.
+      q_positions: [B, T] int; k_positions: [B, S] int (only read when window > 0).
+      window: sliding window size, 0 = off.
+    Returns:
+      [B, 1, T, S] bool.
+    """
+    batch = q_positions.shape[0]
+    mask = (query_slots[:, None] >= jnp.arange(num_keys)[None, :])[None, None]
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :].astype(bool)
+    if window:
+        distance = q_positions[:, :, None] - k_positions[:, None, :]
+        mask = mask & (distance < window)[:, None]
+    return jnp.broadcast_to(mask, (batch, 1, len(query_slots), num_keys))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
 def _mask_value(dtype) -> float:
     return float(jnp.finfo(dtype).min)
 
 
-def einsum_attention(q, k, v, mask, dropout_rate=0.0, dropout_rng=None, dtype=jnp.float32):
-    """Reference attention.
+def einsum_attention(q, k, v, mask, bias=None, dropout_rate=0.0, dropout_rng=None,
+                     dtype=jnp.float32):
+    """Reference attention, grouped-query aware.
 
     Args:
-      q: [B, T, H, D]; k, v: [B, S, H, D]; mask: [B, 1, T, S] bool (True = attend).
+      q: [B, T, H, D]; k, v: [B, S, K, D] with K dividing H (head h reads kv head h // (H/K)).
+      mask: [B, 1, T, S] bool (True = attend).
+      bias: additive [B, H, T, S] float (ALiBi) or None.
     Returns:
       [B, T, H, D] in `dtype`.
     """
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * scale
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * d ** -0.5
+    scores = scores.reshape(b, h, t, k.shape[1])
+    if bias is not None:
+        scores = scores + bias
     scores = jnp.where(mask, scores, _mask_value(jnp.float32))
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bhts,bshd->bthd", probs.astype(dtype), v.astype(dtype))
+    probs = probs.reshape(b, kv, h // kv, t, k.shape[1]).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
+    return out.reshape(b, t, h, d)
 
 
-def dot_product_attention(q, k, v, mask, impl="einsum", dropout_rate=0.0, dropout_rng=None,
-                          dtype=jnp.float32):
-    """Dispatches to the implementation `impl`. Shapes as in `einsum_attention`."""
+def _repeat_kv(x, num_heads: int):
+    """[B, S, K, D] -> [B, S, H, D], kv head j serving query heads j*G .. j*G + G-1."""
+    return jnp.repeat(x, num_heads // x.shape[2], axis=2)
+
+
+def pallas_attention(q, k, v, key_mask, dtype=jnp.float32):
+    """Causal flash attention with a padding mask, from JAX's Pallas kernel library.
+
+    GPU: `pallas.ops.gpu.attention.mha` (Triton); CPU: the same kernel in interpret mode
+    (slow, for tests); TPU: `pallas.ops.tpu.flash_attention`. Padding becomes segment ids
+    (real = 1, pad = 0), which equals causal & key_mask for every real query.
+
+    Args:
+      q: [B, T, H, D]; k, v: [B, T, K, D] (self-attention without a cache: S == T).
+      key_mask: [B, T] (1 = real token) or None.
+    Returns:
+      [B, T, H, D] in `dtype`.
+    """
+    b, t, h, d = q.shape
+    if k.shape[1] != t:
+        raise UnsupportedAttention("pallas_attention needs S == T (no cache); use 'einsum'.")
+    k, v = _repeat_kv(k, h), _repeat_kv(v, h)
+    seg = None if key_mask is None else key_mask.astype(jnp.int32)
+    backend = jax.default_backend()
+    if backend == "tpu":
+        from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa
+
+        segs = None if seg is None else tpu_fa.SegmentIds(q=seg, kv=seg)
+        out = tpu_fa.flash_attention(
+            *(x.transpose(0, 2, 1, 3) for x in (q, k, v)),
+            segment_ids=segs, causal=True, sm_scale=d ** -0.5,
+        )
+        return out.transpose(0, 2, 1, 3).astype(dtype)
+    from jax.experimental.pallas.ops.gpu import attention as gpu_fa
+
+    if t > 128 and t % 128:
+        raise UnsupportedAttention(
+            f"attention_impl='pallas' on {backend} needs a length <= 128 or a multiple of 128 "
+            f"(kernel block size), got {t}; pad the batch or use attention_impl='xla'."
+        )
+    out = gpu_fa.mha(q, k, v, seg, sm_scale=d ** -0.5, causal=True,
+                     interpret=backend == "cpu")
+    return out.astype(dtype)
+
+
+def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropout_rate=0.0,
+                          dropout_rng=None, dtype=jnp.float32, key_mask=None):
+    """Dispatches to the implementation `impl`. Shapes as in `einsum_attention`.
+
+    `key_mask` [B, S] is what the Pallas kernel reads instead of `mask` (causal is implied).
+    """
     if impl == "einsum":
-        return einsum_attention(q, k, v, mask, dropout_rate, dropout_rng, dtype)
+        return einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng, dtype)
     if dropout_rate > 0.0:
         raise UnsupportedAttention(
             f"attention_impl={impl!r} has no attention dropout; set model.attn_pdrop=0.0 "
             "or use attention_impl='einsum'."
         )
+    if impl == "pallas":
+        return pallas_attention(q, k, v, key_mask, dtype)
     if impl in ("xla", "cudnn"):
         if impl == "cudnn" and jax.default_backend() != "gpu":
             raise UnsupportedAttention(
@@ -57,9 +188,140 @@ def dot_product_attention(q, k, v, mask, impl="einsum", dropout_rate=0.0, dropou
                 f"{jax.default_backend()}."
             )
         out = jax.nn.dot_product_attention(
-            q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, implementation=impl
+            q.astype(dtype), k.astype(dtype), v.astype(dtype),
+            bias=None if bias is None else bias.astype(dtype), mask=mask, implementation=impl,
         )
         return out.astype(dtype)
     raise UnsupportedAttention(
-        f"attention_impl={impl!r} is not available; use 'einsum', 'xla' or 'cudnn' (GPU)."
+        f"attention_impl={impl!r} is not available; use 'einsum', 'xla', 'cudnn' or 'pallas'."
     )
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+def _init(cfg, axes: tuple, std: float | None = None):
+    std = cfg.initializer_range if std is None else std
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+def _zeros(axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _dense(cfg, features, axes: tuple, name: str, std=None, axis=-1) -> nn.DenseGeneral:
+    """A projection whose kernel has logical `axes` (inputs first); the bias gets the rest."""
+    n_in = len(axis) if isinstance(axis, tuple) else 1
+    return nn.DenseGeneral(
+        features=features, axis=axis, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+        kernel_init=_init(cfg, axes, std), bias_init=_zeros(axes[n_in:]), name=name,
+    )
+
+
+def _head_norm(cfg, name: str) -> nn.LayerNorm:
+    """QK-norm: LayerNorm over head_dim, parameters [D] shared by all heads, float32."""
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32, param_dtype=cfg.storage_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("head_dim",)),
+        bias_init=_zeros(("head_dim",)), name=name,
+    )
+
+
+def fused_to_grouped(attn_params: dict) -> dict:
+    """Maps GPT-2's fused `c_attn` ({kernel [E, 3, H, D], bias [3, H, D]}) onto the
+    grouped layout `c_q` ({kernel [E, H, D], bias [H, D]}) + `c_kv` ({kernel [E, 2, H, D],
+    bias [2, H, D]}), i.e. n_kv_heads = n_head. Other entries are kept."""
+    out = {k: v for k, v in attn_params.items() if k != "c_attn"}
+    kernel, bias = attn_params["c_attn"]["kernel"], attn_params["c_attn"]["bias"]
+    out["c_q"] = {"kernel": kernel[:, 0], "bias": bias[0]}
+    out["c_kv"] = {"kernel": kernel[:, 1:], "bias": bias[1:]}
+    return out
+
+
+class Attention(nn.Module):
+    """Causal self-attention with all variants and an optional KV cache (`cfg`: GPT2Config)."""
+
+    cfg: Any
+
+    @nn.compact
+    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
+        """Args:
+          x: [B, T, E] hidden states.
+          key_mask: [B, S] (1 = attend; padding 0), or None.
+          positions: [B, T] int position ids of the queries.
+          deterministic: disable dropout.
+          decode: read and append to the KV cache at slot `cache_index`.
+          cache_index: int32 scalar, the first free cache slot (decode only).
+        Returns:
+          [B, T, E].
+        """
+        cfg = self.cfg
+        q, k, v = self._project(x)
+        if cfg.qk_norm:
+            q = _head_norm(cfg, "q_norm")(q).astype(cfg.compute_dtype)
+            k = _head_norm(cfg, "k_norm")(k).astype(cfg.compute_dtype)
+        if cfg.position == "rope":
+            q = pos_lib.apply_rope(q, positions, cfg.rope_theta)
+            k = pos_lib.apply_rope(k, positions, cfg.rope_theta)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        length = x.shape[1]
+        k_positions = positions
+        query_slots = jnp.arange(length)
+        if decode:
+            k, v, k_positions = self._update_cache(k, v, positions, cache_index)
+            query_slots = cache_index + query_slots
+        mask = attention_mask(query_slots, k.shape[1], key_mask, positions, k_positions,
+                              cfg.sliding_window)
+        bias = None
+        if cfg.position == "alibi":
+            bias = pos_lib.alibi_bias(cfg.n_head, positions, k_positions)
+        impl = "einsum" if decode and cfg.attention_impl == "pallas" else cfg.attention_impl
+        dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
+        dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
+        out = dot_product_attention(q, k, v, mask, bias, impl, dropout_rate, dropout_rng,
+                                    cfg.compute_dtype, key_mask)  # [B, T, H, D]
+        out = _dense(cfg, cfg.n_embd, ("heads", "head_dim", "embed"), "c_proj",
+                     cfg.initializer_range / (2 * cfg.n_layer) ** 0.5, axis=(-2, -1))(out)
+        return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
+
+    def _project(self, x):
+        """x [B, T, E] -> q [B, T, H, D], k and v [B, T, K, D]."""
+        cfg = self.cfg
+        h, d = cfg.n_head, cfg.head_dim
+        if cfg.n_kv_heads == 0:  # GPT-2's fused layout, parameter names as released
+            qkv = _dense(cfg, (3, h, d), ("embed", None, "heads", "head_dim"), "c_attn")(x)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        kvh = cfg.n_kv_heads
+        kv_axis = "kv_heads" if kvh > 1 else None  # one kv head (MQA) is always replicated
+        q = _dense(cfg, (h, d), ("embed", "heads", "head_dim"), "c_q")(x)
+        kv = _dense(cfg, (2, kvh, d), ("embed", None, kv_axis, "head_dim"), "c_kv")(x)
+        return q, kv[:, :, 0], kv[:, :, 1]
+
+    def _update_cache(self, k, v, positions, cache_index):
+        """Writes k, v [B, T, K, D] (and positions [B, T] when masks or biases need them)
+        at slot `cache_index`; returns the whole cache: k, v [B, S, K, D], positions [B, S].
+
+        S is the input length at `init_cache` time. Without ALiBi or a sliding window the
+        key positions are never read, so they are not cached (the returned value is a dummy).
+        """
+        cfg = self.cfg
+        keep_positions = cfg.position == "alibi" or cfg.sliding_window > 0
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_p = None
+        if keep_positions:
+            cached_p = self.variable("cache", "cached_positions", jnp.zeros, positions.shape,
+                                     jnp.int32)
+        if self.is_initializing():
+            return k, v, positions
+        start = (0, cache_index, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, k.astype(cached_k.value.dtype), start)
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, v.astype(cached_v.value.dtype), start)
+        key_positions = jnp.zeros(cached_k.value.shape[:2], jnp.int32)
+        if keep_positions:
+            cached_p.value = jax.lax.dynamic_update_slice(
+                cached_p.value, positions.astype(jnp.int32), (0, cache_index))
+            key_positions = cached_p.value
+        return cached_k.value, cached_v.value, key_positions

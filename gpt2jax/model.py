@@ -23,7 +23,10 @@ from gpt2jax import attention as attn_lib
 from gpt2jax.errors import ConfigError
 
 Dtype = Any
-AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]
+AttentionImpl = attn_lib.AttentionImpl
+Position = attn_lib.Position
+NormPosition = attn_lib.NormPosition
+Attention = attn_lib.Attention
 RematPolicy = Literal["none", "full", "dots_saveable"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -51,6 +54,13 @@ class GPT2Config:
     param_dtype: str = "float32"
     attention_impl: AttentionImpl = "einsum"
     remat: RematPolicy = "none"
+    # Attention variants (see attention.py); the defaults are GPT-2.
+    n_kv_heads: int = 0
+    position: Position = "learned"
+    rope_theta: float = 10000.0
+    sliding_window: int = 0
+    norm_position: NormPosition = "pre"
+    qk_norm: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -67,13 +77,42 @@ class GPT2Config:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
-                raise ConfigError(f"{name}={getattr(self, name)!r}; choose one of {sorted(_DTYPES)}.")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r}; choose one of {sorted(_DTYPES)}.")
         _check_choice("attention_impl", self.attention_impl, AttentionImpl)
         _check_choice("remat", self.remat, RematPolicy)
+        self._check_attention_variant()
+
+    def _check_attention_variant(self) -> None:
+        _check_choice("position", self.position, Position)
+        _check_choice("norm_position", self.norm_position, NormPosition)
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"qk_norm must be True or False, got {self.qk_norm!r}.")
+        for name in ("n_kv_heads", "sliding_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an int >= 0 (0 = off), got {value!r}.")
+        if self.n_kv_heads and self.n_head % self.n_kv_heads:
+            divisors = [d for d in range(1, self.n_head + 1) if self.n_head % d == 0]
+            raise ConfigError(
+                f"n_kv_heads={self.n_kv_heads} does not divide n_head={self.n_head}; choose one "
+                f"of {divisors} (1 = multi-query), or 0 for GPT-2's fused multi-head layout."
+            )
+        if self.position == "rope" and (self.head_dim % 2 or self.rope_theta <= 0):
+            raise ConfigError(
+                f"position='rope' needs an even head_dim (got {self.head_dim}) and rope_theta > 0 "
+                f"(got {self.rope_theta}); change n_embd/n_head or use position='learned'."
+            )
+        attn_lib.check_supported(self)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """K: key/value heads (n_kv_heads, or n_head for the fused GPT-2 layout)."""
+        return self.n_kv_heads or self.n_head
 
     @property
     def compute_dtype(self) -> Dtype:
@@ -143,84 +182,6 @@ def layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
     )
 
 
-class Attention(nn.Module):
-    """Causal multi-head self-attention with an optional KV cache.
-
-    `c_attn` projects to q, k, v with kernel [E, 3, H, D]; `c_proj` maps back with [H, D, E].
-    """
-
-    cfg: GPT2Config
-
-    @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
-        """Args:
-          x: [B, T, E] hidden states.
-          key_mask: [B, S] bool, True where a key may be attended (padding excluded), or None.
-          positions: [B, T] int positions of the queries (causality is by cache slot, see below).
-          deterministic: disable dropout.
-          decode: read and append to the KV cache at slot `cache_index`.
-          cache_index: int32 scalar, the first free cache slot (decode only).
-        Returns:
-          [B, T, E].
-        """
-        cfg = self.cfg
-        qkv = nn.DenseGeneral(
-            features=(3, cfg.n_head, cfg.head_dim),
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.storage_dtype,
-            kernel_init=_init(cfg, ("embed", None, "heads", "head_dim")),
-            bias_init=_zeros((None, "heads", "head_dim")),
-            name="c_attn",
-        )(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, D]
-        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-        batch, length = x.shape[:2]
-        if decode:
-            k, v = self._update_cache(k, v, cache_index)
-            query_slots = cache_index + jnp.arange(length)
-        else:
-            query_slots = jnp.arange(length)
-        key_slots = jnp.arange(k.shape[1])
-        mask = query_slots[:, None] >= key_slots[None, :]  # [T, S] causal by slot
-        mask = jnp.broadcast_to(mask, (batch, 1, length, k.shape[1]))
-        if key_mask is not None:
-            mask = mask & key_mask[:, None, None, :].astype(bool)
-        dropout_rng = None
-        if not deterministic and cfg.attn_pdrop > 0:
-            dropout_rng = self.make_rng("dropout")
-        out = attn_lib.dot_product_attention(
-            q, k, v, mask,
-            impl=cfg.attention_impl,
-            dropout_rate=0.0 if deterministic else cfg.attn_pdrop,
-            dropout_rng=dropout_rng,
-            dtype=cfg.compute_dtype,
-        )  # [B, T, H, D]
-        out = nn.DenseGeneral(
-            features=cfg.n_embd,
-            axis=(-2, -1),
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.storage_dtype,
-            kernel_init=_init(cfg, ("heads", "head_dim", "embed"), _residual_std(cfg)),
-            bias_init=_zeros(("embed",)),
-            name="c_proj",
-        )(out)
-        return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
-
-    def _update_cache(self, k, v, cache_index):
-        """Writes k, v [B, T, H, D] at slot `cache_index`; returns the whole cache [B, S, H, D].
-
-        The cache is created by `init_cache` with S = the input length used at creation.
-        """
-        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-        if self.is_initializing():
-            return k, v
-        start = (0, cache_index, 0, 0)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
-        return cached_k.value, cached_v.value
-
-
 class MLP(nn.Module):
     """GPT-2 feed-forward: c_fc [E, 4E] -> tanh GELU -> c_proj [4E, E]."""
 
@@ -251,18 +212,25 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Transformer block. Pre-LN (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    Post-LN (original Transformer, GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
 
     cfg: GPT2Config
 
     @nn.compact
     def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
-        h = layer_norm(self.cfg, "ln_1")(x).astype(self.cfg.compute_dtype)
-        x = x + Attention(self.cfg, name="attn")(
-            h, key_mask, positions, deterministic, decode, cache_index
-        )
-        h = layer_norm(self.cfg, "ln_2")(x).astype(self.cfg.compute_dtype)
-        x = x + MLP(self.cfg, name="mlp")(h, deterministic)
+        cfg = self.cfg
+        ln_1, ln_2 = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
+        attn, mlp = Attention(cfg, name="attn"), MLP(cfg, name="mlp")
+        if cfg.norm_position == "pre":
+            h = ln_1(x).astype(cfg.compute_dtype)
+            x = x + attn(h, key_mask, positions, deterministic, decode, cache_index)
+            h = ln_2(x).astype(cfg.compute_dtype)
+            x = x + mlp(h, deterministic)
+        else:
+            h = x + attn(x, key_mask, positions, deterministic, decode, cache_index)
+            x = ln_1(h).astype(cfg.compute_dtype)
+            x = ln_2(x + mlp(x, deterministic)).astype(cfg.compute_dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -316,12 +284,13 @@ class GPT2(nn.Module):
             dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
             embedding_init=_init(cfg, ("vocab", "embed")), name="wte",
         )
-        wpe = nn.Embed(
-            cfg.n_positions, cfg.n_embd,
-            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-            embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
-        )
-        x = wte(input_ids) + wpe(position_ids)
+        x = wte(input_ids)
+        if cfg.position == "learned":
+            x = x + nn.Embed(
+                cfg.n_positions, cfg.n_embd,
+                dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+                embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
+            )(position_ids)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         block = Block
@@ -330,7 +299,8 @@ class GPT2(nn.Module):
         for i in range(cfg.n_layer):
             x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic, decode,
                                           cache_index)
-        x = layer_norm(cfg, "ln_f")(x).astype(cfg.compute_dtype)
+        if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
+            x = layer_norm(cfg, "ln_f")(x).astype(cfg.compute_dtype)
         logits = wte.attend(x)
         return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
@@ -347,7 +317,7 @@ def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
 
 
 def logical_axes(cfg: GPT2Config):
-    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s (no allocation)."""
+    """The logical axis names of every parameter, a pytree of `PartitionSpec`s (no allocation)."""
     abstract = jax.eval_shape(functools.partial(init_params, cfg, boxed=True), jax.random.key(0))
     return nn.get_partition_spec(abstract)
 
@@ -359,7 +329,12 @@ def param_count(cfg: GPT2Config) -> int:
 
 
 def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
-    """An empty KV cache for `max_length` slots: pytree of [B, S, H, D] arrays plus the index."""
+    """An empty KV cache for `max_length` slots.
+
+    Returns the pytree {"cache_index": int32 scalar, "h_i": {"attn": {"cached_key",
+    "cached_value": [B, S, K, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
+    layer also caches "cached_positions" [B, S] int32 (key position ids).
+    """
     if max_length > cfg.n_positions:
         raise ConfigError(
             f"max_length={max_length} exceeds the model context n_positions={cfg.n_positions}; "
@@ -370,3 +345,9 @@ def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
         lambda: GPT2(cfg).init(jax.random.key(0), ids, decode=True)["cache"]
     )
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def kv_cache_bytes_per_token(cfg: GPT2Config) -> int:
+    """Bytes the KV cache holds per token of one sequence (all layers), from its shapes."""
+    shapes = jax.eval_shape(functools.partial(init_cache, cfg, 1, 1))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes) if x.ndim >= 2)
