@@ -270,6 +270,11 @@ class GPT2(nn.Module):
         """
         cfg = self.cfg
         batch, length = input_ids.shape
+        if not decode and length > cfg.n_positions and cfg.position == "learned":
+            raise ConfigError(
+                f"Input length {length} exceeds the model context n_positions={cfg.n_positions}; "
+                f"keep the last {cfg.n_positions} tokens or use strided windows (perplexity)."
+            )
         cache_index = None
         if decode:
             index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
