@@ -41,7 +41,7 @@ def check_length(stream: TokenStream, block_size: int, what: str) -> None:
     """A stream must hold at least one window of `block_size + 1` tokens."""
     if len(stream) < block_size + 1:
         raise DataError(
-            f"{what} {stream.origin} has {len(stream)} tokens, fewer than one block "
+            f"{what} from {stream.origin} has {len(stream)} tokens, fewer than one block "
             f"(block_size + 1 = {block_size + 1}); use a smaller block_size or more text."
         )
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from gpt2jax.errors import DataError
 
+
 def _describe(name: str, split: str, data_dir: str) -> str:
     where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
     return f"TFDS dataset {name!r} split {split!r} in {where}"
