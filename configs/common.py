@@ -119,3 +119,49 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.prefetch = 2                 # batches prepared ahead by a background thread; 0 = none
     c.update(overrides)
     return c
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.train`: optimisation and the training loop (gpt2jax.train / gpt2jax.loop).
+
+    Defaults are nanoGPT's GPT-2 124M OpenWebText recipe (train.py defaults).
+    """
+    c = ml_collections.ConfigDict()
+    c.batch_size = 480             # sequences per optimizer step, all micro-batches (~0.5M tok)
+    c.grad_accum_steps = 40        # micro-batches per step (lax.scan; one update per step)
+    c.block_size = 1024            # tokens per training sequence (<= model.n_positions)
+    c.num_steps = 600_000          # optimizer steps (nanoGPT max_iters); 0 = data epochs decide
+    c.learning_rate = 6e-4         # peak learning rate
+    c.min_learning_rate = 6e-5     # floor of the cosine decay (nanoGPT: lr / 10)
+    c.warmup_steps = 2000          # linear warmup steps (nanoGPT: lr * (s+1) / (warmup+1))
+    c.lr_decay_steps = 600_000     # cosine reaches min_learning_rate at this step
+    c.schedule = "cosine"          # cosine | constant (after warmup)
+    c.weight_decay = 0.1           # AdamW decoupled weight decay on matmul kernels
+    c.decay_embeddings = False     # also decay wte/wpe (nanoGPT does; GPT-2 practice does not)
+    c.beta1 = 0.9                  # AdamW beta1
+    c.beta2 = 0.95                 # AdamW beta2
+    c.eps = 1e-8                   # AdamW epsilon
+    c.grad_clip = 1.0              # clip gradients to this global norm; 0 = no clipping
+    c.log_every = 10               # steps between train-metric logs (console, TensorBoard)
+    c.eval_every = 1000            # steps between validation passes (and at the end); 0 = never
+    c.eval_batches = 200           # fixed validation batches per pass (nanoGPT eval_iters)
+    c.eval_batch_size = 0          # sequences per validation batch; 0 = batch_size / accum
+    c.sample_tokens = 0            # tokens of text sampled at each eval; 0 = no sample
+    c.sample_prompt = "\n"         # prompt of that sample
+    c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start
+    c.export_hf = True             # at the end, write params to <workdir>/hf (HF safetensors)
+    c.progress_bar = True          # tqdm progress bar with ETA on the console
+    c.update(overrides)
+    return c
+
+
+def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.checkpoint`: Orbax checkpoints in `<workdir>/checkpoints` (gpt2jax.checkpoint)."""
+    c = ml_collections.ConfigDict()
+    c.save_every = 1000            # steps between (async) checkpoints; the last step always saves
+    c.keep = 3                     # most recent checkpoints kept
+    c.keep_best = 1                # plus this many with the lowest val loss (0 = none)
+    c.async_save = True            # write in the background (device->host copy is synchronous)
+    c.resume = True                # continue from the latest checkpoint in the workdir
+    c.update(overrides)
+    return c
