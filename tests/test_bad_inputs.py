@@ -347,6 +347,69 @@ def _(work):
     return lambda: get_tokenizer(work / "missing.tiktoken")
 
 
+# ----------------------------------------------------------------------------- data: API
+
+
+def data_cfg(train_file, **overrides):
+    from configs import common
+
+    return common.data_config(train_file=str(train_file), tokenizer="char", prefetch=0,
+                              **overrides)
+
+
+def datasets(cfg, block_size=8, batch=4, process_count=1):
+    from gpt2jax.data import build_datasets
+
+    return lambda: build_datasets(cfg, block_size, batch, seed=0, process_index=0,
+                                  process_count=process_count)
+
+
+@case("data-missing", "api", "train_file that does not exist",
+      ("does not exist", "config.data.train_file", "existing path"))
+def _(work):
+    return datasets(data_cfg(work / "missing.txt"))
+
+
+@case("data-glob-no-match", "api", "train_file glob matching nothing",
+      ("no file matches", "check the glob"))
+def _(work):
+    return datasets(data_cfg(work / "*.nothing"))
+
+
+@case("data-empty", "api", "an empty train file", ("is empty", "contains text"))
+def _(work):
+    (work / "empty.txt").write_text("")
+    return datasets(data_cfg(work / "empty.txt"))
+
+
+@case("data-binary", "api", "a binary (non-UTF-8) train file",
+      ("not valid utf-8", "encoding_errors='replace'"))
+def _(work):
+    (work / "blob.txt").write_bytes(bytes(range(256)) * 4)
+    return datasets(data_cfg(work / "blob.txt"))
+
+
+@case("data-too-short", "api", "train text shorter than one block (block_size 64)",
+      ("fewer than one block", "smaller block_size"))
+def _(work):
+    (work / "short.txt").write_text("To be, or not to be: that is the question.\n")
+    return datasets(data_cfg(work / "short.txt"), block_size=64)
+
+
+@case("data-batch-not-divisible", "api", "global batch 5 over 2 processes",
+      ("does not divide", "5"))
+def _(work):
+    (work / "ok.txt").write_text("To be, or not to be: that is the question.\n" * 20)
+    return datasets(data_cfg(work / "ok.txt"), batch=5, process_count=2)
+
+
+@case("data-shards-missing", "api", "source=shards in a folder without meta.json",
+      ("meta.json", "does not exist", "prepare"))
+def _(work):
+    (work / "shards").mkdir()
+    return datasets(data_cfg("", source="shards", shards_dir=str(work / "shards")))
+
+
 # ----------------------------------------------------------------------------- config: CLI
 
 
@@ -402,6 +465,31 @@ def _(work):
 def _(work):
     return tiny_cli("--config.model.n_head=3", "--mode=generate", "--prompt=hi",
                     f"--workdir={work}")
+
+
+def prepare_cli(work, train_file, *extra):
+    return ["--mode=prepare", "--config=configs/prepare_shakespeare.py:char",
+            f"--config.data.train_file={train_file}",
+            f"--config.data.shards_dir={work / 'shards'}", f"--workdir={work}", *extra]
+
+
+@case("data-missing-cli", "cli", "prepare from a missing text file",
+      ("does not exist", "config.data.train_file"))
+def _(work):
+    return prepare_cli(work, work / "missing.txt")
+
+
+@case("data-binary-cli", "cli", "prepare from a binary file",
+      ("not valid utf-8", "encoding_errors"))
+def _(work):
+    (work / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    return prepare_cli(work, work / "blob.bin")
+
+
+@case("data-empty-cli", "cli", "prepare from an empty file", ("is empty", "contains text"))
+def _(work):
+    (work / "empty.txt").write_text("   \n")
+    return prepare_cli(work, work / "empty.txt")
 
 
 # ----------------------------------------------------------------------------- safe loading
