@@ -62,6 +62,23 @@ def _layer_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     }
 
 
+def check_gpt2_layout(cfg: GPT2Config, exact: bool = False) -> None:
+    """Raises WeightsError if `cfg` has parameters the HF GPT-2 layout cannot hold.
+
+    With `exact=True` also rejects variants that keep GPT-2's parameters but compute
+    differently (sliding window, post-LN): HF would then give other logits.
+    """
+    fields = {"n_kv_heads": 0, "position": "learned", "qk_norm": False}
+    if exact:
+        fields.update(sliding_window=0, norm_position="pre")
+    bad = {k: getattr(cfg, k) for k, v in fields.items() if getattr(cfg, k, v) != v}
+    if bad:
+        raise WeightsError(
+            f"The HF GPT-2 layout cannot represent {bad}; only plain GPT-2 ({fields}) "
+            "imports/exports. Save such models with the Orbax checkpointer instead."
+        )
+
+
 def expected_hf_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     """Every tensor name of an HF GPT-2 state dict (no prefix) -> its shape for `cfg`."""
     shapes = {
@@ -105,6 +122,7 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
     Raises:
       WeightsError: a tensor is missing, unexpected or has the wrong shape.
     """
+    check_gpt2_layout(cfg)
     state = _normalise_keys(state)
     expected = expected_hf_shapes(cfg)
     missing = [k for k in expected if k not in state]
@@ -174,6 +192,7 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
     Returns:
       name -> numpy array in the parameters' dtype, Conv1D weights [in, out].
     """
+    check_gpt2_layout(cfg, exact=True)
     e = cfg.n_embd
     get = lambda *path: np.asarray(jax.device_get(_lookup(params, path)))
     out = {
