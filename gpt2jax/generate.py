@@ -1,0 +1,505 @@
+"""Text generation: HF-compatible arguments, bucketing, and the compiled greedy/sampling loop.
+
+`generate(cfg, params, input_ids, ...)` mirrors Hugging Face `model.generate` for GPT-2
+(argument names, defaults and results; see `GenerationArgs`). The whole decode is one jitted
+computation: prefill of the padded prompt into a preallocated KV cache, then a
+`lax.while_loop` that feeds one token per step. Beam search lives in `beam_search.py`.
+
+Bucketing: prompts are left-padded to a bucket length (powers of two, at least 16), the new
+token budget and the batch are rounded up the same way, and everything HF treats as a number
+(temperature, top_p, penalties, length_penalty, early_stopping, EOS/pad ids, the exact number
+of new tokens) is a traced value. So prompts whose lengths fall in the same bucket reuse one
+compiled executable. Extra bucket columns are masked out of attention, of the repetition
+penalty and of n-gram matching, so the tokens equal HF's on the unpadded batch.
+
+Shapes: B batch (bucketed), P prompt columns (bucketed), N new-token columns, L = P + N,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from gpt2jax import sampling
+from gpt2jax.errors import ConfigError
+from gpt2jax.model import GPT2, GPT2Config, init_cache
+from gpt2jax.sampling import ScoreParams, ScoreSettings
+
+# Number of times a decode function was traced (== compiled); tests use it to check buckets.
+TRACE_COUNT = {"greedy": 0, "beam": 0}
+_STREAM_SINK: list[Callable[[int, np.ndarray], None] | None] = [None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static shapes and switches of one compiled decode (hashable jit key)."""
+
+    batch: int                 # bucketed batch rows (before beams)
+    prompt_len: int            # P: bucketed prompt columns
+    new_len: int               # N: token columns reserved for generation (>= max_new_tokens)
+    num_beams: int
+    score: ScoreSettings
+    stream: bool = False       # call the streaming sink from inside the loop
+    mesh: jax.sharding.Mesh | None = None
+    axis_rules: tuple | None = None
+
+    @property
+    def total_len(self) -> int:
+        return self.prompt_len + self.new_len
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Runtime:
+    """Traced per-call values: changing them never recompiles."""
+
+    max_new_tokens: jax.Array   # i32 [], tokens to generate at most (HF: max_length - prompt)
+    offset: jax.Array           # i32 [], bucket padding columns added left of HF's prompt
+    pad_id: jax.Array           # i32 [], fills finished rows
+    length_penalty: jax.Array   # f32 [] (beam search)
+    early_stopping: jax.Array   # i32 [] 0=False, 1=True, 2="never" (beam search)
+    key: jax.Array              # PRNG key for sampling
+    score: ScoreParams
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """Loop state of greedy/sampling decoding."""
+
+    tokens: jax.Array           # [B, L] prompt + generated tokens
+    cache: dict                 # the model's KV cache
+    unfinished: jax.Array       # [B] bool, rows that have not emitted EOS
+    step: jax.Array             # i32 [], tokens generated so far
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= n (at least `minimum`): the compile bucket of a length."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+def batch_bucket(n: int, multiple: int = 1) -> int:
+    """Batch rows rounded up to a power of two, then to a multiple of the data-parallel size."""
+    size = bucket(n, 1)
+    return -(-size // multiple) * multiple
+
+
+# ----------------------------------------------------------------------------- model calls
+
+def prompt_positions(mask: jax.Array) -> jax.Array:
+    """HF positions for a left-padded prompt: cumsum(mask) - 1, 0 on padding. [B, P]."""
+    positions = jnp.cumsum(mask, axis=-1) - 1
+    return jnp.where(mask == 0, 0, positions).astype(jnp.int32)
+
+
+def key_mask(mask: jax.Array, new_len: int) -> jax.Array:
+    """Attention mask over the L cache slots: the prompt mask, then ones. [B, P] -> [B, L]."""
+    return jnp.concatenate([mask, jnp.ones((mask.shape[0], new_len), mask.dtype)], axis=1)
+
+
+def model_step(cfg: GPT2Config, params, cache, ids: jax.Array, slot_mask: jax.Array,
+               positions: jax.Array):
+    """Runs the cached model on ids [B, T]; returns (last-position logits [B, V], new cache)."""
+    logits, updates = GPT2(cfg).apply(
+        {"params": params, "cache": cache}, ids, attention_mask=slot_mask,
+        position_ids=positions, decode=True, mutable=["cache"],
+    )
+    return logits[:, -1], updates["cache"]
+
+
+def repeat_rows(tree, times: int):
+    """Repeats every batched leaf of a pytree `times` along axis 0 (beams / return sequences)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if x.ndim else x, tree)
+
+
+def valid_positions(mask: jax.Array, length: int, cur_len: jax.Array) -> jax.Array:
+    """Buffer positions seen by the repetition penalty: [first real token, cur_len). [B, L].
+
+    HF (v5) ignores the left padding (`argmax(mask != 0)` leading positions).
+    """
+    first = jnp.argmax(mask != 0, axis=-1)[:, None]
+    cols = jnp.arange(length)[None, :]
+    return (cols >= first) & (cols < cur_len)
+
+
+def fill_value(pad_id: int | None, eos_ids: tuple[int, ...]) -> int:
+    """HF's filler of not-yet-generated beam slots: `pad or eos[0]` (0 counts as unset)."""
+    if not eos_ids:
+        return -1
+    return pad_id if pad_id else eos_ids[0]
+
+
+# ------------------------------------------------------------------- greedy / sampling loop
+
+def _choose(cfg_plan: Plan, rt: Runtime, state: DecodeState, logits: jax.Array, mask: jax.Array,
+            real: jax.Array) -> DecodeState:
+    """Processes logits [B, V], picks the next token and writes it into the buffer."""
+    settings = cfg_plan.score
+    length = cfg_plan.total_len
+    cur_len = cfg_plan.prompt_len + state.step
+    valid = valid_positions(mask, length, cur_len)
+    scores = sampling.apply_processors(logits, state.tokens, valid, cur_len, rt.offset,
+                                       state.step, settings, rt.score)
+    key = jax.random.fold_in(rt.key, state.step)
+    token = sampling.select_tokens(key, scores, settings, rt.score)
+    unfinished = state.unfinished
+    if settings.num_eos > 0:
+        token = jnp.where(unfinished, token, rt.pad_id)
+        unfinished = unfinished & ~(token[:, None] == rt.score.eos_ids[None, :]).any(-1)
+    unfinished = unfinished & real
+    if cfg_plan.stream:
+        jax.debug.callback(_stream_callback, state.step, token, ordered=True)
+    tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None], cur_len, axis=1)
+    return DecodeState(tokens, state.cache, unfinished, state.step + 1)
+
+
+def _stream_callback(step, token) -> None:
+    sink = _STREAM_SINK[0]
+    if sink is not None:
+        sink(int(step), np.asarray(token))
+
+
+def _greedy_impl(cfg: GPT2Config, plan: Plan, params, prompt: jax.Array, mask: jax.Array,
+                 real: jax.Array, rt: Runtime):
+    """Greedy or sampled decoding, one compiled computation.
+
+    Each loop step turns the current logits into a token, then runs the model on that token
+    for the next logits (so the token choice is compiled once; the last forward is unused).
+
+    Args:
+      prompt: [B, P] left-padded ids; mask: [B, P] 1 for real tokens; real: [B] bool (False
+        for bucket filler rows).
+    Returns:
+      (tokens [B, L], steps: i32 number of generated columns).
+    """
+    TRACE_COUNT["greedy"] += 1
+    batch, length = prompt.shape[0], plan.total_len
+    slot_mask = key_mask(mask, plan.new_len)
+    cache = init_cache(cfg, batch, length)
+    logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
+    filler = jnp.full((batch, plan.new_len), rt.pad_id, prompt.dtype)
+    state = DecodeState(jnp.concatenate([prompt, filler], axis=1), cache, real,
+                        jnp.array(0, jnp.int32))
+    next_position = jnp.sum(mask, axis=-1).astype(jnp.int32)
+
+    def cond(carry):
+        s = carry[0]
+        return (s.step < rt.max_new_tokens) & jnp.any(s.unfinished)
+
+    def body(carry):
+        s, logits = carry
+        s = _choose(plan, rt, s, logits, mask, real)
+        last = jax.lax.dynamic_slice_in_dim(s.tokens, plan.prompt_len + s.step - 1, 1, axis=1)
+        positions = (next_position + s.step - 1)[:, None]
+        logits, cache = model_step(cfg, params, s.cache, last, slot_mask, positions)
+        return dataclasses.replace(s, cache=cache), logits
+
+    state, _ = jax.lax.while_loop(cond, body, (state, logits))
+    return state.tokens, state.step
+
+
+_greedy_jit = jax.jit(_greedy_impl, static_argnums=(0, 1))
+
+
+# ----------------------------------------------------------------------------------- API
+
+@dataclasses.dataclass(frozen=True)
+class GenerationArgs:
+    """HF `generate` keyword arguments (names, meanings and defaults as in transformers v5)."""
+
+    max_length: int | None = None          # total length incl. the prompt (HF default 20)
+    max_new_tokens: int | None = None      # new tokens; overrides max_length
+    min_new_tokens: int = 0                # EOS suppressed until this many new tokens
+    do_sample: bool = False                # sample (with warpers) instead of greedy / beams
+    temperature: float = 1.0               # sampling only
+    top_k: int = 50                        # sampling only; 0 = off
+    top_p: float = 1.0                     # sampling only; 1.0 = off
+    num_beams: int = 1
+    length_penalty: float = 1.0            # beam score = sum logprob / length ** length_penalty
+    early_stopping: bool | str = False     # True | False | "never"
+    num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    eos_token_id: int | list | tuple | None = 50256
+    pad_token_id: int | None = None        # None -> the first EOS id, as HF does
+    seed: int = 0
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        if self.eos_token_id is None:
+            return ()
+        if isinstance(self.eos_token_id, (list, tuple)):
+            return tuple(int(e) for e in self.eos_token_id)
+        return (int(self.eos_token_id),)
+
+    @property
+    def pad_id(self) -> int:
+        if self.pad_token_id is not None:
+            return int(self.pad_token_id)
+        return self.eos_ids[0] if self.eos_ids else 0
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    """What `generate(..., return_dict=True)` returns (HF's field names).
+
+    sequences: [batch * num_return_sequences, prompt + new] int32.
+    sequences_scores: [batch * num_return_sequences] float32 (beam search only, else None).
+    """
+
+    sequences: np.ndarray
+    sequences_scores: np.ndarray | None = None
+
+
+def make_args(**kwargs) -> GenerationArgs:
+    """Builds `GenerationArgs` from HF-style keyword arguments, rejecting unknown names."""
+    known = {f.name for f in dataclasses.fields(GenerationArgs)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(f"Unknown generate arguments {unknown}; supported: {sorted(known)}.")
+    return GenerationArgs(**kwargs)
+
+
+def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
+             axis_rules=None, return_dict: bool = False,
+             streamer: Callable[[int, np.ndarray], None] | None = None, **kwargs):
+    """Generates like HF `GPT2LMHeadModel.generate` (greedy, sampling, beam search).
+
+    Args:
+      cfg, params: the model.
+      input_ids: [batch, prompt] int (left-padded for different lengths), or [prompt].
+      attention_mask: [batch, prompt] 1 = real token; None = inferred as HF does.
+      mesh, axis_rules: optional device mesh and logical-axis rules (e.g.
+        `sharding.make_mesh(config.mesh)`, `sharding.rules(config.mesh)`): batch is sharded
+        on the data axes, heads on `tensor`.
+      return_dict: return a `GenerateOutput` (with beam `sequences_scores`) instead of ids.
+      streamer: for greedy/sampling, called as streamer(step, tokens [rows]) from inside the
+        compiled loop as each token is produced (a separately compiled variant).
+      **kwargs: HF arguments, see `GenerationArgs`.
+    Returns:
+      int32 array [batch * num_return_sequences, prompt + new], or a `GenerateOutput`.
+    """
+    args = make_args(**kwargs)
+    ids, mask = _prepare_inputs(input_ids, attention_mask, args)
+    new_tokens = _new_token_count(cfg, ids, mask, args)
+    _validate(args)
+    if args.do_sample and args.num_beams == 1 and args.num_return_sequences > 1:
+        ids = np.repeat(ids, args.num_return_sequences, axis=0)
+        mask = np.repeat(mask, args.num_return_sequences, axis=0)
+    plan, prompt, pmask, real = _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules,
+                                      streamer is not None and args.num_beams == 1)
+    rt = _runtime(args, new_tokens, plan.prompt_len - ids.shape[1])
+    if mesh is not None:
+        params, prompt, pmask = _place(cfg, params, (prompt, pmask), mesh, axis_rules)
+    with _mesh_context(mesh, axis_rules):
+        if args.num_beams > 1:
+            out = _run_beams(cfg, plan, params, prompt, pmask, real, rt, args, ids.shape)
+        else:
+            out = _run_greedy(cfg, plan, params, prompt, pmask, real, rt, ids.shape, streamer)
+    return out if return_dict else out.sequences
+
+
+def _prepare_inputs(input_ids, attention_mask, args: GenerationArgs):
+    """Host arrays ids, mask [B, P]; HF's mask inference when none is given."""
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ConfigError(
+            f"input_ids has shape {ids.shape}; give a non-empty prompt as [batch, length] "
+            "token ids (an empty prompt has nothing to condition on)."
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ConfigError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
+    if attention_mask is None:
+        pad = args.pad_token_id
+        infer = pad is not None and pad not in args.eos_ids and bool((ids == pad).any())
+        mask = (ids != pad) if infer else np.ones_like(ids)
+    else:
+        mask = np.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ConfigError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}; "
+                              "pass one mask entry per token.")
+    mask = mask.astype(np.int32)
+    empty = np.flatnonzero(mask.sum(-1) == 0)
+    if empty.size:
+        raise ConfigError(f"prompt(s) {empty.tolist()} are empty (attention_mask all 0); give "
+                          "every prompt at least one token.")
+    return ids.astype(np.int32), mask
+
+
+def _new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
+    """HF's budget: max_new_tokens, else max_length - prompt columns; checked vs the context."""
+    if args.max_new_tokens is not None:
+        new = args.max_new_tokens
+        if new <= 0:
+            raise ConfigError(f"max_new_tokens={new}; it must be a positive number of tokens.")
+    else:
+        max_length = 20 if args.max_length is None else args.max_length
+        new = max_length - ids.shape[1]
+        if new <= 0:
+            raise ConfigError(
+                f"max_length={max_length} leaves no room after the {ids.shape[1]}-token prompt "
+                "(max_new_tokens <= 0); raise max_length or set max_new_tokens."
+            )
+    longest = int(mask.sum(-1).max())
+    if longest + new > cfg.n_positions:
+        raise ConfigError(
+            f"prompt of {longest} tokens + {new} new tokens exceeds the model context of "
+            f"{cfg.n_positions} positions; shorten the prompt or lower max_new_tokens/max_length."
+        )
+    return int(new)
+
+
+def _validate(args: GenerationArgs) -> None:
+    """HF's argument checks, as ConfigErrors that name the fix."""
+    if not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"top_p={args.top_p} must be in (0, 1]; use 1.0 to disable it.")
+    if args.num_beams < 1:
+        raise ConfigError(f"num_beams={args.num_beams}; use 1 (no beam search) or more.")
+    if args.num_return_sequences < 1:
+        raise ConfigError(f"num_return_sequences={args.num_return_sequences} must be >= 1.")
+    if not args.do_sample and args.num_return_sequences > args.num_beams:
+        raise ConfigError(
+            f"num_return_sequences={args.num_return_sequences} > num_beams={args.num_beams} "
+            "without sampling; raise num_beams or set do_sample=True."
+        )
+    if args.do_sample and args.temperature <= 0:
+        raise ConfigError(f"temperature={args.temperature} must be > 0 when sampling.")
+    if args.top_k < 0 or args.no_repeat_ngram_size < 0 or args.min_new_tokens < 0:
+        raise ConfigError("top_k, no_repeat_ngram_size and min_new_tokens must be >= 0.")
+    if args.repetition_penalty <= 0:
+        raise ConfigError(f"repetition_penalty={args.repetition_penalty} must be > 0.")
+    if args.early_stopping not in (True, False, "never"):
+        raise ConfigError(f"early_stopping={args.early_stopping!r}; use True, False or 'never'.")
+
+
+def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
+    """Buckets shapes and left-pads the batch: (Plan, prompt [B', P'], mask, real rows [B'])."""
+    rows, length = ids.shape
+    prompt_len = bucket(length)
+    if prompt_len + new_tokens > cfg.n_positions:
+        prompt_len = length  # no room for bucket padding near the context limit
+    new_len = min(bucket(new_tokens), cfg.n_positions - prompt_len)
+    batch = batch_bucket(rows, _data_parallel_size(mesh, axis_rules))
+    offset = prompt_len - length
+    fill = args.pad_id if 0 <= args.pad_id < cfg.vocab_size else 0
+    prompt = np.full((batch, prompt_len), fill, np.int32)
+    pmask = np.zeros((batch, prompt_len), np.int32)
+    prompt[:rows, offset:], pmask[:rows, offset:] = ids, mask
+    pmask[rows:, -1] = 1  # filler rows: one token, so that no row is fully masked
+    real = np.arange(batch) < rows
+    use_top_p = args.do_sample and args.top_p < 1.0
+    score = ScoreSettings(
+        do_sample=bool(args.do_sample),
+        top_k=int(args.top_k) if args.do_sample else 0,
+        use_top_p=bool(use_top_p),
+        ngram_window=max(int(args.no_repeat_ngram_size), 3) if args.no_repeat_ngram_size else 0,
+        num_eos=len(args.eos_ids),
+        min_tokens_to_keep=len(args.eos_ids) + 1 if args.num_beams > 1 else 1,
+    )
+    rules = tuple(axis_rules) if axis_rules is not None else None
+    plan = Plan(batch, prompt_len, new_len, int(args.num_beams), score, stream, mesh, rules)
+    return plan, prompt, pmask, real
+
+
+def _runtime(args: GenerationArgs, new_tokens: int, offset: int) -> Runtime:
+    eos = np.array(args.eos_ids or (-1,), np.int32)
+    early = {False: 0, True: 1, "never": 2}[args.early_stopping]
+    return Runtime(
+        max_new_tokens=jnp.int32(new_tokens), offset=jnp.int32(offset),
+        pad_id=jnp.int32(args.pad_id), length_penalty=jnp.float32(args.length_penalty),
+        early_stopping=jnp.int32(early), key=jax.random.key(args.seed),
+        score=ScoreParams(
+            temperature=jnp.float32(args.temperature), top_p=jnp.float32(args.top_p),
+            repetition_penalty=jnp.float32(args.repetition_penalty),
+            min_new_tokens=jnp.int32(args.min_new_tokens), eos_ids=jnp.asarray(eos),
+            ngram_size=jnp.int32(max(args.no_repeat_ngram_size, 1)),
+        ),
+    )
+
+
+def _data_parallel_size(mesh, axis_rules) -> int:
+    if mesh is None:
+        return 1
+    spec = nn.logical_to_mesh_axes(("batch",), tuple(axis_rules))[0]
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return int(np.prod([mesh.shape[n] for n in names]))
+
+
+def _place(cfg, params, batch_arrays, mesh, axis_rules):
+    """Puts params on the mesh by their logical axes (dims that do not divide stay
+    replicated) and the batch arrays on the data axes."""
+    from gpt2jax import model as model_lib, sharding
+
+    specs = sharding.logical_to_sharding(model_lib.logical_axes(cfg), mesh, tuple(axis_rules))
+
+    def fit(x, s):
+        parts = [a if a is None or x.shape[i] % _axis_size(mesh, a) == 0 else None
+                 for i, a in enumerate(tuple(s.spec) + (None,) * (x.ndim - len(s.spec)))]
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*parts)))
+
+    params = jax.tree.map(fit, params, specs)
+    batch_sh = sharding.batch_sharding(mesh, tuple(axis_rules))
+    return (params,) + tuple(jax.device_put(a, batch_sh) for a in batch_arrays)
+
+
+def _axis_size(mesh, axes) -> int:
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape[n] for n in names]))
+
+
+class _mesh_context:
+    """`with`: the mesh (for sharding constraints) and the logical-axis rules, or nothing."""
+
+    def __init__(self, mesh, axis_rules):
+        self.mesh, self.rules, self.stack = mesh, axis_rules, []
+
+    def __enter__(self):
+        if self.mesh is not None:
+            for ctx in (jax.set_mesh(self.mesh), nn.logical_axis_rules(tuple(self.rules))):
+                ctx.__enter__()
+                self.stack.append(ctx)
+        return self
+
+    def __exit__(self, *exc):
+        while self.stack:
+            self.stack.pop().__exit__(*exc)
+
+
+def _run_greedy(cfg, plan, params, prompt, pmask, real, rt, shape, streamer) -> GenerateOutput:
+    _STREAM_SINK[0] = streamer
+    try:
+        tokens, steps = _greedy_jit(cfg, plan, params, prompt, pmask, real, rt)
+        tokens, steps = np.asarray(tokens), int(steps)
+    finally:
+        _STREAM_SINK[0] = None
+    rows, length = shape
+    offset = plan.prompt_len - length
+    return GenerateOutput(tokens[:rows, offset:plan.prompt_len + steps])
+
+
+def _run_beams(cfg, plan, params, prompt, pmask, real, rt, args, shape) -> GenerateOutput:
+    from gpt2jax import beam_search
+
+    fill = jnp.int32(fill_value(args.pad_token_id if args.pad_token_id is not None
+                                else (args.eos_ids[0] if args.eos_ids else None), args.eos_ids))
+    seqs, scores, lengths = beam_search.beam_search_jit(cfg, plan, params, prompt, pmask, real,
+                                                        fill, rt)
+    rows, length = shape
+    keep = args.num_return_sequences
+    seqs, scores = np.asarray(seqs)[:rows, :keep], np.asarray(scores)[:rows, :keep]
+    generated = int(np.asarray(lengths)[:rows, :keep].max())
+    offset = plan.prompt_len - length
+    seqs = seqs[:, :, offset:plan.prompt_len + generated]
+    return GenerateOutput(seqs.reshape(rows * keep, -1), scores.reshape(-1))
