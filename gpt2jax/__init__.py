@@ -26,3 +26,10 @@ try:  # modules that land issue by issue; the names above are always there
     __all__ += ["load_pretrained", "save_pretrained"]
 except ImportError:  # pragma: no cover
     pass
+
+try:  # generation (issue 3): `gpt2jax.generate(cfg, params, input_ids, **hf_kwargs)`
+    from gpt2jax.generate import GenerateOutput, generate  # noqa: F401
+
+    __all__ += ["GenerateOutput", "generate"]
+except ImportError:  # pragma: no cover
+    pass
