@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import weakref
 
 import numpy as np
 
@@ -57,12 +58,14 @@ def windows_batch(stream: TokenStream, starts: np.ndarray, block_size: int,
     idx = starts[:, None].astype(np.int64) + np.arange(block_size + 1)
     if len(starts) and starts.min() >= 0 and starts.max() + block_size < len(stream):
         tokens = stream.gather(idx)  # fast path: every window lies inside the stream
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+        return {"inputs": np.ascontiguousarray(tokens[:, :-1]),
+                "targets": np.ascontiguousarray(tokens[:, 1:]),
                 "weights": np.ones((len(starts), block_size), np.float32)}
     valid = (idx < len(stream)) & (starts[:, None] >= 0)
     tokens = stream.gather(np.where(valid, idx, 0))
     tokens[~valid] = pad_id
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+    return {"inputs": np.ascontiguousarray(tokens[:, :-1]),
+            "targets": np.ascontiguousarray(tokens[:, 1:]),
             "weights": valid[:, 1:].astype(np.float32)}
 
 
@@ -125,15 +128,22 @@ class BatchIterator:
                              self.pad_id)
 
     # -- iteration with a background prefetch thread ---------------------------------
-    def _produce(self, position, out: queue.Queue, stop: threading.Event) -> None:
+    @staticmethod
+    def _produce(ref: weakref.ref, position, out: queue.Queue, stop: threading.Event) -> None:
+        # Holds only a weak reference, so an abandoned iterator is collected and its thread
+        # ends instead of polling forever.
         try:
             while not stop.is_set():
-                if self._finished(position[0]):
+                it = ref()
+                if it is None:
+                    return
+                if it._finished(position[0]):
                     out.put(("end", None, position))
                     return
-                batch = self.batch_at(*position)
-                position = self._next_position(*position)
-                while not stop.is_set():
+                batch = it.batch_at(*position)
+                position = it._next_position(*position)
+                del it
+                while not stop.is_set() and ref() is not None:
                     try:
                         out.put(("batch", batch, position), timeout=0.1)
                         break
@@ -145,9 +155,14 @@ class BatchIterator:
     def _start(self) -> None:
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, daemon=True,
-                                        args=(self._position, self._queue, self._stop))
+        self._thread = threading.Thread(
+            target=self._produce, daemon=True,
+            args=(weakref.ref(self), self._position, self._queue, self._stop))
         self._thread.start()
+
+    def __del__(self):
+        if getattr(self, "_thread", None) is not None:
+            self._stop.set()
 
     def close(self) -> None:
         """Stops the prefetch thread (the position is kept)."""

@@ -52,8 +52,10 @@ def _text_splits(cfg) -> SplitTexts:
 
 
 def _tfds_splits(cfg) -> SplitTexts:
+    data_dir = sources.expand_path(cfg.data_dir, "data_dir") if cfg.data_dir else ""
+
     def texts(split):
-        return tfds_source.tfds_texts(cfg.tfds_name, split, cfg.tfds_feature, cfg.data_dir,
+        return tfds_source.tfds_texts(cfg.tfds_name, split, cfg.tfds_feature, data_dir,
                                       cfg.tfds_download)
 
     where = f"tfds:{cfg.tfds_name}"
