@@ -68,11 +68,22 @@ def generate_config() -> ml_collections.ConfigDict:
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-    """`config.mesh`: device mesh shape and the logical-axis -> mesh-axis rules."""
+    """`config.mesh`: device mesh shape and the logical-axis -> mesh-axis rules.
+
+    Parallelism is chosen by the sizes (the rules stay): data parallel `--config.mesh.data=-1`
+    (default); FSDP `--config.mesh.data=1 --config.mesh.fsdp=-1`; FSDP x tensor parallel
+    `--config.mesh.fsdp=-1 --config.mesh.tensor=4` (tensor must divide n_head); two slices
+    `--config.mesh.dcn_data=2`. See README "Scale-out".
+    """
     c = ml_collections.ConfigDict()
     c.data = -1                    # data-parallel size (-1 = all devices not used below)
     c.fsdp = 1                     # fully sharded data parallel size (params sharded on embed)
     c.tensor = 1                   # tensor-parallel size (heads / mlp / vocab sharded)
+    # Multi-slice (several TPU slices or GPU nodes over the data-centre network, DCN): the
+    # sizes above are then per slice (ICI) and these multiply them across slices; -1 = rest.
+    c.dcn_data = 1                 # data-parallel size across slices (the usual choice)
+    c.dcn_fsdp = 1                 # fsdp size across slices (params gathered over DCN: slow)
+    c.dcn_tensor = 1               # tensor-parallel size across slices (rarely sensible)
     # logical axis -> mesh axes; None = replicated. Names match gpt2jax.model.
     c.rules = (
         ("batch", ("data", "fsdp")),
@@ -134,7 +145,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.learning_rate = 6e-4         # peak learning rate
     c.min_learning_rate = 6e-5     # floor of the cosine decay (nanoGPT: lr / 10)
     c.warmup_steps = 2000          # linear warmup steps (nanoGPT: lr * (s+1) / (warmup+1))
-    c.lr_decay_steps = 600_000     # cosine reaches min_learning_rate at this step
+    c.lr_decay_steps = 600_000     # cosine reaches min_learning_rate here; 0 = at num_steps
     c.schedule = "cosine"          # cosine | constant (after warmup)
     c.weight_decay = 0.1           # AdamW decoupled weight decay on matmul kernels
     c.decay_embeddings = False     # also decay wte/wpe (nanoGPT does; GPT-2 practice does not)
@@ -144,8 +155,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.grad_clip = 1.0              # clip gradients to this global norm; 0 = no clipping
     c.log_every = 10               # steps between train-metric logs (console, TensorBoard)
     c.eval_every = 1000            # steps between validation passes (and at the end); 0 = never
-    c.eval_batches = 200           # fixed validation batches per pass (nanoGPT eval_iters)
-    c.eval_batch_size = 0          # sequences per validation batch; 0 = batch_size / accum
+    c.eval_batches = 200           # fixed val batches per pass (nanoGPT eval_iters), each of
+    #                                batch_size sequences, run in grad_accum_steps chunks
     c.sample_tokens = 0            # tokens of text sampled at each eval; 0 = no sample
     c.sample_prompt = "\n"         # prompt of that sample
     c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start

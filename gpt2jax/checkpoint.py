@@ -1,0 +1,193 @@
+"""Orbax checkpoints of a training run: save, keep-K + best, resume, inference loading.
+
+A checkpoint at step s is `<workdir>/checkpoints/<s>/` with three items:
+- `state`: the `TrainState` (params, optimizer state, step, rng), sharded arrays;
+- `data`: the training data iterator state (JSON), so that a resumed run sees the same batches;
+- `meta`: JSON with the model config (`GPT2Config` fields), the tokenizer metadata and the step.
+
+Saves are asynchronous (`wait_until_finished` before exit). Kept: the last `keep` checkpoints
+plus the `keep_best` with the lowest validation loss. A workdir whose checkpoint holds another
+model shape is refused with an error before anything is restored or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from gpt2jax.errors import ConfigError, WeightsError
+from gpt2jax.model import GPT2Config
+
+ITEMS = ("state", "data", "meta")
+# GPT2Config fields that may change between a run and its resume (no effect on shapes).
+RESUMABLE_CHANGES = frozenset(
+    {"embd_pdrop", "attn_pdrop", "resid_pdrop", "dtype", "attention_impl", "remat"}
+)
+
+
+class CheckpointMismatchError(ConfigError):
+    """The workdir holds a checkpoint of a different model; nothing was restored or written."""
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    """Where a run keeps its checkpoints: `<workdir>/checkpoints`."""
+    return Path(workdir).expanduser().resolve() / "checkpoints"
+
+
+def _policy(keep: int, keep_best: int):
+    cm = ocp.checkpoint_managers
+    policies = [cm.LatestN(n=keep)]
+    if keep_best > 0:
+        policies.append(cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True,
+                                 n=keep_best, keep_checkpoints_without_metrics=False))
+    return cm.AnyPreservationPolicy(policies)
+
+
+class Checkpointer:
+    """An Orbax `CheckpointManager` for one workdir.
+
+    Args:
+      workdir: the run directory.
+      keep: how many of the most recent checkpoints to keep.
+      keep_best: how many best-by-val-loss checkpoints to keep in addition (0 = none).
+      async_save: write in a background thread (the device->host copy stays synchronous).
+    """
+
+    def __init__(self, workdir: str | Path, keep: int = 3, keep_best: int = 1,
+                 async_save: bool = True):
+        if keep < 1:
+            raise ConfigError(f"checkpoint.keep={keep}; keep at least 1 checkpoint.")
+        self.directory = checkpoint_dir(workdir)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=_policy(keep, keep_best),
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        """The newest finalized checkpoint step, None if there is none."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def read_meta(self, step: int) -> dict:
+        """The `meta` JSON of checkpoint `step`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def check_model(self, step: int, cfg: GPT2Config) -> dict:
+        """Raises CheckpointMismatchError if checkpoint `step` holds another model; returns meta."""
+        meta = self.read_meta(step)
+        check_same_model(meta["model"], cfg, where=str(self.directory / str(step)))
+        return meta
+
+    def save(self, step: int, state, data_state: dict, meta: dict,
+             val_loss: float | None = None) -> None:
+        """Starts an (async) save of `state`, the data iterator state and `meta` at `step`."""
+        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(dict(meta, step=int(step))),
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
+        """Restores (state, data_state, meta) of `step` into the shardings of `abstract_state`.
+
+        abstract_state: the TrainState pytree of `jax.ShapeDtypeStruct`s with shardings.
+        """
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], dict(restored["data"]), dict(restored["meta"])
+
+    def wait_until_finished(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
+    """Compares a saved GPT2Config dict with `cfg`, ignoring fields in RESUMABLE_CHANGES."""
+    current = cfg.to_dict()
+    diffs = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+             if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)}
+    if diffs:
+        shown = ", ".join(f"{k}: saved {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointMismatchError(
+            f"The checkpoint in {where} is of a different model ({shown}); nothing was restored "
+            "or overwritten. Use a new --workdir, or set the config to the saved model."
+        )
+
+
+def load_params_for_inference(workdir: str | Path, step: int | None = None,
+                              **config_overrides) -> tuple[GPT2Config, Any, dict]:
+    """Loads the params of a training run for generation/evaluation (no optimizer state).
+
+    Args:
+      workdir: a training workdir (holding `checkpoints/`).
+      step: which checkpoint; None = the latest.
+      **config_overrides: GPT2Config fields to change, e.g. `dtype="bfloat16"`.
+    Returns:
+      (cfg, params, tokenizer_meta): params as host-local jax arrays (e.g. `wte/embedding`
+      [V, E]); tokenizer_meta is the dict the run saved (e.g. {"name": "char", ...}).
+    """
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise WeightsError(
+            f"No checkpoints in {directory}; pass the --workdir of a training run "
+            "(python run.py --mode=train ...)."
+        )
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise WeightsError(f"{directory} holds no finished checkpoint; train longer or check it.")
+    meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    cfg = GPT2Config(**dict(meta["model"], **config_overrides))
+    shapes = jax.eval_shape(_abstract_params(cfg))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"params": jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        )))
+    manager.close()
+    return cfg, restored["state"]["params"], dict(meta.get("tokenizer", {}))
+
+
+def _abstract_params(cfg: GPT2Config):
+    from gpt2jax.model import init_params
+
+    def fn():
+        return init_params(cfg, jax.random.PRNGKey(0))
+
+    return fn
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Writes JSON atomically (tmp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,21 @@
+"""`python run.py --mode=train --config=configs/FILE.py[:ARG] --workdir=DIR`: train or fine-tune.
+
+Resumes automatically when DIR holds a checkpoint; see gpt2jax/loop.py for the workdir layout.
+"""
+
+from __future__ import annotations
+
+from gpt2jax.errors import ConfigError
+
+
+def main(config, args) -> None:
+    """Runs `gpt2jax.loop.train_and_evaluate(config, args.workdir)` and prints the result."""
+    if not args.workdir:
+        raise ConfigError("--mode=train needs --workdir=DIR (checkpoints, logs, the HF export).")
+    from gpt2jax.loop import train_and_evaluate
+
+    result = train_and_evaluate(config, args.workdir)
+    val = result["val_loss"]
+    val_text = "n/a" if val is None else f"{val:.4f}"
+    print(f"done: step {result['step']}, train loss {result['train_loss']:.4f}, "
+          f"val loss {val_text}; workdir {args.workdir}", flush=True)

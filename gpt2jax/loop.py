@@ -1,0 +1,380 @@
+"""The host training loop: `train_and_evaluate(config, workdir)`.
+
+Data -> sharded `train_step` -> metrics (console + tqdm, TensorBoard, `metrics.jsonl`),
+periodic evaluation on fixed validation batches (with an optional text sample), Orbax
+checkpoints with automatic resume, NaN guard, and an HF export at the end.
+
+Workdir layout: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (one
+line per train step / eval), `tensorboard/` (event file), `checkpoints/<step>/`, `hf/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import data as data_lib
+from gpt2jax import sharding as sharding_lib
+from gpt2jax.errors import ConfigError
+from gpt2jax.model import GPT2Config
+from gpt2jax.train import (Trainer, TrainConfig, TrainingDivergedError, TrainState,
+                           model_flops_per_token)
+
+Hook = Callable[[int, "Run"], None]  # called after each step as hook(step, run)
+
+
+class Run:
+    """What the loop holds; hooks may read it (e.g. `run.checkpointer`)."""
+
+    def __init__(self, config, workdir: Path):
+        self.config, self.workdir = config, workdir
+        self.tc = TrainConfig.from_config(config.train)
+        self.cfg = GPT2Config.from_config(config.model)
+        self.trainer: Trainer | None = None
+        self.ds = None
+        self.checkpointer: ckpt_lib.Checkpointer | None = None
+        self.state: TrainState | None = None
+        self.writer = None
+        self.val_loss: float | None = None
+        self.num_steps = 0
+
+
+def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) -> dict:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint if any).
+
+    Args:
+      config: the ConfigDict (model, train, data, checkpoint, mesh, seed, init_from).
+      workdir: run directory (created).
+      hooks: callables `hook(step, run)` after each step (tests, custom actions).
+    Returns:
+      dict with the final step, last train loss and last val loss.
+    Raises:
+      TrainingDivergedError on a NaN/inf loss (the last good checkpoint is kept).
+    """
+    run = Run(config, Path(workdir).expanduser().resolve())
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    _check_block_size(run)
+    mesh = sharding_lib.make_mesh(config.mesh)
+    rules = sharding_lib.rules(config.mesh)
+    run.ds = data_lib.build_datasets(config.data, run.tc.block_size, run.tc.batch_size,
+                                     config.seed)
+    ck = config.checkpoint
+    run.checkpointer = ckpt_lib.Checkpointer(run.workdir, ck.keep, ck.keep_best, ck.async_save)
+    try:
+        run.num_steps = _num_steps(run)
+        if run.tc.lr_decay_steps <= 0:
+            run.tc = dataclasses.replace(run.tc, lr_decay_steps=run.num_steps)
+        start = _restore_or_init(run, mesh, rules)
+        _write_run_files(run)
+        return _train(run, start, hooks)
+    finally:
+        run.checkpointer.close()
+        run.ds.train.close()
+        if run.writer is not None:
+            run.writer.close()
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _check_block_size(run: Run) -> None:
+    if run.tc.block_size > run.cfg.n_positions and not run.config.init_from:
+        raise ConfigError(
+            f"train.block_size={run.tc.block_size} exceeds model.n_positions="
+            f"{run.cfg.n_positions}; lower the block size or raise n_positions."
+        )
+
+
+def _check_vocab(cfg: GPT2Config, tokenizer) -> None:
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.vocab_size} is smaller than the {tokenizer.name!r} tokenizer's "
+            f"{tokenizer.vocab_size} tokens; set --config.model.vocab_size="
+            f"{tokenizer.vocab_size}."
+        )
+    if tokenizer.name == "char" and cfg.vocab_size != tokenizer.vocab_size:
+        logging.warning("model.vocab_size=%d > %d characters; extra rows stay unused.",
+                        cfg.vocab_size, tokenizer.vocab_size)
+
+
+def _runtime_overrides(config) -> dict:
+    """config.model fields that may differ from a pretrained/saved model (not shapes)."""
+    return {k: config.model[k] for k in ckpt_lib.RESUMABLE_CHANGES if k in config.model}
+
+
+def _restore_or_init(run: Run, mesh, rules) -> int:
+    """Resumes from the workdir's latest checkpoint, else loads `init_from`, else random init."""
+    config, ckpt = run.config, run.checkpointer
+    latest = ckpt.latest_step() if config.checkpoint.resume else None
+    if latest is None and ckpt.latest_step() is not None:
+        raise ConfigError(f"{ckpt.directory} holds checkpoints but checkpoint.resume=False; "
+                          "use a new --workdir (checkpoints are never overwritten).")
+    pretrained = None
+    if latest is not None:
+        meta = ckpt.read_meta(latest)
+        if config.init_from:  # fine-tuning: the model is the saved one
+            run.cfg = GPT2Config(**dict(meta["model"], **_runtime_overrides(config)))
+        ckpt.check_model(latest, run.cfg)
+    elif config.init_from:
+        from gpt2jax.weights import load_pretrained
+
+        run.cfg, pretrained = load_pretrained(config.init_from, **_runtime_overrides(config))
+        if run.tc.block_size > run.cfg.n_positions:
+            raise ConfigError(f"train.block_size={run.tc.block_size} exceeds the pretrained "
+                              f"model's n_positions={run.cfg.n_positions}.")
+    _check_vocab(run.cfg, run.ds.tokenizer)
+    run.trainer = Trainer(run.cfg, run.tc, mesh, rules)
+    if latest is not None:
+        run.state, data_state, _ = ckpt.restore(latest, run.trainer.abstract_state())
+        run.ds.train.restore(data_state)
+        logging.info("Resumed from %s at step %d.", ckpt.directory, latest)
+        return latest
+    if pretrained is not None:
+        run.state = run.trainer.state_from_params(pretrained, config.seed)
+    else:
+        run.state = run.trainer.init(config.seed)
+    return 0
+
+
+def _write_run_files(run: Run) -> None:
+    ckpt_lib.save_json(run.workdir / "config.json", json.loads(run.config.to_json_best_effort()))
+    data_lib.save_tokenizer(run.ds.tokenizer, run.workdir / "tokenizer.json")
+    from tensorboardX import SummaryWriter
+
+    run.writer = SummaryWriter(str(run.workdir / "tensorboard"))
+
+
+def _meta(run: Run) -> dict:
+    return {"model": run.cfg.to_dict(), "tokenizer": run.ds.tokenizer.to_json()}
+
+
+def _num_steps(run: Run) -> int:
+    if run.tc.num_steps > 0:
+        return run.tc.num_steps
+    it = run.ds.train
+    if it.mode == "epochs" and it.num_epochs > 0:
+        return it.steps_per_epoch * it.num_epochs
+    raise ConfigError("train.num_steps=0 needs data.mode='epochs' with data.num_epochs > 0; "
+                      "set one of them.")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Meter:
+    """Buffers per-step device metrics; flushes them to jsonl/TensorBoard/console together."""
+
+    def __init__(self, run: Run, flops_per_token: float, peak_flops: float):
+        self.run, self.pending = run, []
+        self.flops_per_token, self.peak = flops_per_token, peak_flops
+        self.tokens_per_step = run.tc.batch_size * run.tc.block_size
+        self.t0, self.steps_timed = None, 0
+        self.jsonl = open(run.workdir / "metrics.jsonl", "a")
+        self.last_loss = float("nan")
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def flush(self, bar) -> None:
+        if not self.pending:
+            return
+        host = jax.device_get([m for _, m in self.pending])
+        now = time.perf_counter()
+        for (step, _), m in zip(self.pending, host):
+            loss = float(m["loss_sum"] / max(m["weight_sum"], 1.0))
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"Loss is {loss} at step {step}; stopped. The last good checkpoint is kept "
+                    f"in {self.run.checkpointer.directory} (step "
+                    f"{self.run.checkpointer.latest_step()}); lower train.learning_rate or "
+                    "raise warmup_steps, then resume."
+                )
+            self._write({"step": step, "loss": loss, "accuracy":
+                         float(m["correct_sum"] / max(m["weight_sum"], 1.0)),
+                         "learning_rate": float(m["learning_rate"]),
+                         "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])})
+            self.last_loss = loss
+        step, m = self.pending[-1][0], self.jsonl_last
+        self._tensorboard(step, m, now)
+        if bar is not None:
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+        self.pending = []
+
+    def _write(self, record: dict) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl_last = record
+
+    def _tensorboard(self, step: int, m: dict, now: float) -> None:
+        w = self.run.writer
+        for name in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm"):
+            w.add_scalar(f"train/{name}", m[name], step)
+        n = len(self.pending)
+        if self.t0 is not None:  # the first flush includes compilation: not timed
+            tok_s = self.tokens_per_step * (self.steps_timed + n) / (now - self.t0)
+            w.add_scalar("perf/tokens_per_sec", tok_s, step)
+            w.add_scalar("perf/mfu", tok_s * self.flops_per_token / self.peak, step)
+            self.t0, self.steps_timed = now, 0
+        else:
+            self.t0, self.steps_timed = now, 0
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        self.jsonl.close()
+
+
+def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
+    tc, config = run.tc, run.config
+    num_steps, trainer = run.num_steps, run.trainer
+    meter = _Meter(run, model_flops_per_token(run.cfg, tc.block_size), _peak_flops(run))
+    val_batches = _val_batches(run) if config.train.eval_every > 0 else []
+    bar = _progress(config, start, num_steps)
+    meta, every = _meta(run), config.checkpoint.save_every
+    step = start
+    try:
+        while step < num_steps:
+            try:
+                batch = next(run.ds.train)
+            except StopIteration:
+                break
+            run.state, metrics = trainer.train_step(run.state, _to_global(run, batch))
+            step += 1
+            meter.add(step, metrics)
+            last = step == num_steps
+            evaluate_now = bool(val_batches) and (step % config.train.eval_every == 0 or last)
+            save_now = (every > 0 and step % every == 0) or last
+            if step % config.train.log_every == 0 or evaluate_now or save_now:
+                meter.flush(bar)  # raises on NaN before anything is saved
+            if evaluate_now:
+                _evaluate(run, val_batches, step, meter)
+            if save_now:
+                run.checkpointer.save(step, run.state, run.ds.train.state(), meta, run.val_loss)
+            if bar is not None:
+                bar.update(1)
+            for hook in hooks:
+                hook(step, run)
+        meter.flush(bar)
+        if step > start and run.checkpointer.latest_step() != step:  # data ended early
+            if val_batches:
+                _evaluate(run, val_batches, step, meter)
+            run.checkpointer.save(step, run.state, run.ds.train.state(), meta, run.val_loss)
+    finally:
+        meter.close()
+        if bar is not None:
+            bar.close()
+    run.checkpointer.wait_until_finished()
+    if config.train.export_hf:
+        export_hf(run)
+    logging.info("train_step compiled %d time(s).", trainer.compile_count())
+    return {"step": step, "train_loss": meter.last_loss, "val_loss": run.val_loss}
+
+
+def _peak_flops(run: Run) -> float:
+    """Peak FLOP/s of the whole mesh: configured per device, else a measured matmul."""
+    per_device = run.config.train.peak_flops or measure_matmul_peak()
+    if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
+        return per_device
+    return per_device * len(run.trainer.mesh.devices.flat)
+
+
+def _val_batches(run: Run) -> list[dict]:
+    """The fixed validation batches, each split into grad_accum_steps chunks of rows."""
+    out = []
+    for b in run.ds.val_batches(run.config.train.eval_batches):
+        rows = b["inputs"].shape[0]
+        chunk = max(rows // run.tc.grad_accum_steps, 1)
+        for i in range(0, rows, chunk):
+            out.append(_to_global(run, {k: v[i:i + chunk] for k, v in b.items()}))
+    return out
+
+
+def _to_global(run: Run, batch: dict) -> dict:
+    return data_lib.to_global(batch, run.trainer.mesh, run.trainer.batch_sharding)
+
+
+def _progress(config, start: int, total: int):
+    if not config.train.progress_bar or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def evaluate_batches(trainer: Trainer, params, batches: Sequence[dict]) -> dict:
+    """Token-weighted loss/accuracy of `params` over `batches` (global jax.Arrays)."""
+    sums = None
+    for b in batches:
+        m = trainer.eval_step(params, b)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    sums = jax.device_get(sums)
+    w = max(float(sums["weight_sum"]), 1.0)
+    return {"loss": float(sums["loss_sum"]) / w, "accuracy": float(sums["correct_sum"]) / w,
+            "tokens": float(sums["weight_sum"])}
+
+
+def _evaluate(run: Run, val_batches, step: int, meter: _Meter) -> None:
+    res = evaluate_batches(run.trainer, run.state.params, val_batches)
+    run.val_loss = res["loss"]
+    run.writer.add_scalar("val/loss", res["loss"], step)
+    run.writer.add_scalar("val/accuracy", res["accuracy"], step)
+    run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
+    meter._write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
+    meter.jsonl.flush()
+    logging.info("step %d: train loss %.4f, val loss %.4f", step, meter.last_loss, res["loss"])
+    print(f"step {step}: train loss {meter.last_loss:.4f}, val loss {res['loss']:.4f}",
+          flush=True)
+    if run.config.train.sample_tokens > 0:
+        text = sample_text(run, step)
+        if text is not None:
+            run.writer.add_text("sample", text, step)
+            print(f"sample at step {step}:\n{text}", flush=True)
+
+
+def sample_text(run: Run, step: int) -> str | None:
+    """A short sample from the current params (gpt2jax.generate), None if unavailable."""
+    tok = run.ds.tokenizer
+    ids = tok.encode(run.config.train.sample_prompt) or [tok.eot_id or 0]
+    new = min(run.config.train.sample_tokens, run.cfg.n_positions - len(ids))
+    try:
+        from gpt2jax.generate import generate
+
+        params = jax.device_get(run.state.params)
+        out = generate(run.cfg, params, np.asarray([ids], np.int32), max_new_tokens=new,
+                       do_sample=True, temperature=0.8, top_k=200, seed=step,
+                       eos_token_id=tok.eot_id)
+    except (ImportError, ConfigError) as e:  # sampling must never stop training
+        logging.warning("No sample at step %d: %s", step, e)
+        return None
+    return tok.decode([int(t) for t in np.asarray(out)[0, len(ids):]])
+
+
+def export_hf(run: Run) -> Path:
+    """Writes the params to `<workdir>/hf` (HF GPT2LMHeadModel layout) + the tokenizer."""
+    from gpt2jax.weights import save_pretrained
+
+    params = jax.device_get(run.state.params)
+    target = save_pretrained(run.cfg, params, run.workdir / "hf", overwrite=True)
+    data_lib.save_tokenizer(run.ds.tokenizer, target / "gpt2jax_tokenizer.json")
+    return target
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of one device (the MFU denominator when not configured)."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best

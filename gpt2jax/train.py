@@ -1,0 +1,373 @@
+"""Training math: the optimizer, `TrainState`, and the pure, sharded `train_step` / `eval_step`.
+
+The host loop (data, logging, checkpoints) lives in `loop.py`; nothing here does I/O.
+
+- Optimizer (GPT-2 / nanoGPT practice): AdamW with no weight decay on biases, LayerNorm and
+  (unless `train.decay_embeddings`) embeddings; learning rate warmed up linearly, then cosine
+  decayed to a minimum (nanoGPT's `get_lr`, exactly); global-norm gradient clipping.
+- `train_step(state, batch) -> (state, metrics)`: gradient accumulation by a `lax.scan` over
+  micro-batches inside the step (one optimizer update per step); dropout rng
+  `fold_in(state.rng, step)`; metrics are sums and token counts so that losses are exactly
+  token-weighted whatever the sharding or accumulation.
+- `Trainer`: builds the mesh-aware pieces once: sharded init from abstract shapes and the
+  steps jitted once with in/out shardings and state donation.
+
+Shapes: B global batch, T block size, V vocabulary, k = grad_accum_steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import struct
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from gpt2jax import sharding as sharding_lib
+from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.model import GPT2, GPT2Config, init_params
+
+Schedule = Literal["cosine", "constant"]
+
+
+class TrainingDivergedError(GPT2JaxError, FloatingPointError):
+    """The loss became NaN/inf: training stopped, the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation fields of `config.train` (see configs/common.py: train_config)."""
+
+    batch_size: int
+    grad_accum_steps: int
+    block_size: int
+    num_steps: int
+    learning_rate: float
+    min_learning_rate: float
+    warmup_steps: int
+    lr_decay_steps: int
+    schedule: Schedule
+    weight_decay: float
+    decay_embeddings: bool
+    beta1: float
+    beta2: float
+    eps: float
+    grad_clip: float
+
+    def __post_init__(self):
+        if self.batch_size <= 0 or self.grad_accum_steps <= 0:
+            raise ConfigError("train.batch_size and train.grad_accum_steps must be positive.")
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by train.grad_accum_steps="
+                f"{self.grad_accum_steps}; the global batch is split into that many micro-batches."
+            )
+        if self.schedule not in Schedule.__args__:
+            raise ConfigError(f"train.schedule={self.schedule!r}; choose one of {Schedule.__args__}.")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum_steps
+
+    @classmethod
+    def from_config(cls, train_config) -> TrainConfig:
+        """Reads the fields of this dataclass from `config.train` (extra keys are loop options)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in train_config]
+        if missing:
+            raise ConfigError(f"config.train is missing {missing}; add them to the config file.")
+        return cls(**{n: train_config[n] for n in names})
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step changes: `step` int32 [], `params`, `opt_state`, `rng` uint32 [2]."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def learning_rate_schedule(tc: TrainConfig):
+    """nanoGPT's `get_lr`: `lr * (s+1)/(warmup+1)` while s < warmup, then cosine to min_lr at
+    `lr_decay_steps`, then min_lr. `s` is the 0-based update count."""
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = tc.learning_rate * (step + 1) / (tc.warmup_steps + 1)
+        if tc.schedule == "constant":
+            return jnp.where(step < tc.warmup_steps, warm, tc.learning_rate)
+        span = max(tc.lr_decay_steps - tc.warmup_steps, 1)
+        ratio = jnp.clip((step - tc.warmup_steps) / span, 0.0, 1.0)
+        coeff = 0.5 * (1.0 + jnp.cos(math.pi * ratio))
+        cosine = tc.min_learning_rate + coeff * (tc.learning_rate - tc.min_learning_rate)
+        return jnp.where(step < tc.warmup_steps, warm, cosine)
+
+    return schedule
+
+
+def weight_decay_mask(params, decay_embeddings: bool = False):
+    """True for leaves that get weight decay: every `kernel`, plus `embedding`s if asked.
+
+    Biases, LayerNorm scales/biases (and embeddings by default) are not decayed. Works on
+    boxed (`nn.Partitioned`) and plain params alike.
+    """
+
+    def decide(path, _):
+        name = getattr(path[-1], "key", str(path[-1]))
+        return name == "kernel" or (decay_embeddings and name == "embedding")
+
+    return jax.tree_util.tree_map_with_path(
+        decide, params, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping (if grad_clip > 0), then AdamW with the schedule and decay mask."""
+    adamw = optax.adamw(
+        learning_rate=learning_rate_schedule(tc),
+        b1=tc.beta1,
+        b2=tc.beta2,
+        eps=tc.eps,
+        weight_decay=tc.weight_decay,
+        mask=functools.partial(weight_decay_mask, decay_embeddings=tc.decay_embeddings),
+    )
+    if tc.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
+    return adamw
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+    """Sums over tokens. logits [b, T, V] float32, targets [b, T] int, weights [b, T] float.
+
+    Returns dict of float32 scalars: loss_sum (weighted NLL), weight_sum, correct_sum.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(nll * weights),
+        "weight_sum": jnp.sum(weights),
+        "correct_sum": jnp.sum(correct * weights),
+    }
+
+
+def _split_micro(x: jax.Array, k: int, spec: PartitionSpec | None) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i, i+k, ... (keeps each device's
+    rows local when the batch is sharded in contiguous blocks)."""
+    y = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+    if spec is not None:
+        y = jax.lax.with_sharding_constraint(y, spec)
+    return y
+
+
+def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransformation,
+                    micro_spec: PartitionSpec | None = None):
+    """The pure step `train_step(state, batch) -> (state, metrics)`.
+
+    batch: {"inputs" int32 [B, T], "targets" int32 [B, T], "weights" float32 [B, T]}.
+    metrics: loss_sum, weight_sum, correct_sum (over the whole batch), grad_norm, param_norm,
+    learning_rate (of this update). The gradient is d(loss_sum)/d(params) / weight_sum, i.e.
+    the exact token-weighted mean over all micro-batches.
+    """
+    model = GPT2(cfg)
+    k = tc.grad_accum_steps
+    schedule = learning_rate_schedule(tc)
+    use_dropout = max(cfg.embd_pdrop, cfg.attn_pdrop, cfg.resid_pdrop) > 0
+
+    def loss_fn(params, micro, rng):
+        logits = model.apply({"params": params}, micro["inputs"], deterministic=not use_dropout,
+                             rngs={"dropout": rng})
+        sums = token_metrics(logits, micro["targets"], micro["weights"])
+        return sums["loss_sum"], sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        micro = jax.tree.map(lambda x: _split_micro(x, k, micro_spec), batch)
+
+        def body(carry, xs):
+            grads, sums = carry
+            i, mb = xs
+            g, s = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zero_sums = {n: jnp.zeros((), jnp.float32)
+                     for n in ("loss_sum", "weight_sum", "correct_sum")}
+        (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(k), micro))
+        denom = jnp.maximum(sums["weight_sum"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(sums, grad_norm=optax.global_norm(grads),
+                       param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(cfg: GPT2Config):
+    """The pure `eval_step(params, batch) -> metrics` (sums; no dropout)."""
+    model = GPT2(cfg)
+
+    def eval_step(params, batch: dict) -> dict:
+        logits = model.apply({"params": params}, batch["inputs"], deterministic=True)
+        return token_metrics(logits, batch["targets"], batch["weights"])
+
+    return eval_step
+
+
+def grads_of(cfg: GPT2Config, params, batch: dict) -> Any:
+    """Token-mean gradient of the loss on `batch` (deterministic), for tests and tools."""
+    model = GPT2(cfg)
+
+    def loss(p):
+        logits = model.apply({"params": p}, batch["inputs"], deterministic=True)
+        s = token_metrics(logits, batch["targets"], batch["weights"])
+        return s["loss_sum"] / s["weight_sum"]
+
+    return jax.grad(loss)(params)
+
+
+# ----------------------------------------------------------------------------- on a mesh
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """The same devices and axes with `Auto` axis types (shardings propagated by XLA)."""
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+class Trainer:
+    """The model, optimizer and mesh, with init/train/eval compiled once on that mesh.
+
+    Usage:
+        trainer = Trainer(cfg, tc, mesh, rules)
+        state = trainer.init(seed)                    # sharded from abstract shapes
+        state, metrics = trainer.train_step(state, batch)  # batch: dict of global jax.Arrays
+    """
+
+    def __init__(self, cfg: GPT2Config, tc: TrainConfig, mesh: Mesh, rules: tuple):
+        self.cfg, self.tc, self.rules = cfg, tc, rules
+        self.mesh = auto_mesh(mesh)
+        self.tx = make_optimizer(tc)
+        self._check_batch()
+        self.batch_sharding = sharding_lib.batch_sharding(self.mesh, rules)
+        batch_axes = self.batch_sharding.spec[0]
+        micro_spec = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
+        self.state_sharding = self._state_sharding()
+        metric_sharding = sharding_lib.replicated(self.mesh)
+        batch_shardings = {n: self.batch_sharding for n in ("inputs", "targets", "weights")}
+        self._train_step = jax.jit(
+            make_train_step(cfg, tc, self.tx, micro_spec),
+            in_shardings=(self.state_sharding, batch_shardings),
+            out_shardings=(self.state_sharding, metric_sharding),
+            donate_argnums=(0,),
+        )
+        self._eval_step = jax.jit(
+            make_eval_step(cfg),
+            in_shardings=(self.state_sharding.params, batch_shardings),
+            out_shardings=metric_sharding,
+        )
+
+    @property
+    def data_parallel_size(self) -> int:
+        spec = sharding_lib.batch_sharding(self.mesh, self.rules).spec[0]
+        axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+    def _check_batch(self) -> None:
+        dp = self.data_parallel_size
+        if self.tc.micro_batch_size % dp:
+            raise ConfigError(
+                f"The micro-batch of {self.tc.micro_batch_size} sequences (train.batch_size="
+                f"{self.tc.batch_size} / grad_accum_steps={self.tc.grad_accum_steps}) is not "
+                f"divisible by the data-parallel size {dp} (mesh data x fsdp); choose a batch "
+                f"size that is a multiple of {dp * self.tc.grad_accum_steps}."
+            )
+
+    def _init_fn(self, rng: jax.Array, boxed: bool) -> TrainState:
+        init_rng, state_rng = jax.random.split(rng)
+        params = init_params(self.cfg, init_rng, boxed=boxed)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), rng=state_rng)
+
+    def abstract_state(self) -> TrainState:
+        """Shapes/dtypes of the state (no allocation), with their shardings attached."""
+        shapes = jax.eval_shape(functools.partial(self._init_fn, boxed=False),
+                                jax.random.PRNGKey(0))
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.state_sharding)
+
+    def _state_sharding(self) -> TrainState:
+        boxed = jax.eval_shape(functools.partial(self._init_fn, boxed=True), jax.random.PRNGKey(0))
+        specs = nn.get_partition_spec(boxed)
+        return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+
+    def init(self, seed: int) -> TrainState:
+        """A fresh state, created directly in its sharding (no host copy of the params)."""
+        fn = jax.jit(functools.partial(self._init_fn, boxed=False),
+                     out_shardings=self.state_sharding)
+        # No mesh context here: flax's DenseGeneral init would constrain its flat kernel.
+        return fn(jax.random.PRNGKey(seed))
+
+    def state_from_params(self, params, seed: int) -> TrainState:
+        """A fresh optimizer state around given params (fine-tuning), placed on the mesh."""
+        params = jax.device_put(params, self.state_sharding.params)
+        _, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+        fn = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p),
+                                          state_rng),
+                     out_shardings=self.state_sharding)
+        return fn(params)
+
+    def context(self):
+        """The logical-axis rules, active while tracing.
+
+        No global mesh is set (`jax.set_mesh`): flax re-traces each DenseGeneral's init to
+        check shapes and would constrain its flat kernel with the 4-d spec. Parameter, state
+        and batch shardings come from jit's in/out shardings; XLA propagates activations.
+        """
+        return nn.logical_axis_rules(self.rules)
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One optimizer update (the input state is donated). Returns (state, metrics)."""
+        with self.context():
+            return self._train_step(state, batch)
+
+    def eval_step(self, params, batch: dict) -> dict:
+        """Metric sums of `params` on one batch."""
+        with self.context():
+            return self._eval_step(params, batch)
+
+    def put_batch(self, batch: dict) -> dict:
+        """A host (numpy) global batch -> jax.Arrays sharded on the batch axis (one process)."""
+        return {n: jax.device_put(np.asarray(batch[n]), self.batch_sharding)
+                for n in ("inputs", "targets", "weights")}
+
+    def compile_count(self) -> int:
+        """How many times train_step was compiled (1 in a healthy loop)."""
+        return self._train_step._cache_size()
+
+
+def model_flops_per_token(cfg: GPT2Config, block_size: int) -> float:
+    """Training FLOPs per token (PaLM/nanoGPT): 6 * N + 12 * n_layer * n_embd * T."""
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+        jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))))
+    return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * block_size
