@@ -105,8 +105,9 @@ def _doc_batches(docs: Iterable[str]) -> Iterator[list[str]]:
 
 
 def _encode_docs(tok: Tokenizer, docs: list[str], num_threads: int) -> list[np.ndarray]:
+    dtype = token_dtype(tok.vocab_size)
     if isinstance(tok, CharTokenizer):
-        return [tok.encode_array(d) for d in docs]
+        return [tok.encode_array(d).astype(dtype) for d in docs]
     pieces, owner = [], []
     for i, doc in enumerate(docs):
         chunks = sources.parallel_chunks(doc)
@@ -115,13 +116,13 @@ def _encode_docs(tok: Tokenizer, docs: list[str], num_threads: int) -> list[np.n
     encoded = tok.encode_batch(pieces, num_threads)
     per_doc: list[list[np.ndarray]] = [[] for _ in docs]
     for i, ids in zip(owner, encoded):
-        per_doc[i].append(np.asarray(ids, dtype=np.int64))
-    return [np.concatenate(p) if p else np.zeros(0, np.int64) for p in per_doc]
+        per_doc[i].append(np.array(ids, dtype=dtype))
+    return [np.concatenate(p) if p else np.zeros(0, dtype) for p in per_doc]
 
 
 def tokenize(tok: Tokenizer, docs: Iterable[str], num_threads: int = 0,
              progress=None) -> Iterator[np.ndarray]:
-    """Yields int64 token arrays of `docs`, EOT between documents, encoded in parallel.
+    """Yields `token_dtype` arrays of `docs`' tokens, EOT between documents, in parallel.
 
     Args:
       tok: the tokenizer.
@@ -131,7 +132,7 @@ def tokenize(tok: Tokenizer, docs: Iterable[str], num_threads: int = 0,
     """
     threads = num_threads or os.cpu_count() or 1
     first = True
-    eot = None if tok.eot_id is None else np.array([tok.eot_id], np.int64)
+    eot = None if tok.eot_id is None else np.array([tok.eot_id], token_dtype(tok.vocab_size))
     for batch in _doc_batches(docs):
         out = []
         for ids in _encode_docs(tok, batch, threads):
