@@ -18,7 +18,8 @@ import dataclasses
 import numpy as np
 
 from gpt2jax.data import corpus
-from gpt2jax.data.batching import BatchIterator, check_length, val_starts, windows_batch
+from gpt2jax.data.batching import (BatchIterator, check_length, check_mode, val_starts,
+                                   windows_batch)
 from gpt2jax.data.shards import TokenStream, open_shards, prepare_shards
 from gpt2jax.data.tokenizers import (CharTokenizer, Gpt2Tokenizer, Tokenizer, load_tokenizer,
                                      save_tokenizer)
@@ -91,6 +92,7 @@ def build_datasets(data_config, block_size: int, global_batch_size: int, seed: i
     if block_size < 1 or global_batch_size < 1:
         raise ConfigError(f"block_size={block_size} and global_batch_size={global_batch_size} "
                           "must be positive.")
+    check_mode(data_config.mode)  # fail before the (possibly long) tokenization
     tok, train, val = load_streams(data_config)
     check_length(train, block_size, "Training data")
     check_length(val, block_size, "Validation data")
