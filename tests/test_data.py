@@ -106,6 +106,23 @@ def test_resume_continues_with_exactly_the_next_batch(mode):
         other_seed.restore(state)
 
 
+def test_state_checkpoints_beside_the_model_with_orbax(tmp_path):
+    import orbax.checkpoint as ocp
+
+    whole = _take(BatchIterator(_unique_stream(), T, G, seed=2, mode="epochs"), 12)
+    it = BatchIterator(_unique_stream(), T, G, seed=2, mode="epochs")
+    _take(it, 10)
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(10, args=ocp.args.Composite(data_state=ocp.args.JsonSave(it.state())))
+        mngr.wait_until_finished()
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        restored = mngr.restore(10, args=ocp.args.Composite(
+            data_state=ocp.args.JsonRestore()))["data_state"]
+    fresh = BatchIterator(_unique_stream(), T, G, seed=2, mode="epochs")
+    fresh.restore(restored)
+    assert _same(_take(fresh, 2), whole[10:])
+
+
 @pytest.mark.parametrize("mode", ["random", "epochs"])
 def test_two_processes_are_disjoint_and_cover_the_epoch(mode):
     stream = _unique_stream()
