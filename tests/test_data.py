@@ -209,3 +209,13 @@ def test_bad_text_input_errors_name_the_file(tmp_path):
         build(train_file="$NO_SUCH_VAR/input.txt")
     with pytest.raises(ConfigError, match="mode"):
         build(train_file=str(latin1), encoding_errors="replace", mode="shuffled")
+
+
+def test_prefetch_thread_errors_reach_the_caller():
+    class Broken(TokenStream):
+        def gather(self, idx):
+            raise OSError("disk went away")
+
+    it = BatchIterator(Broken([np.arange(100, dtype=np.uint16)]), T, G, seed=0, prefetch=2)
+    with pytest.raises(OSError, match="disk went away"):
+        next(it)
