@@ -2,32 +2,62 @@
 
 The model annotates parameters and activations with logical axis names (`batch`, `length`,
 `embed`, `heads`, `head_dim`, `mlp`, `vocab`); `config.mesh.rules` maps them to mesh axes.
+With the default rules the mesh sizes choose the parallelism: `data` = data parallel
+(parameters replicated), `fsdp` = fully sharded data parallel (parameters and optimizer state
+split on `embed`, batch split too), `tensor` = tensor parallel (heads / mlp / vocab split).
+
+Multi-slice (several TPU slices, or several GPU nodes): `config.mesh.dcn_*` give the sizes
+across slices (data-centre network); `data`/`fsdp`/`tensor` are then the sizes inside one
+slice (ICI). JAX's `mesh_utils.create_hybrid_device_mesh` lays the devices out; processes act
+as slices where the devices carry no `slice_index` (GPU nodes, CPU tests).
+
+Typical flow (abstract shapes first, nothing allocated until `jax.jit` runs the init):
+
+    mesh = make_mesh(config.mesh)
+    state, shardings = shard_init(init_fn, mesh, rules(config.mesh), rng)
+    print(format_sharding_table(shardings.params, state.params))
+    batch = put_batch(host_batch, mesh, rules(config.mesh))
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpt2jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+DCN_FIELDS = ("dcn_data", "dcn_fsdp", "dcn_tensor")
+# Logical axes that fall back to replication when the mesh does not divide them (GPT-2's
+# vocabulary, 50257 = 29 * 1733, divides by almost nothing). Any other uneven axis is an error.
+REPLICATE_IF_UNEVEN = ("vocab",)
+
+PyTree = Any
 
 
 class MeshError(ConfigError):
     """A mesh that does not fit the devices or the model."""
 
 
+# ----------------------------------------------------------------------------- mesh
+
+
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
     """Resolves one -1 entry to "the rest of the devices" and checks the product."""
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise MeshError(f"Only one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}.")
+        raise MeshError(
+            f"Only one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}; "
+            "give explicit sizes to all but one axis."
+        )
     if any(s == 0 or s < -1 for s in sizes):
         raise MeshError(f"Mesh sizes must be positive or -1, got {sizes}.")
     known = math.prod(s for s in sizes if s != -1)
@@ -47,21 +77,84 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
     return tuple(sizes)
 
 
+def _auto_axes() -> dict:
+    """Keyword selecting "auto" axis types (jax >= 0.7 defaults `jax.make_mesh` to explicit)."""
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    return {} if axis_type is None else {"axis_types": (axis_type.Auto,) * len(MESH_AXES)}
+
+
+def _dcn_sizes(mesh_config) -> tuple[int, int, int]:
+    # Configs built before multi-slice support have no dcn_* fields: one slice.
+    return tuple(int(mesh_config[f]) if f in mesh_config else 1 for f in DCN_FIELDS)
+
+
+def _granules(devices: Sequence[jax.Device]) -> tuple[int, bool]:
+    """(number of slices, whether processes stand in for slices)."""
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    if None not in slices and len(slices) > 1:
+        return len(slices), False
+    return len({d.process_index for d in devices}), True
+
+
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `Mesh` with axes (data, fsdp, tensor) from `config.mesh`."""
+    """A `Mesh` with axes (data, fsdp, tensor) from `config.mesh`.
+
+    Args:
+      mesh_config: `config.mesh` (data, fsdp, tensor, optional dcn_data/dcn_fsdp/dcn_tensor).
+      devices: the devices to use (default: all `jax.devices()`, every process's).
+    Returns:
+      A mesh with auto (compiler-chosen) axis types, shape (data, fsdp, tensor); along each
+      axis the DCN (multi-slice) factor is the outer one.
+    """
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, len(devices))
+    dcn = _dcn_sizes(mesh_config)
+    ici = (mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
+    if all(s == 1 for s in dcn):
+        return _single_slice_mesh(mesh_shape(*ici, len(devices)), devices)
+    num_granules, by_process = _granules(devices)
+    dcn_shape = mesh_shape(*dcn, num_granules)
+    ici_shape = mesh_shape(*ici, len(devices) // num_granules)
+    try:
+        array = mesh_utils.create_hybrid_device_mesh(
+            ici_shape, dcn_shape, devices, process_is_granule=by_process,
+            allow_split_physical_axes=True,
+        )
+    except (ValueError, AssertionError) as e:
+        raise MeshError(
+            f"Cannot lay out ICI mesh {ici_shape} x DCN mesh {dcn_shape} over {len(devices)} "
+            f"devices in {num_granules} slices: {e}; make the dcn_* product the number of "
+            "slices and the data*fsdp*tensor product the devices per slice."
+        ) from e
+    return Mesh(array, MESH_AXES, **_auto_axes())
+
+
+def _single_slice_mesh(shape: tuple[int, int, int], devices: list) -> Mesh:
     if len(devices) == len(jax.devices()):
         try:
-            return jax.make_mesh(shape, MESH_AXES, devices=devices)
-        except (TypeError, ValueError):
+            return jax.make_mesh(shape, MESH_AXES, devices=devices, **_auto_axes())
+        except (TypeError, ValueError, NotImplementedError):
             pass
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, **_auto_axes())
 
 
 def rules(mesh_config) -> tuple:
     """The logical-axis rules as a tuple of (logical, mesh-axes) pairs."""
     return tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in mesh_config.rules)
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh: Mesh, axis_rules) -> Iterator[None]:
+    """Context in which the model's `nn.with_logical_constraint` calls resolve on `mesh`.
+
+    Wrap tracing (the first call of a jitted function, `.lower()`) in it.
+    """
+    set_mesh = getattr(jax, "set_mesh", None)
+    mesh_ctx = set_mesh(mesh) if set_mesh is not None else mesh
+    with mesh_ctx, nn.logical_axis_rules(axis_rules):
+        yield
+
+
+# ----------------------------------------------------------------------------- shardings
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, axis_rules):
@@ -76,4 +169,194 @@ def batch_sharding(mesh: Mesh, axis_rules, ndim: int = 2) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device of `mesh`."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def _axes_size(mesh: Mesh, axes) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _fit_spec(path: str, logical: PartitionSpec, shape: tuple, mesh: Mesh, axis_rules):
+    """Mesh PartitionSpec for one array; uneven `vocab`-like dims replicate, others raise."""
+    mesh_spec = list(nn.logical_to_mesh_axes(logical, axis_rules)) if len(logical) else []
+    mesh_spec += [None] * (len(shape) - len(mesh_spec))
+    for dim, axes in enumerate(mesh_spec):
+        size = _axes_size(mesh, axes)
+        if shape[dim] % size == 0:
+            continue
+        name = logical[dim] if dim < len(logical) else None
+        if name in REPLICATE_IF_UNEVEN:
+            mesh_spec[dim] = None
+            continue
+        hint = " (n_head)" if name == "heads" else ""
+        raise MeshError(
+            f"{path}: dimension {dim} ({name!r}{hint}, size {shape[dim]}) cannot be split "
+            f"{size} ways over mesh axes {axes}; choose mesh sizes that divide it (e.g. "
+            f"mesh.tensor must divide model.n_head) or change the rules in config.mesh.rules."
+        )
+    return PartitionSpec(*mesh_spec)
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def state_shardings(abstract_state: PyTree, mesh: Mesh, axis_rules) -> PyTree:
+    """`NamedSharding`s for a state given by abstract shapes, from its logical axis boxes.
+
+    Args:
+      abstract_state: the output of `jax.eval_shape(init_fn, ...)`; leaves boxed in
+        `nn.Partitioned` / `nn.LogicallyPartitioned` get sharded by their logical names,
+        other leaves (step counters, ...) are replicated.
+      mesh: the device mesh.
+      axis_rules: logical -> mesh rules (`rules(config.mesh)`).
+    Returns:
+      A pytree like `nn.unbox(abstract_state)` with a `NamedSharding` at every leaf. A
+      dimension that the mesh does not divide raises `MeshError`, except `vocab`, which is
+      replicated instead.
+    """
+    logical = nn.get_partition_spec(abstract_state)
+    shapes = nn.unbox(abstract_state)
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    flat_specs, treedef = jax.tree_util.tree_flatten(logical, is_leaf=is_spec)
+    flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    if len(flat_specs) != len(flat_shapes):
+        raise ValueError("abstract_state has leaves that are neither arrays nor boxed arrays.")
+    out = [
+        NamedSharding(mesh, _fit_spec(_path_str(p), spec, tuple(s.shape), mesh, axis_rules))
+        for spec, (p, s) in zip(flat_specs, flat_shapes)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
+    """ShapeDtypeStructs carrying `shardings`: inputs for `jit(...).lower()` without arrays."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.unbox(abstract), shardings,
+    )
+
+
+def abstract_state(init_fn: Callable, mesh: Mesh, axis_rules, *args) -> tuple[PyTree, PyTree]:
+    """(sharded ShapeDtypeStructs, shardings) of `init_fn(*args)`; nothing is allocated."""
+    boxed = jax.eval_shape(init_fn, *args)
+    shardings = state_shardings(boxed, mesh, axis_rules)
+    return with_shardings(boxed, shardings), shardings
+
+
+def shard_init(init_fn: Callable, mesh: Mesh, axis_rules, *args) -> tuple[PyTree, PyTree]:
+    """Runs `init_fn(*args)` directly into its shardings (no full copy on any device).
+
+    `jax.eval_shape` -> `nn.get_partition_spec` -> `nn.logical_to_mesh_sharding` ->
+    `jax.jit(init_fn, out_shardings=...)`. Returns (unboxed state, its shardings).
+    """
+    boxed = jax.eval_shape(init_fn, *args)
+    shardings = state_shardings(boxed, mesh, axis_rules)
+    init = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)
+    with mesh_rules(mesh, axis_rules):
+        state = init(*args)
+    return state, shardings
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def host_batch_rows(mesh: Mesh, axis_rules, global_batch_size: int) -> slice:
+    """The rows of the global batch [global_batch_size, ...] that this process must load.
+
+    Processes whose devices hold replicas of the same rows get the same slice.
+    """
+    sharding = batch_sharding(mesh, axis_rules, 1)
+    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    rows = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
+    start, stop = rows[0][0], rows[-1][1]
+    covered = sum(b - a for a, b in rows)
+    if covered != stop - start:
+        raise MeshError(
+            f"This process's devices hold non-contiguous rows {rows} of the batch; build the "
+            "mesh with make_mesh() so that each process owns one contiguous block."
+        )
+    return slice(start, stop)
+
+
+def put_batch(host_batch: PyTree, mesh: Mesh, axis_rules) -> PyTree:
+    """Assembles per-process arrays [local_batch, ...] into global arrays on the mesh.
+
+    Each process passes its own rows (see `host_batch_rows`); the result is a pytree of
+    `jax.Array`s [global_batch, ...] sharded over the batch axes.
+    """
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, axis_rules, x.ndim), x)
+
+    return jax.tree.map(put, host_batch)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num_bytes) < 1024 or unit == "TiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    return str(num_bytes)
+
+
+def format_sharding_table(params_shardings: PyTree, params: PyTree | None = None) -> str:
+    """A table with one row per parameter: path, shape, mesh spec, per-device shard, bytes.
+
+    Args:
+      params_shardings: pytree of `NamedSharding` (e.g. from `state_shardings`).
+      params: matching arrays or ShapeDtypeStructs, for shapes and bytes (optional).
+    Returns:
+      The table as a string, with totals per device at the bottom.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params_shardings)[0]
+    arrays = [None] * len(flat) if params is None else jax.tree.leaves(nn.unbox(params))
+    lines = [f"{'parameter':<40} {'shape':<20} {'mesh spec':<34} {'per device':<20} bytes/dev"]
+    total = per_device = 0
+    for (path, sharding), array in zip(flat, arrays):
+        spec = str(tuple(sharding.spec)) if isinstance(sharding, NamedSharding) else str(sharding)
+        shape = shard = nbytes = ""
+        if array is not None:
+            shard_shape = sharding.shard_shape(array.shape)
+            itemsize = np.dtype(array.dtype).itemsize
+            total += math.prod(array.shape) * itemsize
+            per_device += math.prod(shard_shape) * itemsize
+            shape, shard = str(tuple(array.shape)), str(tuple(shard_shape))
+            nbytes = _human(math.prod(shard_shape) * itemsize)
+        lines.append(f"{_path_str(path):<40} {shape:<20} {spec:<34} {shard:<20} {nbytes}")
+    if params is not None:
+        lines.append(f"total {_human(total)}; per device {_human(per_device)}")
+    return "\n".join(lines)
+
+
+def memory_analysis(compiled) -> dict[str, int]:
+    """Per-device bytes of a compiled computation (`jit(f).lower(...).compile()`).
+
+    Returns a dict with argument/output/temp/alias/generated_code bytes and `peak`
+    (= argument + output + temp - alias, XLA's per-device estimate); {} when the backend
+    gives no analysis.
+    """
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    if isinstance(stats, (list, tuple)):
+        stats = stats[0]
+    keys = ("argument", "output", "temp", "alias", "generated_code")
+    out = {k: int(getattr(stats, f"{k}_size_in_bytes", 0)) for k in keys}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def format_memory_analysis(compiled) -> str:
+    """One line: per-device argument / output / temp / peak bytes of a compiled step."""
+    stats = memory_analysis(compiled)
+    if not stats:
+        return "memory analysis: not available on this backend"
+    return "per-device memory: " + ", ".join(f"{k} {_human(v)}" for k, v in stats.items())

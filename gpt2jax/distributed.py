@@ -1,0 +1,130 @@
+"""Multi-process start-up through JAX's own runtime (`jax.distributed`), not a home-made layer.
+
+One Python process per host (TPU VM worker, GPU node) runs the same command. Three ways in:
+- Cloud TPU (and SLURM / Open MPI / Kubernetes clusters JAX knows): `jax.distributed.initialize()`
+  with no arguments finds the coordinator and process ids itself (`auto`).
+- Explicit: `--coordinator_address=host:port --num_processes=N --process_id=i` on every host.
+- Nothing: one process, nothing to initialise.
+
+Call `initialize(...)` before anything touches the devices (`jax.devices()` etc.).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+from absl import logging
+
+from gpt2jax.errors import ConfigError
+
+
+class DistributedError(ConfigError):
+    """Multi-process flags that cannot work together (missing, out of range, inconsistent)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessFlags:
+    """The multi-process flags of run.py; all None = not given."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+
+def validate(flags: ProcessFlags) -> None:
+    """Raises DistributedError unless the three flags are all given and consistent, or none."""
+    if not flags.given:
+        return
+    missing = [f.name for f in dataclasses.fields(flags) if getattr(flags, f.name) is None]
+    if missing:
+        raise DistributedError(
+            f"Multi-process run is missing --{', --'.join(missing)}; pass --coordinator_address, "
+            "--num_processes and --process_id together on every host (or none of them)."
+        )
+    host, _, port = flags.coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(
+            f"--coordinator_address={flags.coordinator_address!r} is not host:port; use e.g. "
+            "10.0.0.2:1234 (process 0's address and a free port)."
+        )
+    if flags.num_processes < 1:
+        raise DistributedError(f"--num_processes={flags.num_processes}; it must be >= 1.")
+    if not 0 <= flags.process_id < flags.num_processes:
+        raise DistributedError(
+            f"--process_id={flags.process_id} is outside 0..{flags.num_processes - 1} "
+            f"(--num_processes={flags.num_processes}); give each host a distinct id in that range."
+        )
+
+
+def on_cloud_tpu() -> bool:
+    """Whether this is a Cloud TPU VM (JAX then finds the other workers by itself)."""
+    if os.environ.get("TPU_SKIP_MDS_QUERY"):
+        return False
+    if any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+                                       "MEGASCALE_COORDINATOR_ADDRESS")):
+        return True
+    accel = Path("/dev")
+    return any(accel.glob("accel*")) or any(accel.glob("vfio/[0-9]*"))
+
+
+def _use_gloo_on_cpu() -> None:
+    # Cross-process collectives on the CPU backend need an implementation (tests, CPU
+    # clusters); the setting only concerns CPU devices, so it is harmless on GPU / TPU.
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):  # pragma: no cover - older/newer JAX
+        pass
+
+
+def initialize(flags: ProcessFlags, auto: bool = True, timeout_s: int = 300) -> bool:
+    """Starts JAX's multi-controller runtime when this is a multi-process run.
+
+    Args:
+      flags: the coordinator / process-count / process-id flags (all or none).
+      auto: with no flags, initialise automatically on a Cloud TPU VM.
+      timeout_s: how long to wait for all processes to join.
+    Returns:
+      True if `jax.distributed` was initialised.
+    """
+    validate(flags)
+    if flags.given:
+        if flags.num_processes == 1:
+            return False
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(
+            coordinator_address=flags.coordinator_address,
+            num_processes=flags.num_processes,
+            process_id=flags.process_id,
+            initialization_timeout=timeout_s,
+        )
+    elif auto and on_cloud_tpu():
+        jax.distributed.initialize(initialization_timeout=timeout_s)
+    else:
+        return False
+    quiet_other_processes()
+    return True
+
+
+def is_main_process() -> bool:
+    """True on process 0, the one that logs, prints and writes non-checkpoint files."""
+    return jax.process_index() == 0
+
+
+def quiet_other_processes() -> None:
+    """Only process 0 logs at INFO; the others keep warnings and errors."""
+    if not is_main_process():
+        logging.set_verbosity(logging.WARNING)
+
+
+def describe() -> str:
+    """One line: process i of N, local and global device counts, backend."""
+    return (f"process {jax.process_index()} of {jax.process_count()}: "
+            f"{jax.local_device_count()} local / {jax.device_count()} global "
+            f"{jax.default_backend()} devices")
