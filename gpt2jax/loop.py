@@ -27,6 +27,7 @@ from gpt2jax import data as data_lib
 from gpt2jax import sharding as sharding_lib
 from gpt2jax.errors import ConfigError
 from gpt2jax.model import GPT2Config
+from gpt2jax.preemption import PreemptionGuard
 from gpt2jax.train import (Trainer, TrainConfig, TrainingDivergedError, TrainState,
                            model_flops_per_token)
 
@@ -240,6 +241,7 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
     bar = _progress(config, start, num_steps)
     meta, every = _meta(run), config.checkpoint.save_every
     step = start
+    guard = PreemptionGuard().install()  # SIGTERM/SIGINT: save, wait, return (exit 0)
     try:
         while step < num_steps:
             try:
@@ -262,16 +264,24 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
                 bar.update(1)
             for hook in hooks:
                 hook(step, run)
+            if guard.should_stop(step):  # preempted: the checkpoint is saved just below
+                break
         meter.flush(bar)
-        if step > start and run.checkpointer.latest_step() != step:  # data ended early
-            if val_batches:
+        if step > start and run.checkpointer.latest_step() != step:  # data ended / preempted
+            if val_batches and not guard.stop_requested:
                 _evaluate(run, val_batches, step, meter)
             run.checkpointer.save(step, run.state, run.ds.train.state(), meta, run.val_loss)
     finally:
+        guard.uninstall()
         meter.close()
         if bar is not None:
             bar.close()
     run.checkpointer.wait_until_finished()
+    if guard.stop_requested:
+        logging.warning(guard.stop_message(step))
+        print(guard.stop_message(step), flush=True)
+        return {"step": step, "train_loss": meter.last_loss, "val_loss": run.val_loss,
+                "preempted": True}
     if config.train.export_hf:
         export_hf(run)
     logging.info("train_step compiled %d time(s).", trainer.compile_count())
