@@ -70,7 +70,8 @@ class TrainConfig:
                 f"{self.grad_accum_steps}; the global batch is split into that many micro-batches."
             )
         if self.schedule not in Schedule.__args__:
-            raise ConfigError(f"train.schedule={self.schedule!r}; choose one of {Schedule.__args__}.")
+            raise ConfigError(
+                f"train.schedule={self.schedule!r}; choose one of {Schedule.__args__}.")
 
     @property
     def micro_batch_size(self) -> int:
@@ -151,6 +152,12 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- the steps
 
 
+def _norm(tree) -> jax.Array:
+    """Global L2 norm of a pytree (optax.tree.norm; global_norm on older optax)."""
+    tree_lib = getattr(optax, "tree", None)
+    return tree_lib.norm(tree) if hasattr(tree_lib, "norm") else optax.global_norm(tree)
+
+
 def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
     """Sums over tokens. logits [b, T, V] float32, targets [b, T] int, weights [b, T] float.
 
@@ -216,8 +223,8 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+        metrics = dict(sums, grad_norm=_norm(grads),
+                       param_norm=_norm(params), learning_rate=schedule(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

@@ -1,0 +1,140 @@
+"""Checkpoints: exact resume after SIGKILL, a different model in the workdir is refused,
+and the params load back for inference."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gpt2jax import checkpoint
+from gpt2jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Trains configs/shakespeare_char.py:cpu shrunk to seconds, on one CPU device; with "block"
+# it stops after step 12's checkpoint is on disk, prints a marker and waits to be killed.
+RUNNER = textwrap.dedent("""
+    import sys, time
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from configs import shakespeare_char
+    from gpt2jax.loop import train_and_evaluate
+
+    text, workdir, mode = sys.argv[1:4]
+    c = shakespeare_char.get_config("cpu")
+    c.model.update(n_layer=1, n_head=2, n_embd=32, n_positions=32, embd_pdrop=0.1,
+                   attn_pdrop=0.1, resid_pdrop=0.1)  # dropout on: rng must resume too
+    c.data.update(train_file=text, prefetch=2)
+    c.train.update(batch_size=4, block_size=32, num_steps=20, lr_decay_steps=20,
+                   warmup_steps=2, log_every=1, eval_every=0, sample_tokens=0,
+                   export_hf=False, progress_bar=False, peak_flops=1e9)
+    c.checkpoint.update(save_every=4, keep=2, keep_best=0)
+
+    def block(step, run):
+        if mode == "block" and step == 12:
+            run.checkpointer.wait_until_finished()
+            print("CHECKPOINT-12-DONE", flush=True)
+            time.sleep(600)
+
+    train_and_evaluate(c, workdir, hooks=[block])
+""")
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", "")
+    return env
+
+
+def _losses(workdir) -> dict:
+    """step -> loss from metrics.jsonl (a resumed run appends; the last record wins)."""
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r["loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory, data_dir):
+    path = tmp_path_factory.mktemp("data") / "train.txt"
+    path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    return str(path)
+
+
+def test_exact_resume_after_sigkill(tmp_path, text):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    proc = subprocess.Popen([sys.executable, str(script), text, str(killed), "block"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=_env(), cwd=REPO)
+    deadline = time.time() + 600
+    for line in proc.stdout:  # wait for the marker printed after step 12's checkpoint
+        if "CHECKPOINT-12-DONE" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoint.Checkpointer(killed).latest_step() == 12
+    assert max(_losses(killed)) == 12
+    for workdir in (killed, straight):  # resume; and an uninterrupted run
+        subprocess.run([sys.executable, str(script), text, str(workdir), "run"], check=True,
+                       env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    resumed, reference = _losses(killed), _losses(straight)
+    assert sorted(reference) == list(range(1, 21))
+    for step in range(13, 21):
+        assert resumed[step] == reference[step], (step, resumed[step], reference[step])
+    assert checkpoint.Checkpointer(killed).all_steps() == [16, 20]  # keep=2
+
+
+def _config(text, steps=4, **model):
+    from configs import shakespeare_char
+
+    c = shakespeare_char.get_config("cpu")
+    c.model.update(dict(dict(n_layer=1, n_head=2, n_embd=32, n_positions=32), **model))
+    c.data.update(train_file=text, prefetch=0)
+    c.train.update(batch_size=8, block_size=32, num_steps=steps, lr_decay_steps=steps,
+                   warmup_steps=1, log_every=1, eval_every=0, sample_tokens=0,
+                   export_hf=False, progress_bar=False, peak_flops=1e9)
+    c.checkpoint.update(save_every=steps, keep=1, keep_best=0)
+    return c
+
+
+def test_other_model_in_workdir_is_refused_and_params_load(tmp_path, text):
+    from gpt2jax.loop import train_and_evaluate
+
+    workdir = tmp_path / "w"
+    train_and_evaluate(_config(text), workdir)
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="n_embd: saved 32 vs config 64"):
+        train_and_evaluate(_config(text, steps=8, n_embd=64), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert isinstance(checkpoint.CheckpointMismatchError("x"), ConfigError)
+
+    cfg, params, tok = checkpoint.load_params_for_inference(workdir)
+    assert (cfg.n_embd, cfg.vocab_size, tok["name"]) == (32, 65, "char")
+    assert len(tok["chars"]) == tok["vocab_size"] == 58  # characters of the 20k-char slice
+    ck = checkpoint.Checkpointer(workdir)
+    from configs import common
+    from gpt2jax import sharding
+    from gpt2jax.train import TrainConfig, Trainer
+
+    c = _config(text)
+    mesh = sharding.make_mesh(c.mesh)
+    trainer = Trainer(cfg, TrainConfig.from_config(c.train), mesh,
+                      sharding.rules(common.mesh_config()))
+    state, data_state, meta = ck.restore(4, trainer.abstract_state())
+    assert int(state.step) == 4 and data_state["index"] == 4 and meta["step"] == 4
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,179 @@
+"""Training step: learning, jit-once + donation, exact gradient accumulation, mesh equivalence,
+the optimizer's schedule and decay mask, and bad input (batch/mesh, NaN loss)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from configs import common, shakespeare_char
+from gpt2jax import sharding, train
+from gpt2jax.errors import ConfigError
+from gpt2jax.model import GPT2Config
+
+CFG = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                 embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+RULES = sharding.rules(common.mesh_config())
+
+
+def train_cfg(**kw) -> train.TrainConfig:
+    base = dict(batch_size=8, grad_accum_steps=1, block_size=16, num_steps=10,
+                learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=0, lr_decay_steps=10,
+                schedule="cosine", weight_decay=0.1, decay_embeddings=False, beta1=0.9,
+                beta2=0.95, eps=1e-8, grad_clip=1.0)
+    return train.TrainConfig(**dict(base, **kw))
+
+
+def make_batch(b: int, t: int = 16, seed: int = 0, ragged: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, CFG.vocab_size, (b, t + 1)).astype(np.int32)
+    w = np.ones((b, t), np.float32)
+    if ragged:  # different token counts per row: accumulation must weight by tokens
+        for i in range(b):
+            w[i, t - 2 * i % t:] = 0.0
+    return {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": w}
+
+
+def mesh_of(data: int, fsdp: int, tensor: int):
+    n = data * fsdp * tensor
+    return sharding.make_mesh(ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor)),
+                              devices=jax.devices()[:n])
+
+
+def test_loss_falls_jits_once_and_donates():
+    tc = train_cfg(learning_rate=1e-2, schedule="constant")
+    trainer = train.Trainer(CFG, tc, mesh_of(1, 1, 1), RULES)
+    state = trainer.init(0)
+    batch = trainer.put_batch(make_batch(8))
+    losses = []
+    for _ in range(10):
+        old = state
+        state, m = trainer.train_step(state, batch)
+        losses.append(float(m["loss_sum"] / m["weight_sum"]))
+    assert losses[0] == pytest.approx(math.log(64), abs=0.3)  # ~uniform at init
+    assert losses[-1] < losses[0] - 1.5, losses
+    assert trainer.compile_count() == 1
+    assert all(x.is_deleted() for x in jax.tree.leaves(old.params))  # donated
+    assert int(state.step) == 10
+
+
+def _capture_grads() -> optax.GradientTransformation:
+    """An 'optimizer' whose state after one update is the gradient it was given."""
+    return optax.GradientTransformation(
+        lambda p: jax.tree.map(jnp.zeros_like, p),
+        lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+
+
+def _rel(a, b) -> float:
+    diff = optax.tree.norm(jax.tree.map(jnp.subtract, a, b))
+    return float(diff / optax.tree.norm(b))
+
+
+def test_grad_accumulation_equals_large_batch():
+    batch = jax.tree.map(jnp.asarray, make_batch(8, ragged=True))
+    tx = _capture_grads()
+    state = train.TrainState(jnp.zeros((), jnp.int32), train.init_params(CFG, jax.random.key(1)),
+                             None, jax.random.PRNGKey(0))
+    state = state.replace(opt_state=tx.init(state.params))
+    grads = {}
+    for k in (1, 4):
+        step = jax.jit(train.make_train_step(CFG, train_cfg(grad_accum_steps=k), tx))
+        new, metrics = step(state, batch)
+        grads[k] = new.opt_state
+        assert float(metrics["weight_sum"]) == float(batch["weights"].sum())
+    direct = train.grads_of(CFG, state.params, batch)
+    assert _rel(grads[4], grads[1]) <= 1e-6
+    assert _rel(grads[1], direct) <= 1e-6
+
+
+def test_meshes_match_one_device():
+    tc = train_cfg(batch_size=16, grad_accum_steps=2)
+    batches = [make_batch(16, seed=s) for s in range(3)]
+
+    def losses(shape):
+        trainer = train.Trainer(CFG, tc, mesh_of(*shape), RULES)
+        state, out = trainer.init(0), []
+        for b in batches:
+            state, m = trainer.train_step(state, trainer.put_batch(b))
+            out.append(float(m["loss_sum"] / m["weight_sum"]))
+        return np.array(out)
+
+    reference = losses((1, 1, 1))
+    for shape in [(8, 1, 1), (2, 2, 2), (1, 2, 4)]:
+        np.testing.assert_allclose(losses(shape), reference, atol=1e-5, rtol=0, err_msg=str(shape))
+
+
+def test_schedule_matches_nanogpt_and_decay_mask():
+    tc = train_cfg(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100,
+                   lr_decay_steps=2000)
+    sched = train.learning_rate_schedule(tc)
+
+    def nanogpt_lr(it):  # nanoGPT train.py get_lr
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        if it > 2000:
+            return 1e-4
+        coeff = 0.5 * (1.0 + math.cos(math.pi * (it - 100) / 1900))
+        return 1e-4 + coeff * 9e-4
+
+    for it in (0, 50, 99, 100, 1000, 1999, 2000, 2500):
+        assert float(sched(it)) == pytest.approx(nanogpt_lr(it), rel=1e-5)
+    mask = train.weight_decay_mask(train.init_params(CFG, jax.random.key(0)))
+    assert mask["h_0"]["attn"]["c_attn"]["kernel"] and mask["h_1"]["mlp"]["c_fc"]["kernel"]
+    assert not mask["h_0"]["attn"]["c_attn"]["bias"] and not mask["ln_f"]["scale"]
+    assert not mask["wte"]["embedding"] and not mask["h_0"]["ln_1"]["bias"]
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+    with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
+        train.Trainer(CFG, train_cfg(batch_size=12, grad_accum_steps=1), mesh_of(8, 1, 1), RULES)
+
+
+def tiny_char_config(text_file, steps: int = 8) -> ConfigDict:
+    """shakespeare_char:cpu shrunk to seconds: 1 layer, 32 dims, block 32, batch 8."""
+    c = shakespeare_char.get_config("cpu")
+    c.model.update(n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    c.data.train_file = str(text_file)
+    c.data.prefetch = 0
+    c.train.update(batch_size=8, block_size=32, num_steps=steps, lr_decay_steps=steps,
+                   warmup_steps=2, log_every=1, eval_every=0, eval_batches=2, sample_tokens=0,
+                   export_hf=False, progress_bar=False, peak_flops=1e9)
+    c.checkpoint.update(save_every=2, keep=2, keep_best=0)
+    return c
+
+
+@pytest.fixture
+def text_file(tmp_path, data_dir):
+    path = tmp_path / "train.txt"
+    path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    return path
+
+
+def test_mesh_not_matching_devices(tmp_path, text_file):
+    from gpt2jax.loop import train_and_evaluate
+
+    c = tiny_char_config(text_file)
+    c.mesh.update(data=3, fsdp=1, tensor=1)
+    with pytest.raises(ConfigError, match="devices"):
+        train_and_evaluate(c, tmp_path / "w")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
+    from gpt2jax.loop import train_and_evaluate
+
+    def poison(step, run):
+        if step == 2:  # after step 2's checkpoint: make step 3 produce NaN
+            run.state = run.state.replace(
+                params=jax.tree.map(lambda x: x * jnp.nan, run.state.params))
+
+    c = tiny_char_config(text_file, steps=6)
+    c.mesh.update(data=-1)
+    with pytest.raises(train.TrainingDivergedError, match="at step 3"):
+        train_and_evaluate(c, tmp_path / "w", hooks=[poison])
+    from gpt2jax.checkpoint import Checkpointer
+
+    assert Checkpointer(tmp_path / "w").all_steps() == [2]
