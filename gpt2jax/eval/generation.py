@@ -1,0 +1,131 @@
+"""The GPT-2 paper's zero-shot generation tasks, reading user jsonl files.
+
+- `summarize`: lines `{"article": ..., "highlights": ...}` (CNN/Daily Mail names; "summary"
+  is accepted for the reference). Prompt = article + "\\nTL;DR:", top-k 2 sampling of 100
+  tokens (config.generate), keep the first 3 sentences, ROUGE-1/2/L F (rouge-score).
+- `translate`: lines `{"en": ..., "fr": ...}`; prompt = `num_shots` example pairs from the
+  shots file as "english sentence = french sentence" lines, then "source =" ; greedy
+  decoding, the first generated line is the hypothesis; corpus BLEU (sacrebleu).
+
+Scoring (`score_summaries`, `score_translations`) takes text lists, so it is testable
+without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gpt2jax.errors import DataError
+from gpt2jax.eval import text_metrics
+from gpt2jax.tokenizer import EOT_ID
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """Rows of a jsonl file, each required to hold `fields`."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise DataError(f"{path}:{i + 1} lacks the fields {missing}; each line must be a "
+                                f"JSON object with {list(fields)}.")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no examples.")
+    return rows
+
+
+def score_summaries(generated: list[str], references: list[str], sentences: int = 3) -> dict:
+    """ROUGE of the first `sentences` sentences of each generated text."""
+    hyps = [text_metrics.first_sentences(g, sentences) for g in generated]
+    scores = text_metrics.rouge(hyps, references)
+    scores["rouge_avg"] = float(np.mean([scores[t] for t in text_metrics.ROUGE_TYPES]))
+    return scores
+
+
+def score_translations(generated: list[str], references: list[str]) -> dict:
+    """Corpus BLEU of the first line of each generated text."""
+    return text_metrics.bleu([text_metrics.first_line(g) for g in generated], references)
+
+
+def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(map(len, prompts))
+    ids = np.full((len(prompts), width), EOT_ID, np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def generate_texts(ctx, prompts: list[list[int]]) -> list[str]:
+    """Generates from token prompts in batches with `config.generate`; returns new text."""
+    from gpt2jax.generate import generate
+
+    kwargs = {k: v for k, v in ctx.generate_config.items()}
+    texts = []
+    size = ctx.ecfg.batch_size
+    for start in tqdm(range(0, len(prompts), size), desc=ctx.task, disable=not ctx.progress):
+        ids, mask = _left_pad(prompts[start:start + size])
+        kwargs["seed"] = int(ctx.generate_config.seed) + start
+        out = np.asarray(generate(ctx.cfg, ctx.params, ids, mask, mesh=ctx.mesh,
+                                  axis_rules=ctx.axis_rules, **kwargs))
+        for row in out[:, ids.shape[1]:]:
+            row = row.tolist()
+            row = row[: row.index(EOT_ID)] if EOT_ID in row else row
+            texts.append(ctx.enc.decode(row))
+    return texts
+
+
+def _budget(ctx) -> int:
+    """Prompt tokens that fit with the new tokens in the context."""
+    new = ctx.generate_config.max_new_tokens or ctx.generate_config.max_length
+    return min(ctx.cfg.n_positions, ctx.ecfg.context_length) - int(new)
+
+
+def _summarize(ctx, path: Path) -> list[dict]:
+    rows = read_jsonl(path, ("article",))
+    rows = rows[: ctx.ecfg.max_examples] if ctx.ecfg.max_examples else rows
+    refs = [r.get("highlights", r.get("summary")) for r in rows]
+    if any(r is None for r in refs):
+        raise DataError(f"{path}: every line needs a reference 'highlights' or 'summary'.")
+    tldr = ctx.enc.encode_ordinary(text_metrics.TLDR)
+    keep = _budget(ctx) - len(tldr)
+    prompts = [ctx.enc.encode_ordinary(r["article"].rstrip())[:keep] + tldr for r in rows]
+    scores = score_summaries(generate_texts(ctx, prompts), refs, ctx.ecfg.summary_sentences)
+    base = {"task": ctx.task, "protocol": "tldr_zero_shot", "examples": len(rows)}
+    return [dict(base, metric=k, value=v) for k, v in scores.items()]
+
+
+def _translate(ctx, path: Path, shots_path: Path) -> list[dict]:
+    src, tgt = ctx.ecfg.source_lang, ctx.ecfg.target_lang
+    rows = read_jsonl(path, (src, tgt))
+    rows = rows[: ctx.ecfg.max_examples] if ctx.ecfg.max_examples else rows
+    shots = [(s[src], s[tgt]) for s in read_jsonl(shots_path, (src, tgt))[: ctx.ecfg.num_shots]]
+    budget = _budget(ctx)
+    prompts = []
+    for r in rows:
+        ids = ctx.enc.encode_ordinary(text_metrics.translation_prompt(shots, r[src]))
+        prompts.append(ids[-budget:])  # drop the oldest shots if too long
+    scores = score_translations(generate_texts(ctx, prompts), [r[tgt] for r in rows])
+    return [{"task": ctx.task, "protocol": f"{src}-{tgt}_{len(shots)}_shot",
+             "examples": len(rows), "metric": "bleu", "value": scores["bleu"],
+             "signature": scores["signature"]}]
+
+
+def run(ctx) -> list[dict]:
+    """Runs the `summarize` or `translate` task of a `tasks.TaskContext`."""
+    from gpt2jax.eval.tasks import data_file
+
+    files = ctx.ecfg.files
+    if ctx.task == "summarize":
+        return _summarize(ctx, data_file(ctx.data_dir, files.jsonl, ctx.task))
+    return _translate(ctx, data_file(ctx.data_dir, files.jsonl, ctx.task),
+                      data_file(ctx.data_dir, files.shots, ctx.task))

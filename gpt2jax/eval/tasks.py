@@ -1,0 +1,194 @@
+"""Named evaluation tasks: which file, which text protocol, which metric.
+
+Every task returns result rows `{"task", "protocol", "metric", "value", ...}` (one metric
+per row) so that the CLI table and the reproduction table read the same records.
+
+Protocols:
+- `wikitext2` / `wikitext103`:
+  - `raw_hf`: the raw test file joined as the HF perplexity guide does
+    (`"\\n\\n".join(lines)`, blank lines as ""; 287,644 GPT-2 tokens for WikiText-2);
+  - `detok`: the tokenized release (`wiki.test.tokens`, with `<unk>`) through the invertible
+    WikiText detokenizer (`detokenize.py`).
+- `ptb`: Mikolov's PTB test file through the PTB detokenizer.
+- `lambada_openai`: lm-eval's protocol plus the last-word variant (`lambada.py`).
+- `enwik8` / `text8`: the last 5,000,000 bytes / characters of the file (the standard test
+  split: 90M train, 5M valid, 5M test); bits per byte / per character.
+Word-level datasets also report `word_perplexity = exp(nll_sum / words)` with words = the
+whitespace tokens of the word-level release plus one `<eos>` per line (WikiText-2 test
+245,569; PTB test 82,430), the count their published perplexities are normalised by.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.eval import detokenize as detok_lib
+from gpt2jax.eval import lambada as lambada_lib
+from gpt2jax.eval.perplexity import PerplexityResult, perplexity
+
+CHAR_SPLIT = 5_000_000  # enwik8 / text8 test split: the last 5M bytes / characters
+
+
+def data_file(data_dir: str | os.PathLike, relative: str, task: str) -> Path:
+    """`data_dir / relative`, or a DataError naming the file and where it was looked for."""
+    path = Path(relative) if os.path.isabs(relative) else Path(data_dir) / relative
+    if not path.is_file():
+        raise DataError(
+            f"Task {task!r} needs the file {relative!r}, looked for at {str(path)!r}, which does "
+            "not exist. Put it there, pass --config.data_dir=FOLDER holding it, or override "
+            f"its path with --config.eval.files.<name>=PATH."
+        )
+    return path
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file as it is on disk (no newline translation)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def wikitext_hf_join(path: str | os.PathLike) -> str:
+    """The raw WikiText file as the HF guide builds it: `"\\n\\n".join(dataset["text"])`.
+
+    The HF `wikitext` loader yields each line with its newline, and "" for blank lines.
+    """
+    lines = read_text(Path(path)).splitlines(keepends=True)
+    return "\n\n".join(line if line.strip() else "" for line in lines)
+
+
+def word_count(text: str) -> int:
+    """Whitespace tokens plus one `<eos>` per line of a word-level release."""
+    lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    return sum(len(line.split()) for line in lines) + len(lines)
+
+
+def check_vocab(cfg, enc) -> None:
+    """The model's vocabulary must be the tokenizer's (GPT-2: 50257)."""
+    if cfg.vocab_size != enc.n_vocab:
+        raise ConfigError(
+            f"The model has vocab_size={cfg.vocab_size} but the tokenizer has {enc.n_vocab} "
+            f"tokens; evaluate with a model whose vocabulary is the tokenizer's "
+            f"(--config.model.vocab_size={enc.n_vocab}) or the matching tokenizer."
+        )
+
+
+def _ppl_rows(task: str, protocol: str, res: PerplexityResult) -> list[dict]:
+    base = {"task": task, "protocol": protocol, "tokens": res.token_count,
+            "stride": res.stride, "context_length": res.context_length}
+    rows = [dict(base, metric="ppl", value=res.perplexity),
+            dict(base, metric="guide_ppl", value=res.guide_perplexity)]
+    if res.word_perplexity is not None:
+        rows.append(dict(base, metric="word_ppl", value=res.word_perplexity,
+                         words=res.word_count))
+    if res.bits_per_byte is not None:
+        rows.append(dict(base, metric="bits_per_byte", value=res.bits_per_byte,
+                         bytes=res.byte_count))
+    return rows
+
+
+def _truncate(ids: list[int], ecfg) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    return ids[: ecfg.max_tokens] if ecfg.max_tokens else ids
+
+
+def _run_ppl(ctx, protocol: str, text: str, words: int | None = None,
+             byte_count: int | None = None) -> list[dict]:
+    ecfg = ctx.ecfg
+    ids = _truncate(ctx.enc.encode_ordinary(text), ecfg)
+    if ecfg.max_tokens and len(ids) == ecfg.max_tokens:  # a smoke run scores a prefix only
+        words = byte_count = None
+    res = perplexity(ctx.cfg, ctx.params, ids, ecfg.context_length, ecfg.stride,
+                     ecfg.batch_size, byte_count, words, ctx.mesh, ctx.axis_rules,
+                     ctx.progress)
+    return _ppl_rows(ctx.task, protocol, res)
+
+
+def _wikitext(ctx) -> list[dict]:
+    files = ctx.ecfg.files
+    raw = data_file(ctx.data_dir, files.raw, ctx.task)
+    tokens = data_file(ctx.data_dir, files.tokens, ctx.task)
+    tokenized = read_text(tokens)
+    words = word_count(tokenized)
+    rows = _run_ppl(ctx, "raw_hf", wikitext_hf_join(raw), words=words)
+    return rows + _run_ppl(ctx, "detok", detok_lib.detokenize(tokenized, "wikitext"),
+                           words=words)
+
+
+def _ptb(ctx) -> list[dict]:
+    tokenized = read_text(data_file(ctx.data_dir, ctx.ecfg.files.tokens, ctx.task))
+    return _run_ppl(ctx, "detok", detok_lib.detokenize(tokenized, "ptb"),
+                    words=word_count(tokenized))
+
+
+def _characters(ctx) -> list[dict]:
+    data = data_file(ctx.data_dir, ctx.ecfg.files.raw, ctx.task).read_bytes()
+    test = data[-CHAR_SPLIT:]
+    # The split may cut a UTF-8 character in two; replace is exact for text8 (ASCII).
+    text = test.decode("utf-8", errors="replace")
+    return _run_ppl(ctx, "test_last_5M", text, byte_count=len(test))
+
+
+def _lambada(ctx) -> list[dict]:
+    texts = lambada_lib.read_lambada(data_file(ctx.data_dir, ctx.ecfg.files.jsonl, ctx.task))
+    if ctx.ecfg.max_examples:
+        texts = texts[: ctx.ecfg.max_examples]
+    out = lambada_lib.evaluate_lambada(ctx.cfg, ctx.params, ctx.enc, texts,
+                                       ctx.ecfg.context_length, ctx.ecfg.batch_size,
+                                       ctx.ecfg.last_word, ctx.progress)
+    base = {"task": ctx.task, "protocol": "lm_eval", "examples": out["examples"]}
+    rows = [dict(base, metric="acc", value=100.0 * out["accuracy"]),
+            dict(base, metric="ppl", value=out["perplexity"])]
+    if "last_word_accuracy" in out:
+        rows.append(dict(base, protocol="last_word", metric="acc",
+                         value=100.0 * out["last_word_accuracy"]))
+    return rows
+
+
+def _generation(ctx) -> list[dict]:
+    from gpt2jax.eval import generation  # needs gpt2jax.generate
+
+    return generation.run(ctx)
+
+
+TASKS: dict[str, Callable] = {
+    "wikitext2": _wikitext,
+    "wikitext103": _wikitext,
+    "ptb": _ptb,
+    "lambada_openai": _lambada,
+    "enwik8": _characters,
+    "text8": _characters,
+    "summarize": _generation,
+    "translate": _generation,
+}
+
+
+def check_task(name: str) -> None:
+    if name not in TASKS:
+        raise ConfigError(f"Unknown eval task {name!r}; known tasks: {', '.join(sorted(TASKS))}.")
+
+
+class TaskContext:
+    """What a task needs: model, tokenizer, `config.eval`, data folder, mesh."""
+
+    def __init__(self, task, cfg, params, enc, ecfg, data_dir, mesh=None, axis_rules=(),
+                 progress=False, generate_config=None, seed=0):
+        self.task, self.cfg, self.params, self.enc, self.ecfg = task, cfg, params, enc, ecfg
+        self.data_dir, self.mesh, self.axis_rules = data_dir, mesh, axis_rules
+        self.progress, self.generate_config, self.seed = progress, generate_config, seed
+
+
+def run_task(ctx: TaskContext) -> list[dict]:
+    """Runs the named task of `ctx`; returns its result rows."""
+    check_task(ctx.task)
+    check_vocab(ctx.cfg, ctx.enc)
+    if ctx.ecfg.stride > ctx.ecfg.context_length:
+        raise ConfigError(
+            f"eval.stride={ctx.ecfg.stride} is larger than eval.context_length="
+            f"{ctx.ecfg.context_length}, which would skip tokens; use a stride <= the context."
+        )
+    return TASKS[ctx.task](ctx)
