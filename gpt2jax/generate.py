@@ -267,7 +267,9 @@ def make_args(**kwargs) -> GenerationArgs:
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"Unknown generate arguments {unknown}; supported: {sorted(known)}.")
-    return GenerationArgs(**kwargs)
+    args = GenerationArgs(**kwargs)
+    _validate(args)
+    return args
 
 
 def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
@@ -292,7 +294,6 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     args = make_args(**kwargs)
     ids, mask = _prepare_inputs(input_ids, attention_mask, args)
     new_tokens = _new_token_count(cfg, ids, mask, args)
-    _validate(args)
     if args.do_sample and args.num_beams == 1 and args.num_return_sequences > 1:
         ids = np.repeat(ids, args.num_return_sequences, axis=0)
         mask = np.repeat(mask, args.num_return_sequences, axis=0)

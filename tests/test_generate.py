@@ -1,0 +1,254 @@
+"""gpt2jax.generate == HF transformers `generate` on identical random GPT-2 weights.
+
+Greedy, beam search (num_beams x length_penalty x early_stopping x num_return_sequences),
+no_repeat_ngram_size, repetition_penalty, frequent EOS with padding, sampling determinism,
+compile-once bucketing and sharded (8 simulated devices) == single-device decoding.
+"""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import gpt2jax
+from gpt2jax import weights
+from gpt2jax.generate import TRACE_COUNT, generate
+from gpt2jax.sharding import make_mesh, rules
+from configs import common
+
+PAD = 50256
+LENGTHS = (3, 7, 1, 5, 8, 2)
+
+
+def hf_tiny(seed: int = 0, **overrides) -> transformers.GPT2LMHeadModel:
+    """A random HF GPT-2 (2 layers, 4 heads, 64 dims, real vocabulary), eval mode."""
+    config = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_positions=128)
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+
+
+def to_gpt2jax(hf: transformers.GPT2LMHeadModel):
+    """(cfg, params) holding the same weights as the HF model."""
+    cfg = weights.config_from_hf(hf.config.to_dict())
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    return cfg, weights.hf_state_dict_to_params(state, cfg)
+
+
+def left_padded(lengths, vocab: int = 50000, seed: int = 0):
+    """Random prompts of the given lengths, left-padded with PAD: (ids, mask) [B, max]."""
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    ids = np.full((len(lengths), width), PAD, np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = rng.integers(0, vocab, n)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+def hf_generate(hf, ids, mask, **kwargs):
+    """HF generate with return_dict: (sequences [N, T] numpy, sequences_scores or None)."""
+    kwargs.setdefault("pad_token_id", PAD)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          return_dict_in_generate=True, output_scores=True, **kwargs)
+    scores = getattr(out, "sequences_scores", None)
+    return out.sequences.numpy(), None if scores is None else scores.numpy()
+
+
+def assert_same(hf, cfg, params, ids, mask, **kwargs):
+    """Asserts gpt2jax == HF (tokens exactly, beam scores within 1e-4); returns the tokens."""
+    ref, ref_scores = hf_generate(hf, ids, mask, **kwargs)
+    kwargs.setdefault("pad_token_id", PAD)
+    out = generate(cfg, params, ids, mask, return_dict=True, **kwargs)
+    assert out.sequences.shape == ref.shape, (out.sequences.shape, ref.shape, kwargs)
+    np.testing.assert_array_equal(out.sequences, ref, err_msg=str(kwargs))
+    if ref_scores is not None:
+        np.testing.assert_allclose(out.sequences_scores, ref_scores, atol=1e-4, rtol=0)
+    return ref
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """HF's tiny-model steps are overhead-bound; one thread avoids spin-waits on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    hf = hf_tiny()
+    cfg, params = to_gpt2jax(hf)
+    ids, mask = left_padded(LENGTHS)
+    return hf, cfg, params, ids, mask
+
+
+def most_frequent_new_token(hf, ids, mask, **kwargs) -> int:
+    """A token the random model emits often (so that choosing it as EOS really stops rows)."""
+    seqs, _ = hf_generate(hf, ids, mask, max_new_tokens=12, **kwargs)
+    tokens, counts = np.unique(seqs[:, ids.shape[1]:], return_counts=True)
+    return int(tokens[np.argmax(counts)])
+
+
+@pytest.fixture(scope="module")
+def frequent_eos(tiny):
+    """{num_beams: eos id} for greedy (all 6 prompts) and 4-beam search (first 3 prompts)."""
+    hf, _, _, ids, mask = tiny
+    return {1: most_frequent_new_token(hf, ids, mask),
+            4: most_frequent_new_token(hf, ids[:3], mask[:3], num_beams=4)}
+
+
+def test_greedy_matches_hf_left_padded(tiny):
+    hf, cfg, params, ids, mask = tiny
+    ref = assert_same(hf, cfg, params, ids, mask, max_new_tokens=40, do_sample=False)
+    assert ref.shape == (6, 8 + 40)
+
+
+def test_greedy_matches_hf_124m_shape():
+    hf = hf_tiny(seed=1, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    cfg, params = to_gpt2jax(hf)
+    ids, mask = left_padded((4, 9, 2, 6, 11, 5), seed=1)
+    assert_same(hf, cfg, params, ids, mask, max_new_tokens=40, do_sample=False)
+
+
+@pytest.mark.parametrize("num_beams", [2, 4, 5])
+def test_beam_search_grid_matches_hf(tiny, num_beams):
+    hf, cfg, params, ids, mask = tiny
+    ids, mask = ids[:3], mask[:3]
+    for length_penalty in (0.6, 1.0, 2.0):
+        for early_stopping in (True, False):
+            for num_return_sequences in (1, 3):
+                if num_return_sequences > num_beams:
+                    continue  # HF rejects it too (see test_bad_inputs)
+                assert_same(hf, cfg, params, ids, mask, max_new_tokens=12, num_beams=num_beams,
+                            length_penalty=length_penalty, early_stopping=early_stopping,
+                            num_return_sequences=num_return_sequences)
+
+
+def test_beam_search_early_stopping_never_matches_hf(tiny, frequent_eos):
+    hf, cfg, params, ids, mask = tiny
+    for length_penalty in (0.6, 2.0):
+        assert_same(hf, cfg, params, ids[:3], mask[:3], max_new_tokens=12, num_beams=4,
+                    early_stopping="never", length_penalty=length_penalty,
+                    eos_token_id=frequent_eos[4], num_return_sequences=2)
+
+
+def _batch(tiny, num_beams):
+    """Greedy tests use all 6 prompts and 40 tokens, beam tests 3 prompts and 12 tokens (so
+    that tests share compiled buckets)."""
+    hf, cfg, params, ids, mask = tiny
+    rows, new = (6, 40) if num_beams == 1 else (3, 12)
+    return hf, cfg, params, ids[:rows], mask[:rows], new
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_no_repeat_ngram_and_repetition_penalty_match_hf(tiny, num_beams):
+    hf, cfg, params, ids, mask, new = _batch(tiny, num_beams)
+    for extra in (dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=3),
+                  dict(repetition_penalty=1.3)):
+        out = assert_same(hf, cfg, params, ids, mask, max_new_tokens=new, num_beams=num_beams,
+                          do_sample=False, **extra)
+        if extra.get("no_repeat_ngram_size") == 2:
+            row = out[0, ids.shape[1]:]
+            bigrams = list(zip(row[:-1], row[1:]))
+            assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_frequent_eos_stops_and_pads_like_hf(tiny, frequent_eos, num_beams):
+    hf, cfg, params, ids, mask, new = _batch(tiny, num_beams)
+    eos = frequent_eos[num_beams]
+    # length_penalty=0 ranks by summed log-prob, so short (EOS-ended) hypotheses win
+    for extra in ((dict(length_penalty=0.0, num_return_sequences=3), dict()) if num_beams > 1
+                  else (dict(),)):
+        out = assert_same(hf, cfg, params, ids, mask, max_new_tokens=new, num_beams=num_beams,
+                          eos_token_id=eos, pad_token_id=PAD, **extra)
+        if extra or num_beams == 1:
+            generated = out[:, ids.shape[1]:]
+            assert (generated == eos).any()
+            assert (generated == PAD).any()  # rows/hypotheses that stopped early are padded
+    if num_beams == 1:
+        assert_same(hf, cfg, params, ids, mask, max_new_tokens=new, eos_token_id=eos,
+                    min_new_tokens=6)
+
+
+def test_sampling_deterministic_and_cold_limit_is_greedy(tiny):
+    _, cfg, params, ids, mask = tiny
+    kwargs = dict(max_new_tokens=16, do_sample=True, top_k=50, top_p=0.9, pad_token_id=PAD)
+    first = generate(cfg, params, ids, mask, seed=3, **kwargs)
+    np.testing.assert_array_equal(first, generate(cfg, params, ids, mask, seed=3, **kwargs))
+    assert (first != generate(cfg, params, ids, mask, seed=4, **kwargs)).any()
+    greedy = generate(cfg, params, ids, mask, max_new_tokens=16, pad_token_id=PAD)
+    cold = generate(cfg, params, ids, mask, seed=5, temperature=1e-6, **kwargs)
+    np.testing.assert_array_equal(cold, greedy)
+    several = generate(cfg, params, ids[:2], mask[:2], seed=3, num_return_sequences=3, **kwargs)
+    assert several.shape[0] == 6
+
+
+def test_one_bucket_compiles_once(tiny):
+    _, cfg, params, _, _ = tiny
+    ids, mask = left_padded((2, 5, 9, 11, 14), seed=7)
+    before = TRACE_COUNT["greedy"]
+    outputs = []
+    for row in range(5):
+        n = int(mask[row].sum())
+        prompt = ids[row:row + 1, -n:]
+        outputs.append(generate(cfg, params, prompt, max_new_tokens=9, pad_token_id=PAD))
+        assert outputs[-1].shape == (1, n + 9)
+    assert TRACE_COUNT["greedy"] - before <= 1  # 0 if an earlier test compiled this bucket
+    # and a prompt in the next bucket does compile
+    generate(cfg, params, np.ones((1, 20), np.int64), max_new_tokens=9, pad_token_id=PAD)
+    assert TRACE_COUNT["greedy"] - before >= 1
+
+
+def test_sharded_decode_equals_single_device(tiny):
+    assert len(jax.devices()) == 8
+    _, cfg, params, ids, mask = tiny
+    mesh_cfg = common.mesh_config()
+    mesh_cfg.data, mesh_cfg.tensor = 4, 2
+    mesh = make_mesh(mesh_cfg)
+    kw = dict(max_new_tokens=10, pad_token_id=PAD)
+    for extra in (dict(), dict(num_beams=4, num_return_sequences=2)):
+        single = generate(cfg, params, ids, mask, **kw, **extra)
+        sharded = generate(cfg, params, ids, mask, mesh=mesh, axis_rules=rules(mesh_cfg),
+                           **kw, **extra)
+        np.testing.assert_array_equal(sharded, single)
+
+
+def test_seed_example_matches_hf(tiny, tokenizer):
+    hf, cfg, params, _, _ = tiny
+    ids = np.array([tokenizer.encode("The quick brown fox jumps over the")])
+    kwargs = dict(max_length=50, num_beams=5, no_repeat_ngram_size=2, top_k=50, top_p=0.95,
+                  temperature=0.7)
+    ref = assert_same(hf, cfg, params, ids, np.ones_like(ids), **kwargs)
+    np.testing.assert_array_equal(gpt2jax.generate(cfg, params, ids, **kwargs), ref)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_length=3), "max_length"),
+    (dict(max_new_tokens=200), "context"),
+    (dict(do_sample=True, top_p=0.0), "top_p"),
+    (dict(do_sample=True, top_p=1.5), "top_p"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(typo_arg=1), "Unknown generate"),
+])
+def test_bad_inputs(tiny, kwargs, match):
+    _, cfg, params, ids, mask = tiny
+    with pytest.raises(gpt2jax.ConfigError, match=match):
+        generate(cfg, params, ids, mask, **kwargs)
+
+
+def test_empty_prompt_is_rejected(tiny):
+    _, cfg, params, ids, mask = tiny
+    with pytest.raises(gpt2jax.ConfigError, match="empty"):
+        generate(cfg, params, np.zeros((1, 0), np.int64), max_new_tokens=3)
+    bad = mask.copy()
+    bad[1] = 0
+    with pytest.raises(gpt2jax.ConfigError, match="empty"):
+        generate(cfg, params, ids, bad, max_new_tokens=3)

@@ -1,0 +1,108 @@
+"""`run.py --mode=generate` end to end: the seed's example command reproduces HF's tokens."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from configs import gpt2 as gpt2_configs
+from gpt2jax.cli import CliArgs
+from gpt2jax.cli import generate as cli
+from gpt2jax.errors import ConfigError
+from test_generate import hf_tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = "The quick brown fox jumps over the"
+SEED_EXAMPLE = dict(max_length=50, num_beams=5, no_repeat_ngram_size=2, top_k=50, top_p=0.95,
+                    temperature=0.7)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random GPT-2 saved as an HF directory (config.json + model.safetensors)."""
+    hf = hf_tiny(seed=3)
+    path = tmp_path_factory.mktemp("hf_tiny")
+    hf.save_pretrained(path)
+    return hf, path
+
+
+def tiny_config(init_from: str = ""):
+    config = gpt2_configs.get_config("small")
+    config.model.update(n_layer=2, n_head=4, n_embd=64, n_positions=128)
+    config.init_from = init_from
+    return config
+
+
+def test_seed_example_command_matches_hf(hf_dir, tokenizer, tmp_path):
+    hf, path = hf_dir
+    ids = torch.tensor([tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=50256,
+                          **SEED_EXAMPLE)[0].tolist()
+    out = tmp_path / "out.json"
+    overrides = [f"--config.generate.{k}={v}" for k, v in SEED_EXAMPLE.items()]
+    cmd = [sys.executable, "run.py", "--mode=generate", "--config=configs/gpt2.py:small",
+           f"--config.init_from={path}", f"--prompt={PROMPT}", f"--output_json={out}",
+           *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result[0]["tokens"][0] == ref
+    assert len(result[0]["scores"]) == 1
+    assert PROMPT in proc.stdout
+
+
+def test_random_init_streams_greedy_text(tokenizer, capsys, tmp_path):
+    config = tiny_config()
+    config.generate.update(max_length=20)
+    out = tmp_path / "out.json"
+    results = cli.main(config, CliArgs(prompt="Hello there", output_json=str(out)))
+    printed = capsys.readouterr().out
+    completion = results[0]["completions"][0]
+    assert printed.startswith("Hello there" + completion)
+    assert len(results[0]["tokens"][0]) == 20
+    assert json.loads(out.read_text()) == results
+
+
+def test_prompt_file_batches_prompts(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("One\nA longer second prompt here\nThird\n")
+    config = tiny_config()
+    config.generate.update(max_new_tokens=5, num_beams=2, num_return_sequences=2)
+    results = cli.main(config, CliArgs(prompt_file=str(prompts)))
+    assert [r["prompt"] for r in results] == ["One", "A longer second prompt here", "Third"]
+    assert all(len(r["completions"]) == 2 and len(r["scores"]) == 2 for r in results)
+    assert np.isfinite(results[0]["scores"]).all()
+    assert "A longer second prompt here" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (CliArgs(), "exactly one of --prompt"),
+    (CliArgs(prompt=""), "empty prompt"),
+    (CliArgs(prompt_file="/nonexistent/prompts.txt"), "does not exist"),
+])
+def test_bad_prompts_raise_config_errors(args, match):
+    with pytest.raises(ConfigError, match=match):
+        cli.main(tiny_config(), args)
+
+
+def test_blank_line_in_prompt_file_is_named(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("ok\n\nalso ok\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        cli.main(tiny_config(), CliArgs(prompt_file=str(prompts)))
+
+
+def test_cli_bad_generate_option_exits_2(tmp_path):
+    cmd = [sys.executable, "run.py", "--mode=generate", "--config=configs/gpt2.py:small",
+           "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
+           "--prompt=Hi", "--config.generate.top_p=1.5", "--config.generate.do_sample=True"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2
+    assert "top_p" in proc.stderr and "(0, 1]" in proc.stderr

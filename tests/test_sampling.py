@@ -1,0 +1,107 @@
+"""gpt2jax.sampling == HF logits processors/warpers; sampled frequencies == filtered softmax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from transformers.generation import logits_process as hf_lp
+
+from gpt2jax import sampling
+from gpt2jax.sampling import ScoreParams, ScoreSettings
+
+
+def params(temperature=1.0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, ngram=1,
+           eos=(7,)):
+    return ScoreParams(jnp.float32(temperature), jnp.float32(top_p),
+                       jnp.float32(repetition_penalty), jnp.int32(min_new_tokens),
+                       jnp.asarray(np.array(eos, np.int32)), jnp.int32(ngram))
+
+
+def hf_warped(logits: np.ndarray, temperature: float, top_k: int, top_p: float, keep: int = 1):
+    """HF's warpers (temperature -> top_k -> top_p) on [R, V] logits, as numpy."""
+    scores = torch.tensor(logits)
+    ids = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+    if temperature != 1.0:
+        scores = hf_lp.TemperatureLogitsWarper(temperature)(ids, scores)
+    if top_k:
+        scores = hf_lp.TopKLogitsWarper(top_k, min_tokens_to_keep=keep)(ids, scores)
+    if top_p < 1.0:
+        scores = hf_lp.TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(ids, scores)
+    return scores.numpy()
+
+
+def test_repetition_penalty_matches_hf_ignoring_left_padding():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 30)).astype(np.float32)
+    tokens = rng.integers(0, 30, (3, 10))
+    pads = np.array([0, 2, 5])
+    hf = hf_lp.RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=torch.tensor(pads))
+    ref = hf(torch.tensor(tokens), torch.tensor(logits)).numpy()
+    valid = np.arange(10)[None, :] >= pads[:, None]
+    out = sampling.repetition_penalty(jnp.asarray(logits), jnp.asarray(tokens),
+                                      jnp.asarray(valid), jnp.float32(1.3))
+    np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_no_repeat_ngram_matches_hf(n):
+    rng = np.random.default_rng(n)
+    tokens = rng.integers(0, 4, (4, 24))  # tiny vocabulary: many repeated n-grams
+    logits = rng.normal(size=(4, 6)).astype(np.float32)
+    for cur_len in (n - 1, n, 9, 24):
+        ref = hf_lp.NoRepeatNGramLogitsProcessor(n)(torch.tensor(tokens[:, :cur_len]),
+                                                    torch.tensor(logits)).numpy()
+        # the buffer holds 3 bucket-padding columns on the left and junk past cur_len
+        buffer = np.concatenate([np.full((4, 3), 5), tokens[:, :cur_len],
+                                 np.full((4, 30 - cur_len), 1)], axis=1)
+        out = sampling.no_repeat_ngram(jnp.asarray(logits), jnp.asarray(buffer),
+                                       jnp.int32(cur_len + 3), jnp.int32(3), jnp.int32(n),
+                                       max(n, 3))
+        np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+def test_min_new_tokens_suppresses_eos():
+    logits = jnp.zeros((2, 10))
+    on = sampling.suppress_eos(logits, jnp.array([7, 3]), jnp.bool_(True))
+    assert np.isneginf(np.asarray(on)[:, [3, 7]]).all() and np.isfinite(np.asarray(on)).sum() == 16
+    np.testing.assert_array_equal(sampling.suppress_eos(logits, jnp.array([7]), jnp.bool_(False)),
+                                  logits)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, keep", [
+    (0.7, 0, 1.0, 1), (1.0, 5, 1.0, 1), (1.0, 0, 0.8, 1), (0.6, 8, 0.9, 1), (1.3, 0, 0.5, 2),
+])
+def test_warpers_match_hf(temperature, top_k, top_p, keep):
+    logits = np.random.default_rng(1).normal(size=(3, 40)).astype(np.float32) * 2
+    settings = ScoreSettings(do_sample=True, top_k=top_k, use_top_p=top_p < 1.0,
+                             min_tokens_to_keep=keep)
+    out = sampling.apply_warpers(jnp.asarray(logits), settings, params(temperature, top_p))
+    np.testing.assert_allclose(np.asarray(out), hf_warped(logits, temperature, top_k, top_p, keep),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (0.7, 0, 1.0), (1.0, 6, 1.0), (1.0, 0, 0.8), (0.8, 10, 0.9), (1.5, 12, 0.7),
+])
+def test_sample_frequencies_match_filtered_softmax(temperature, top_k, top_p):
+    """Chi-square goodness of fit over 20,000 draws (fixed seed) against HF's warped softmax."""
+    logits = np.random.default_rng(2).normal(size=(1, 24)).astype(np.float32) * 1.5
+    expected = torch.softmax(torch.tensor(hf_warped(logits, temperature, top_k, top_p)), -1)
+    expected = expected.numpy()[0].astype(np.float64)
+    settings = ScoreSettings(do_sample=True, top_k=top_k, use_top_p=top_p < 1.0)
+    keys = jax.random.split(jax.random.key(0), 20_000)
+    draw = jax.jit(jax.vmap(lambda k: sampling.select_tokens(
+        k, jnp.asarray(logits), settings, params(temperature, top_p))[0]))
+    counts = np.bincount(np.asarray(draw(keys)), minlength=24)
+    allowed = expected > 0
+    assert counts[~allowed].sum() == 0, "sampled a token the warpers filter out"
+    assert allowed.sum() < 24 or top_k == 0 and top_p == 1.0
+    _, p_value = stats.chisquare(counts[allowed], expected[allowed] * counts.sum())
+    assert p_value > 1e-3, (counts, expected)
+
+
+def test_greedy_is_first_argmax():
+    scores = jnp.array([[0.0, 2.0, 2.0, 1.0]])
+    assert int(sampling.select_tokens(jax.random.key(0), scores, ScoreSettings(), params())[0]) == 1
