@@ -19,6 +19,7 @@ table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -410,6 +411,132 @@ def _(work):
     return datasets(data_cfg("", source="shards", shards_dir=str(work / "shards")))
 
 
+# ----------------------------------------------------------------------------- generation: API
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_params():
+    import jax
+
+    from gpt2jax.model import init_params
+
+    return init_params(tiny_model_config(), jax.random.PRNGKey(0))
+
+
+def gen(ids=((1, 2, 3),), **kwargs):
+    from gpt2jax.generate import generate
+
+    return lambda: generate(tiny_model_config(), tiny_params(), list(ids), **kwargs)
+
+
+@case("prompt-too-long", "api", "12-token prompt + 8 new tokens, context 16",
+      ("exceeds the model context", "shorten the prompt"))
+def _(work):
+    return gen(ids=[list(range(12))], max_new_tokens=8)
+
+
+@case("generate-top-p", "api", "top_p=1.5", ("top_p=1.5", "(0, 1]"))
+def _(work):
+    return gen(do_sample=True, top_p=1.5, max_new_tokens=2)
+
+
+@case("generate-zero-beams", "api", "num_beams=0", ("num_beams=0", "use 1"))
+def _(work):
+    return gen(num_beams=0, max_new_tokens=2)
+
+
+@case("generate-zero-temperature", "api", "temperature=0 with do_sample",
+      ("temperature=0", "> 0"))
+def _(work):
+    return gen(do_sample=True, temperature=0.0, max_new_tokens=2)
+
+
+@case("generate-too-many-returns", "api", "num_return_sequences=3 with greedy search",
+      ("num_return_sequences", "do_sample=true"))
+def _(work):
+    return gen(num_return_sequences=3, max_new_tokens=2)
+
+
+@case("generate-unknown-arg", "api", "generate(..., top_q=0.9)",
+      ("unknown generate arguments", "top_q", "supported"))
+def _(work):
+    return gen(top_q=0.9, max_new_tokens=2)
+
+
+@case("generate-empty-prompt", "api", "an empty prompt", ("non-empty prompt",))
+def _(work):
+    return gen(ids=[[]], max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------- training: API
+
+
+def train_cfg(work, **train):
+    from test_crash_safety import tiny_config
+
+    (work / "text.txt").write_text(SHAKESPEARE_LINE * 40)
+    config = tiny_config(str(work / "text.txt"), num_steps=4)
+    config.train.batch_size = 8  # 8 simulated devices in the pytest process
+    config.train.update(train)
+    return config
+
+
+def train(config, workdir):
+    from gpt2jax.loop import train_and_evaluate
+
+    return lambda: train_and_evaluate(config, workdir)
+
+
+def fake_checkpoint(workdir: Path, **model) -> None:
+    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it."""
+    import jax.numpy as jnp
+
+    from gpt2jax.checkpoint import Checkpointer
+
+    ck = Checkpointer(workdir, keep=3, keep_best=0, async_save=False)
+    ck.save(3, {"params": {"wte": jnp.zeros((4, 4))}}, {"position": 0},
+            {"model": tiny_model_config(**model).to_dict(), "tokenizer": {"name": "char"}})
+    ck.close()
+
+
+SHAKESPEARE_LINE = "First Citizen: Before we proceed any further, hear me speak.\n"
+
+
+@case("train-batch-not-divisible", "api", "train.batch_size=6 on 8 data-parallel devices",
+      ("not divisible by the data-parallel size 8", "multiple of 8"))
+def _(work):
+    return train(train_cfg(work, batch_size=6), work / "run")
+
+
+@case("train-block-too-long", "api", "train.block_size=64 > model.n_positions=32",
+      ("exceeds model.n_positions", "lower the block size"))
+def _(work):
+    return train(train_cfg(work, block_size=64), work / "run")
+
+
+@case("train-vocab-too-small", "api", "model.vocab_size=10 for a 30-character corpus",
+      ("model.vocab_size=10", "--config.model.vocab_size="))
+def _(work):
+    config = train_cfg(work)
+    config.model.vocab_size = 10
+    return train(config, work / "run")
+
+
+@case("workdir-other-model", "api", "workdir holds a checkpoint with n_embd=8, config n_embd=16",
+      ("different model", "n_embd", "new --workdir"))
+def _(work):
+    fake_checkpoint(work / "run", vocab_size=65, n_positions=32, n_embd=8, n_layer=1,
+                    n_head=2)
+    return train(train_cfg(work), work / "run")
+
+
+@case("workdir-under-a-file", "api", "workdir below a regular file (fails even for root)",
+      ("workdir", "not a directory", "writable"))
+def _(work):
+    (work / "afile").write_text("x")
+    return train(train_cfg(work), work / "afile" / "run")
+
+
 # ----------------------------------------------------------------------------- config: CLI
 
 
@@ -460,11 +587,10 @@ def _(work):
     return tiny_cli("--bogus=1", f"--workdir={work}")
 
 
-@case("impossible-shape-cli", "cli", "--config.model.n_head=3 with n_embd=8",
+@case("impossible-shape-cli", "cli", "--config.model.n_head=5 with n_embd=128",
       ("not divisible by n_head", "choose n_embd"))
 def _(work):
-    return tiny_cli("--config.model.n_head=3", "--mode=generate", "--prompt=hi",
-                    f"--workdir={work}")
+    return train_cli(work, "--config.model.n_head=5")
 
 
 def prepare_cli(work, train_file, *extra):
@@ -490,6 +616,39 @@ def _(work):
 def _(work):
     (work / "empty.txt").write_text("   \n")
     return prepare_cli(work, work / "empty.txt")
+
+
+def train_cli(work, *extra):
+    return ["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+            f"--workdir={work / 'run'}", *extra]
+
+
+@case("mesh-device-mismatch-cli", "cli", "--config.mesh.data=3 on 8 devices",
+      ("8 are available", "product is 8"))
+def _(work):
+    return train_cli(work, "--config.mesh.data=3")
+
+
+@case("train-batch-not-divisible-cli", "cli", "--config.train.batch_size=12 on 8 devices",
+      ("not divisible by the data-parallel size 8", "multiple of 8"))
+def _(work):
+    return train_cli(work, "--config.train.num_steps=2")
+
+
+@case("workdir-other-model-cli", "cli", "--workdir holding another model's checkpoint",
+      ("different model", "new --workdir"))
+def _(work):
+    fake_checkpoint(work / "run", vocab_size=65, n_positions=32, n_embd=8, n_layer=1,
+                    n_head=2)
+    return train_cli(work, "--config.mesh.data=-1")
+
+
+@case("workdir-under-a-file-cli", "cli", "--workdir below a regular file",
+      ("workdir", "not a directory"))
+def _(work):
+    (work / "afile").write_text("x")
+    return ["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+            f"--workdir={work / 'afile' / 'run'}"]
 
 
 # ----------------------------------------------------------------------------- safe loading
@@ -673,6 +832,7 @@ def test_api_case(c: Case, tmp_path, record_property):
     work = tmp_path / "work"
     work.mkdir()
     (work / "keep.txt").write_text("a file that must survive")
+    record_property("what", c.what)
     call = c.make(work)
     before = tree_hash(work)
     with pytest.raises(c.error) as info:
@@ -689,6 +849,7 @@ def test_api_case(c: Case, tmp_path, record_property):
 @pytest.mark.parametrize("c", [c for c in CASES if c.surface == "cli"], ids=lambda c: c.id)
 def test_cli_case(c: Case, cli_results, record_property):
     code, output, before, after, _ = cli_results[c.id]
+    record_property("what", c.what)
     lines = _user_lines(output)
     record_property("message", " | ".join(lines)[:300])
     assert code != 0, output
