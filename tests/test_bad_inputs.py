@@ -651,6 +651,48 @@ def _(work):
             f"--workdir={work / 'afile' / 'run'}"]
 
 
+def generate_cli(*extra):
+    return ["--mode=generate", "--config=configs/gpt2.py:small", *extra]
+
+
+@case("pickle-without-permission-cli", "cli", "--config.init_from=DIR with pytorch_model.bin",
+      ("pickle", "safetensors"))
+def _(work):
+    (work / "model").mkdir()
+    _malicious_pickle(work / "model" / "pytorch_model.bin", work / "pwned")
+    return generate_cli(f"--config.init_from={work / 'model'}", "--prompt=hi")
+
+
+@case("safetensors-truncated-cli", "cli", "--config.init_from=DIR with a truncated file",
+      ("not a readable safetensors", "again"))
+def _(work):
+    model = save_tiny(work / "model")
+    f = model / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    return generate_cli(f"--config.init_from={model}", "--prompt=hi")
+
+
+@case("prompt-file-missing-cli", "cli", "--prompt_file that does not exist",
+      ("does not exist", "one prompt per line"))
+def _(work):
+    return generate_cli("--config.model.n_layer=1", f"--prompt_file={work / 'nope.txt'}")
+
+
+@case("prompt-and-file-cli", "cli", "both --prompt and --prompt_file",
+      ("exactly one of",))
+def _(work):
+    (work / "p.txt").write_text("hello\n")
+    return generate_cli("--config.model.n_layer=1", "--prompt=hi",
+                        f"--prompt_file={work / 'p.txt'}")
+
+
+@case("generate-bad-top-p-cli", "cli", "--config.generate.top_p=1.5 with do_sample",
+      ("top_p=1.5", "(0, 1]"))
+def _(work):
+    return tiny_cli("--mode=generate", "--prompt=hi", "--config.generate.do_sample=true",
+                    "--config.generate.top_p=1.5")
+
+
 # ----------------------------------------------------------------------------- safe loading
 
 
