@@ -32,7 +32,7 @@ def _quickstart_code() -> str:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "model"
-    save_pretrained(TINY, init_params(TINY, jax.random.key(0)), path)
+    save_pretrained(TINY, jax.jit(init_params, static_argnums=0)(TINY, jax.random.key(0)), path)
     return path
 
 
@@ -49,8 +49,9 @@ def test_readme_quickstart_runs(tiny_model_dir, tmp_path, monkeypatch, capsys):
 
 def _greedy(cfg, params, ids: list[int], steps: int) -> list[int]:
     """Greedy decoding by full forward passes (no cache), the reference for the CLI."""
+    apply = jax.jit(lambda p, x: GPT2(cfg).apply({"params": p}, x))
     for _ in range(steps):
-        logits = GPT2(cfg).apply({"params": params}, np.asarray([ids]))
+        logits = apply(params, np.asarray([ids]))
         ids = ids + [int(np.argmax(logits[0, -1]))]
     return ids
 

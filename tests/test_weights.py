@@ -26,6 +26,15 @@ TINY = dict(n_layer=2, n_head=4, n_embd=64)
 PAD = 50256
 
 
+def _init(cfg: GPT2Config, seed: int):
+    """Random params, jitted (eager flax init compiles op by op: slow on CPU)."""
+    return jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
+
+
+def _apply(cfg: GPT2Config, params, ids) -> np.ndarray:
+    return np.asarray(jax.jit(lambda p, x: GPT2(cfg).apply({"params": p}, x))(params, ids))
+
+
 def _hf_model(seed: int, **config) -> transformers.GPT2LMHeadModel:
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
@@ -133,13 +142,13 @@ def test_parity_with_hf_124m(tmp_path, text_ids):
 
 def test_round_trip_our_save_loads_in_transformers(tmp_path, text_ids):
     cfg = GPT2Config(**TINY, n_positions=256)
-    params = init_params(cfg, jax.random.key(3))
+    params = _init(cfg, 3)
     save_pretrained(cfg, params, tmp_path / "ours")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
     ids = text_ids[:512].reshape(2, 256)
     with torch.no_grad():
         ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
-    ours = np.asarray(GPT2(cfg).apply({"params": params}, ids))
+    ours = _apply(cfg, params, ids)
     assert np.abs(ours - ref).max() <= 1e-5
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
@@ -185,7 +194,7 @@ def test_hf_flax_msgpack_layout_loads(tiny_hf, tmp_path, text_ids):
     cfg, params = load_pretrained(tmp_path)
     ids = text_ids[:256].reshape(2, 128)
     ref, _ = _hf_forward(model, ids)
-    ours = np.asarray(GPT2(cfg).apply({"params": params}, ids))
+    ours = _apply(cfg, params, ids)
     assert np.abs(ours - ref).max() <= 1e-4
 
 
@@ -288,7 +297,7 @@ def test_hub_name_offline_says_how_to_pass_a_local_path(tmp_path, monkeypatch):
 
 def test_save_pretrained_refuses_to_clobber(tmp_path):
     cfg = GPT2Config(**TINY, vocab_size=128, n_positions=32)
-    params = init_params(cfg, jax.random.key(0))
+    params = _init(cfg, 0)
     target = tmp_path / "model"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
