@@ -42,7 +42,9 @@ def test_repetition_penalty_matches_hf_ignoring_left_padding():
     valid = np.arange(10)[None, :] >= pads[:, None]
     out = sampling.repetition_penalty(jnp.asarray(logits), jnp.asarray(tokens),
                                       jnp.asarray(valid), jnp.float32(1.3))
-    np.testing.assert_array_equal(np.asarray(out), ref)
+    # XLA's float32 division can differ from torch's by one ulp
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=3e-7, atol=0)
+    np.testing.assert_array_equal(np.asarray(out) == logits, ref == logits)  # same tokens hit
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -98,7 +100,8 @@ def test_sample_frequencies_match_filtered_softmax(temperature, top_k, top_p):
     allowed = expected > 0
     assert counts[~allowed].sum() == 0, "sampled a token the warpers filter out"
     assert allowed.sum() < 24 or top_k == 0 and top_p == 1.0
-    _, p_value = stats.chisquare(counts[allowed], expected[allowed] * counts.sum())
+    probs = expected[allowed] / expected[allowed].sum()
+    _, p_value = stats.chisquare(counts[allowed], probs * counts.sum())
     assert p_value > 1e-3, (counts, expected)
 
 
