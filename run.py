@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gpt2jax import distributed
 from gpt2jax.cli import MODES, CliArgs, run_mode
 from gpt2jax.config_check import parse_flags
 from gpt2jax.errors import GPT2JaxError
@@ -23,6 +24,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text for --mode=generate.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "File with one prompt per line.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write results as JSON to this path.")
+# Multi-process (one process per host); automatic on Cloud TPU. See README "Scale-out".
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for jax.distributed (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "off"],
+    "auto: initialise jax.distributed from the flags above, or by itself on Cloud TPU; off: never.")
 
 
 def main(argv):
@@ -36,11 +45,23 @@ def main(argv):
         output_json=_OUTPUT_JSON.value,
     )
     try:
+        _init_distributed()
         run_mode(_MODE.value, _CONFIG.value, args)
     except GPT2JaxError as e:
         logging.flush()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _init_distributed() -> None:
+    """Starts jax.distributed before anything touches the devices; only process 0 logs."""
+    process_flags = distributed.ProcessFlags(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _DISTRIBUTED.value == "off":
+        distributed.validate(process_flags)
+        return
+    if distributed.initialize(process_flags):
+        logging.info("jax.distributed: %s", distributed.describe())
 
 
 if __name__ == "__main__":
