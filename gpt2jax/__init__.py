@@ -33,3 +33,10 @@ try:  # generation (issue 3): `gpt2jax.generate(cfg, params, input_ids, **hf_kwa
     __all__ += ["GenerateOutput", "generate"]
 except ImportError:  # pragma: no cover
     pass
+
+try:  # evaluation (issue 6): `gpt2jax.perplexity(cfg, params, token_ids, stride=512)`
+    from gpt2jax.eval.perplexity import PerplexityResult, perplexity  # noqa: F401
+
+    __all__ += ["PerplexityResult", "perplexity"]
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,102 @@
+"""Evaluation speed: gpt2jax strided perplexity vs Hugging Face transformers (PyTorch) forward,
+tokens/s at context 1024 on the same random 124M weights, side by side in one run.
+
+    GPT2JAX_DATA_DIR=../shared/data python bench/eval.py [--windows 8] [--batch 4]
+
+Both score the same WikiText-2 raw tokens with disjoint 1024-token windows (stride 1024), so
+the scored tokens are identical; their perplexities are printed and must agree. HF runs the
+guide's loop (`model(input_ids, labels=...)`, batch 1, eager attention, torch.no_grad);
+gpt2jax runs `perplexity(..., batch_size=--batch)`, compiled once (compile time reported
+apart from the steady-state rate). Prints tokens/s for both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt2jax.eval import perplexity as ppl_lib  # noqa: E402
+from gpt2jax.eval.tasks import wikitext_hf_join  # noqa: E402
+from gpt2jax.model import GPT2Config, init_params  # noqa: E402
+from gpt2jax.tokenizer import get_tokenizer  # noqa: E402
+from gpt2jax.weights import config_to_hf, params_to_hf_state_dict  # noqa: E402
+
+
+def hf_model(cfg: GPT2Config, params):
+    import torch
+    import transformers
+
+    hf_cfg = transformers.GPT2Config(**config_to_hf(cfg), attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in params_to_hf_state_dict(params, cfg).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("attn.bias" in k or "lm_head" in k for k in missing), missing
+    model.tie_weights()
+    return model
+
+
+def hf_loop(model, ids: np.ndarray, length: int) -> tuple[float, int, float]:
+    """HF guide's loop with stride == length: (nll sum, scored tokens, seconds)."""
+    import torch
+
+    x = torch.as_tensor(ids)[None]
+    nll, count = 0.0, 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(ids), length):
+            window = x[:, begin:begin + length]
+            loss = model(window, labels=window).loss
+            nll += float(loss) * (window.shape[1] - 1)
+            count += window.shape[1] - 1
+    return nll, count, time.perf_counter() - start
+
+
+def ours(cfg, params, ids, length: int, batch: int):
+    """(result, first-call seconds incl. compile, steady-state seconds)."""
+    start = time.perf_counter()
+    ppl_lib.perplexity(cfg, params, ids[: 2 * length], length, length, batch_size=batch)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    res = ppl_lib.perplexity(cfg, params, ids, length, length, batch_size=batch)
+    return res, first, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--windows", type=int, default=8, help="1024-token windows to score")
+    p.add_argument("--batch", type=int, default=4, help="gpt2jax windows per forward")
+    p.add_argument("--dtype", default="float32", help="gpt2jax compute dtype")
+    args = p.parse_args()
+    data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
+    enc = get_tokenizer(data / "gpt2" / "gpt2.tiktoken")
+    length = 1024
+    text = wikitext_hf_join(data / "wikitext-2-raw" / "wiki.test.raw")
+    ids = np.asarray(enc.encode_ordinary(text)[: args.windows * length], np.int64)
+    cfg = GPT2Config(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, dtype=args.dtype)
+    params = init_params(cfg, jax.random.key(0))
+    model = hf_model(cfg, params)
+    hf_nll, hf_count, hf_s = hf_loop(model, ids, length)
+    res, first_s, our_s = ours(cfg, params, ids, length, args.batch)
+    assert res.token_count == hf_count
+    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+          f"{args.windows} windows x {length} tokens, 124M random weights")
+    print(f"{'':<26}{'tokens/s':>12}{'ppl':>14}")
+    print(f"{'HF transformers (torch)':<26}{hf_count / hf_s:>12.1f}"
+          f"{math.exp(hf_nll / hf_count):>14.2f}")
+    print(f"{'gpt2jax perplexity':<26}{res.token_count / our_s:>12.1f}{res.perplexity:>14.2f}"
+          f"   (first call incl. compile {first_s:.1f} s, batch {args.batch}, {args.dtype})")
+    print(f"ratio gpt2jax / HF: {(res.token_count / our_s) / (hf_count / hf_s):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
