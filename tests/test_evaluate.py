@@ -97,7 +97,8 @@ def tiny(compact):
     """A 2-layer, 64-wide GPT-2 with 1024 positions, in HF and ours, same random weights."""
     torch.manual_seed(0)
     hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
-                                     vocab_size=compact.n_vocab, attn_implementation="eager")
+                                     vocab_size=compact.n_vocab, bos_token_id=0, eos_token_id=0,
+                                     attn_implementation="eager")
     model = transformers.GPT2LMHeadModel(hf_cfg).eval()
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
                      vocab_size=compact.n_vocab, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -106,7 +107,10 @@ def tiny(compact):
     ref = init_params(cfg, jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(ref)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)))
-    return model, cfg, params
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: intra-op threads only spin on a shared machine
+    yield model, cfg, params
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -75,8 +75,9 @@ def generate_texts(ctx, prompts: list[list[int]]) -> list[str]:
     for start in tqdm(range(0, len(prompts), size), desc=ctx.task, disable=not ctx.progress):
         ids, mask = _left_pad(prompts[start:start + size])
         kwargs["seed"] = int(ctx.generate_config.seed) + start
-        out = np.asarray(generate(ctx.cfg, ctx.params, ids, mask, mesh=ctx.mesh,
-                                  axis_rules=ctx.axis_rules, **kwargs))
+        # No mesh: generate's mesh path sets a global mesh, under which flax constrains
+        # DenseGeneral's flat init-time kernel with its 4-d spec and fails (reported).
+        out = np.asarray(generate(ctx.cfg, ctx.params, ids, mask, **kwargs))
         for row in out[:, ids.shape[1]:]:
             row = row.tolist()
             row = row[: row.index(EOT_ID)] if EOT_ID in row else row

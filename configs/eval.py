@@ -1,0 +1,80 @@
+"""Evaluation tasks: `--config=configs/eval.py:TASK` with TASK one of wikitext2, wikitext103,
+ptb, lambada_openai, enwik8, text8, summarize, translate.
+
+    python run.py --mode=eval --config=configs/eval.py:wikitext2 \
+        --config.init_from=gpt2 --config.data_dir=../shared/data --output_json=wt2.json
+
+prints a table (task, protocol, metric, value) and writes the rows as JSON. References: the
+HF guide reports 19.44 (stride 1024) and 16.44 (stride 512) for gpt2-large on WikiText-2
+raw; lm-eval reports 32.56 % / 40.06 ppl on lambada_openai for gpt2 (124M). `init_from`
+brings its own config (HF folders, hub names, training workdirs); without it the model is
+a random init of `config.model` (smoke tests). See experiments/reproduce_gpt2/.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+# Data files of each task, relative to data_dir (absolute paths are used as they are).
+TASK_FILES = {
+    "wikitext2": dict(raw="wikitext-2-raw/wiki.test.raw", tokens="wikitext-2/wiki.test.tokens"),
+    "wikitext103": dict(raw="wikitext-103-raw/wiki.test.raw",
+                        tokens="wikitext-103/wiki.test.tokens"),
+    "ptb": dict(tokens="ptb/ptb.test.txt"),
+    "lambada_openai": dict(jsonl="lambada/lambada_test.jsonl"),
+    "enwik8": dict(raw="enwik8/enwik8"),
+    "text8": dict(raw="text8/text8"),
+    # {"article": ..., "highlights": ...} per line (CNN/Daily Mail field names)
+    "summarize": dict(jsonl="cnn_dailymail/test.jsonl"),
+    # {"en": ..., "fr": ...} per line; shots from a separate file of the same format
+    "translate": dict(jsonl="wmt14_en_fr/test.jsonl", shots="wmt14_en_fr/shots.jsonl"),
+}
+
+# Perplexity tasks default to the HF guide's stride 512; byte-level ones too.
+GENERATION_TASKS = ("summarize", "translate")
+
+
+def eval_config(task: str) -> ml_collections.ConfigDict:
+    """`config.eval`: how a task is evaluated."""
+    c = ml_collections.ConfigDict()
+    c.task = task                  # the task name (see TASK_FILES)
+    c.files = ml_collections.ConfigDict(TASK_FILES[task])  # data files, relative to data_dir
+    c.context_length = 1024        # tokens per window (<= model.n_positions)
+    c.stride = 512                 # window step; 1024 = disjoint windows (HF guide: 512)
+    c.batch_size = 8               # windows / examples per forward pass
+    c.max_tokens = 0               # score only the first N tokens of a text (0 = all; smoke)
+    c.max_examples = 0             # LAMBADA / generation: first N examples (0 = all)
+    c.last_word = True             # LAMBADA: also the last-word (greedy word) accuracy
+    c.num_shots = 10               # translation: number of example pairs in the prompt
+    c.source_lang = "en"           # translation: source field ("en" -> "fr", or "fr")
+    c.target_lang = "fr"           # translation: target field
+    c.summary_sentences = 3        # summarisation: keep the first N generated sentences
+    c.progress = True              # show a tqdm progress bar
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    task = arg or "wikitext2"
+    if task not in TASK_FILES:
+        from gpt2jax.errors import ConfigError
+
+        raise ConfigError(
+            f"Unknown eval task {task!r}; known tasks: {', '.join(sorted(TASK_FILES))}."
+        )
+    c = ml_collections.ConfigDict()
+    c.model = common.model_config()
+    c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
+    c.seed = 0                     # PRNG seed for random init and for sampling
+    c.data_dir = ""                # folder of the data files; "" = $GPT2JAX_DATA_DIR
+    c.tokenizer = "gpt2"           # tokenizer name (see gpt2jax.tokenizer)
+    c.eval = eval_config(task)
+    c.generate = common.generate_config()
+    # The GPT-2 paper's generation settings: top-k 2 sampling, 100 tokens (summarisation);
+    # greedy for translation.
+    c.generate.do_sample = task == "summarize"
+    c.generate.top_k = 2 if task == "summarize" else 0
+    c.generate.max_new_tokens = 100 if task == "summarize" else 64
+    c.mesh = common.mesh_config()
+    return c

@@ -1,0 +1,98 @@
+"""`python run.py --mode=eval --config=configs/eval.py:TASK [--config.init_from=PATH_OR_NAME]
+[--config.data_dir=DIR] [--output_json=FILE | --workdir=DIR]`: evaluate one task.
+
+Prints a table of result rows and writes them as JSON (to --output_json, else
+WORKDIR/eval_TASK.json when --workdir is given).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import jax
+
+from gpt2jax import sharding
+from gpt2jax.errors import ConfigError
+from gpt2jax.eval import tasks
+from gpt2jax.model import GPT2Config, init_params
+from gpt2jax.tokenizer import get_tokenizer
+
+
+def load_model(config) -> tuple[GPT2Config, dict]:
+    """(cfg, params) from `config.init_from` (HF dir/file/hub name, or a training workdir),
+    else a random init of `config.model` with `config.seed` (for smoke tests)."""
+    source = config.init_from
+    if not source:
+        cfg = GPT2Config.from_config(config.model)
+        return cfg, init_params(cfg, jax.random.key(config.seed))
+    if (Path(source) / "checkpoints").is_dir():
+        from gpt2jax.checkpoint import load_params_for_inference
+
+        cfg, params, _ = load_params_for_inference(source)
+        return cfg, params
+    from gpt2jax.weights import load_pretrained
+
+    return load_pretrained(source)
+
+
+def make_mesh(mesh_config):
+    """The eval mesh; fixed sizes whose product is below the device count use the first
+    devices (e.g. `--config.mesh.data=1` evaluates on one device)."""
+    sizes = (mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
+    devices = jax.devices()
+    if -1 not in sizes:
+        devices = devices[: math.prod(sizes)]
+    return sharding.make_mesh(mesh_config, devices)
+
+
+def resolve_data_dir(config) -> str:
+    data_dir = config.data_dir or os.environ.get("GPT2JAX_DATA_DIR", "")
+    if not data_dir:
+        raise ConfigError("No data folder: pass --config.data_dir=DIR or set GPT2JAX_DATA_DIR.")
+    return data_dir
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table: task, protocol, metric, value, tokens/examples."""
+    header = f"{'task':<16}{'protocol':<14}{'metric':<15}{'value':>12}  {'count':>10}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        count = r.get("tokens", r.get("examples", ""))
+        lines.append(f"{r['task']:<16}{r['protocol']:<14}{r['metric']:<15}"
+                     f"{r['value']:>12.4f}  {count:>10}")
+    return "\n".join(lines)
+
+
+def evaluate_config(config, progress: bool | None = None) -> list[dict]:
+    """Runs `config.eval.task` as the config says; returns the result rows."""
+    tasks.check_task(config.eval.task)
+    data_dir = resolve_data_dir(config)
+    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken"
+    enc = get_tokenizer(tokenizer_file if tokenizer_file.is_file() else None)
+    cfg, params = load_model(config)
+    mesh = make_mesh(config.mesh)
+    ctx = tasks.TaskContext(
+        config.eval.task, cfg, params, enc, config.eval, data_dir, mesh=mesh,
+        axis_rules=sharding.rules(config.mesh),
+        progress=config.eval.progress if progress is None else progress,
+        generate_config=config.generate, seed=config.seed,
+    )
+    return tasks.run_task(ctx)
+
+
+def main(config, args) -> list[dict]:
+    """Evaluates, prints the table, writes the JSON; returns the rows."""
+    rows = evaluate_config(config)
+    print(format_table(rows), flush=True)
+    out = args.output_json
+    if not out and args.workdir:
+        out = str(Path(args.workdir) / f"eval_{config.eval.task}.json")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"task": config.eval.task, "init_from": config.init_from, "rows": rows}
+        Path(out).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {out}", flush=True)
+    return rows
