@@ -36,7 +36,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TMP_MARK = "orbax-checkpoint-tmp"
 NUM_KILLS = int(os.environ.get("GPT2JAX_CRASH_KILLS", "10"))
-TOTAL_STEPS = 30
+TOTAL_STEPS = 40
 SEED = 20261128
 CHILD_TIMEOUT_S = 120
 
@@ -120,31 +120,46 @@ def _cpu(usage) -> float:
     return round(usage.ru_utime + usage.ru_stime, 2)
 
 
-def _supervise(pid: int, job: dict) -> dict:
-    """Waits for the kill moment of `job["kill"]`, sends the signal, reaps the child."""
+def _moment_reached(job: dict, steps_before: int, old: set[str]) -> bool:
+    """The child ran `after_steps` new steps and finalized `after_saves` new checkpoints."""
+    kill = job["kill"]
+    saves = [n for n in _listing(job["workdir"]) if n.isdigit() and n not in old]
+    return (len(_steps_logged(job["log"])) - steps_before >= kill["after_steps"]
+            and len(saves) >= kill["after_saves"])
+
+
+def _new_tmp(workdir: str, old: set[str]) -> bool:
+    return any(TMP_MARK in n and n not in old for n in _listing(workdir))
+
+
+def _supervise(pid: int, job: dict, steps_before: int, old: set[str]) -> dict:
+    """Waits for the kill moment of `job["kill"]`, sends the signal, reaps the child.
+
+    `steps_before` / `old`: the log length and checkpoint listing before the child started
+    (temporary directories left by earlier crashes are not "a write in progress").
+    """
     kill, start = job.get("kill"), time.monotonic()
-    before = len(_steps_logged(job["log"]))
     state = {"signal": None, "tmp_at_kill": False, "listing_at_kill": []}
     while kill is not None:
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             return dict(state, exit=os.waitstatus_to_exitcode(status), finished_early=True,
-                        cpu_s=_cpu(usage))
+                        cpu_s=_cpu(usage), listing_after=_listing(job["workdir"]))
         if time.monotonic() - start > CHILD_TIMEOUT_S:
             break
-        if len(_steps_logged(job["log"])) - before >= kill["after_steps"]:
+        if _moment_reached(job, steps_before, old):
             time.sleep(kill["delay"])
             deadline = time.monotonic() + 3.0
-            while kill["wait_tmp"] and time.monotonic() < deadline and not any(
-                    TMP_MARK in n for n in _listing(job["workdir"])):
+            while (kill["wait_tmp"] and time.monotonic() < deadline
+                   and not _new_tmp(job["workdir"], old)):
                 time.sleep(0.002)
             os.kill(pid, getattr(signal, kill["signal"]))
             state["signal"] = kill["signal"]
             if kill["signal"] == "SIGKILL":
                 _, _, usage = os.wait4(pid, 0)  # dead: the directory is what a crash leaves
-                listing = _listing(job["workdir"])
-                return dict(state, exit=-9, tmp_at_kill=any(TMP_MARK in n for n in listing),
-                            listing_at_kill=listing, finished_early=False, cpu_s=_cpu(usage))
+                return dict(state, exit=-9, tmp_at_kill=_new_tmp(job["workdir"], old),
+                            listing_at_kill=_listing(job["workdir"]), finished_early=False,
+                            cpu_s=_cpu(usage))
             break
         time.sleep(0.005)
     deadline = start + CHILD_TIMEOUT_S
@@ -173,6 +188,7 @@ def zygote_main() -> None:
 
     for line in sys.stdin:
         job = json.loads(line)
+        steps_before, old = len(_steps_logged(job["log"])), set(_listing(job["workdir"]))
         out = open(job["log"] + ".out", "ab")
         pid = os.fork()
         if pid == 0:
@@ -191,7 +207,7 @@ def zygote_main() -> None:
                 os._exit(code)
         out.close()
         t0 = time.monotonic()
-        result = _supervise(pid, job)
+        result = _supervise(pid, job, steps_before, old)
         result["seconds"] = round(time.monotonic() - t0, 2)
         print(json.dumps(result), flush=True)
 
@@ -268,8 +284,9 @@ def test_sigkill_at_random_moments_resumes_from_last_complete_checkpoint(
     kills, runs = [], 0
     expected_first = 1
     while len(kills) < NUM_KILLS and runs < NUM_KILLS + 6:
-        kill = {"after_steps": rng.randint(0, 3), "delay": round(rng.uniform(0.0, 0.15), 3),
-                "wait_tmp": len(kills) % 2 == 1, "signal": "SIGKILL"}
+        kill = {"after_saves": rng.randint(0, 2), "after_steps": rng.randint(0, 3),
+                "delay": round(rng.uniform(0.0, 0.15), 3), "wait_tmp": len(kills) % 2 == 1,
+                "signal": "SIGKILL"}
         n_before = len(read_log(log)) if log.exists() else 0
         res = zygote.run(workdir=str(work), log=str(log), text=text_file,
                          num_steps=TOTAL_STEPS, kill=kill)
@@ -285,18 +302,24 @@ def test_sigkill_at_random_moments_resumes_from_last_complete_checkpoint(
         expected_first = (done[-1] if done else 0) + 1
         moment = ("during an async checkpoint write" if res["tmp_at_kill"] else
                   "during a step" if new else "during start-up / restore")
-        kills.append({"moment": moment, "after_steps": kill["after_steps"], "delay": kill["delay"],
+        kills.append({"moment": moment, "after_saves": kill["after_saves"],
+                      "after_steps": kill["after_steps"], "delay": kill["delay"],
                       "waited_for_write": kill["wait_tmp"], "steps_run": len(new),
                       "last_step": new[-1][0] if new else None,
                       "write_in_progress": res["tmp_at_kill"],
                       "resume_from": expected_first - 1, "seconds": res["seconds"],
                       "cpu_s": res["cpu_s"]})
     record_property("kills", json.dumps(kills))
+    stale = [n for n in _listing(str(work)) if TMP_MARK in n]
+    record_property("message", f"{len(kills)} kills, {len(stale)} unfinalized checkpoint "
+                    "directories left by the kills")
     if not log.exists() or read_log(log)[-1][0] != TOTAL_STEPS:
         n_before = len(read_log(log)) if log.exists() else 0
         res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=TOTAL_STEPS)
         assert res["exit"] == 0, (tmp_path / "log.out").read_text()[-3000:]
         assert read_log(log)[n_before][0] == expected_first
+        # Orbax's cleanup_tmp_directories: a resumed run deletes what crashed writes left
+        assert not [n for n in res["listing_after"] if TMP_MARK in n], res["listing_after"]
     assert len(kills) >= NUM_KILLS, kills
     assert sum(k["write_in_progress"] for k in kills) >= NUM_KILLS // 3, kills
     for step, digest in read_log(log):  # every step of every run equals the reference
@@ -308,8 +331,8 @@ def test_sigterm_saves_checkpoint_waits_and_exits_zero(zygote, reference, text_f
                                                        record_property):
     work, log = tmp_path / "run", tmp_path / "log"
     res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=TOTAL_STEPS,
-                     save_every=1000, kill={"after_steps": 5, "delay": 0.0, "wait_tmp": False,
-                                            "signal": "SIGTERM"})
+                     save_every=1000, kill={"after_saves": 0, "after_steps": 5, "delay": 0.0,
+                                            "wait_tmp": False, "signal": "SIGTERM"})
     out = (tmp_path / "log.out").read_text()
     record_property("message", [ln for ln in out.splitlines() if "SIGTERM" in ln][-1:])
     assert res["exit"] == 0, out[-3000:]
