@@ -179,7 +179,7 @@ class _Meter:
         self.run, self.pending = run, []
         self.flops_per_token, self.peak = flops_per_token, peak_flops
         self.tokens_per_step = run.tc.batch_size * run.tc.block_size
-        self.t0, self.steps_timed = None, 0
+        self.t0: float | None = None
         self.jsonl = open(run.workdir / "metrics.jsonl", "a")
         self.last_loss = float("nan")
 
@@ -200,33 +200,37 @@ class _Meter:
                     f"{self.run.checkpointer.latest_step()}); lower train.learning_rate or "
                     "raise warmup_steps, then resume."
                 )
-            self._write({"step": step, "loss": loss, "accuracy":
-                         float(m["correct_sum"] / max(m["weight_sum"], 1.0)),
-                         "learning_rate": float(m["learning_rate"]),
-                         "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])})
+            record = {"step": step, "loss": loss,
+                      "accuracy": float(m["correct_sum"] / max(m["weight_sum"], 1.0)),
+                      "learning_rate": float(m["learning_rate"]),
+                      "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])}
+            if step == self.pending[-1][0]:
+                record.update(self._speed(now))
+            self._write(record)
             self.last_loss = loss
-        step, m = self.pending[-1][0], self.jsonl_last
-        self._tensorboard(step, m, now)
+        self._tensorboard(self.pending[-1][0], record)
         if bar is not None:
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['learning_rate']:.2e}")
         self.pending = []
+
+    def _speed(self, now: float) -> dict:
+        """tokens/s and MFU since the previous flush (the first flush includes compilation)."""
+        previous, self.t0 = self.t0, now
+        if previous is None:
+            return {}
+        tok_s = self.tokens_per_step * len(self.pending) / (now - previous)
+        return {"tokens_per_sec": tok_s, "mfu": tok_s * self.flops_per_token / self.peak}
 
     def _write(self, record: dict) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl_last = record
 
-    def _tensorboard(self, step: int, m: dict, now: float) -> None:
+    def _tensorboard(self, step: int, m: dict) -> None:
         w = self.run.writer
         for name in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm"):
             w.add_scalar(f"train/{name}", m[name], step)
-        n = len(self.pending)
-        if self.t0 is not None:  # the first flush includes compilation: not timed
-            tok_s = self.tokens_per_step * (self.steps_timed + n) / (now - self.t0)
-            w.add_scalar("perf/tokens_per_sec", tok_s, step)
-            w.add_scalar("perf/mfu", tok_s * self.flops_per_token / self.peak, step)
-            self.t0, self.steps_timed = now, 0
-        else:
-            self.t0, self.steps_timed = now, 0
+        if "tokens_per_sec" in m:
+            w.add_scalar("perf/tokens_per_sec", m["tokens_per_sec"], step)
+            w.add_scalar("perf/mfu", m["mfu"], step)
         self.jsonl.flush()
 
     def close(self) -> None:

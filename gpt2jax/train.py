@@ -325,8 +325,8 @@ class Trainer:
 
     def _state_sharding(self) -> TrainState:
         boxed = jax.eval_shape(functools.partial(self._init_fn, boxed=True), jax.random.PRNGKey(0))
-        specs = nn.get_partition_spec(boxed)
-        return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+        # logical specs -> NamedShardings; an uneven vocab dim is replicated (e.g. 65 chars)
+        return sharding_lib.state_shardings(boxed, self.mesh, self.rules)
 
     def init(self, seed: int) -> TrainState:
         """A fresh state, created directly in its sharding (no host copy of the params)."""
