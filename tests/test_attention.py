@@ -1,0 +1,301 @@
+"""Attention variants: training, cached decode, sharding, kernels, RoPE, ALiBi, GQA mapping.
+
+Every variant is a `GPT2Config` override; the defaults must stay exact GPT-2 (HF parity).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh
+
+from configs import common
+from gpt2jax import attention as attn_lib
+from gpt2jax import positions as pos_lib
+from gpt2jax import sharding
+from gpt2jax.errors import ConfigError
+from gpt2jax.model import GPT2, GPT2Config, init_cache, init_params, kv_cache_bytes_per_token
+from gpt2jax.model import logical_axes
+
+TINY = dict(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+
+# Every variant appears in at least one configuration below; combining them keeps CI short
+# and also exercises their interactions (e.g. RoPE + sliding window in the cache).
+VARIANTS = {
+    "gpt2": {},
+    "mqa_rope_window": dict(n_kv_heads=1, position="rope", sliding_window=3),
+    "gqa_alibi_qknorm": dict(n_kv_heads=2, position="alibi", qk_norm=True),
+    "postln_nope": dict(norm_position="post", position="none"),
+}
+
+
+def tiny(**kw) -> GPT2Config:
+    return GPT2Config(**{**TINY, **kw})
+
+
+def _batch(cfg, batch=4, length=12, seed=1):
+    """Random ids and a left-padded mask (row r has r pad tokens), HF-style positions."""
+    ids = jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
+    mask = (jnp.arange(length)[None, :] >= jnp.arange(batch)[:, None]).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    return ids, mask, positions
+
+
+def _loss(cfg, params, ids, mask, positions):
+    """Mean next-token cross-entropy over real tokens; returns (loss, logits [B, T, V])."""
+    logits = GPT2(cfg).apply({"params": params}, ids, attention_mask=mask,
+                             position_ids=positions)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
+    weights = mask[:, 1:]
+    return (ce * weights).sum() / weights.sum(), logits
+
+
+def _decode(cfg, params, ids, mask, positions, prompt_len):
+    """Prefill `prompt_len` tokens, then decode one token at a time; logits [B, T, V]."""
+    batch, length = ids.shape
+    cache = init_cache(cfg, batch, length)
+    model = GPT2(cfg)
+    step = jax.jit(lambda c, i, p: model.apply({"params": params, "cache": c}, i,
+                                               attention_mask=mask, position_ids=p,
+                                               decode=True, mutable=["cache"]))
+    out, cache = step(cache, ids[:, :prompt_len], positions[:, :prompt_len])
+    outs = [out]
+    for t in range(prompt_len, length):
+        out, cache = step(cache["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
+        outs.append(out)
+    return jnp.concatenate(outs, axis=1), cache["cache"]
+
+
+def _sharded_loss(cfg, params, batch):
+    """The loss on a (data=2, fsdp=2, tensor=2) mesh of 8 CPU devices (as gpt2jax.train does:
+    Auto axes, shardings on jit's inputs, logical rules active while tracing)."""
+    mesh_cfg = common.mesh_config()
+    mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = 2, 2, 2
+    mesh = sharding.make_mesh(mesh_cfg)
+    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 3)
+    rules = sharding.rules(mesh_cfg)
+    param_sh = sharding.logical_to_sharding(logical_axes(cfg), mesh, rules)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    assert tuple(param_sh["h_0"]["mlp"]["c_fc"]["kernel"].spec) == ("fsdp", "tensor")
+    with nn.logical_axis_rules(rules):
+        fn = jax.jit(lambda p, i, m, q: _loss(cfg, p, i, m, q)[0],
+                     in_shardings=(param_sh, batch_sh, batch_sh, batch_sh))
+        return fn(jax.device_put(params, param_sh), *batch)
+
+
+def _train(cfg, params, batch, steps=5):
+    """A few AdamW steps on one repeated batch; returns (losses, logits of the initial params)."""
+    opt = optax.adamw(3e-3)
+
+    @jax.jit
+    def step(p, state):
+        (loss, logits), grads = jax.value_and_grad(
+            lambda p: _loss(cfg, p, *batch), has_aux=True)(p)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss, logits
+
+    state, losses, first_logits = opt.init(params), [], None
+    for _ in range(steps):
+        params, state, loss, logits = step(params, state)
+        losses.append(float(loss))
+        first_logits = logits if first_logits is None else first_logits
+    return losses, first_logits
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_trains_decodes_and_shards(name):
+    cfg = tiny(**VARIANTS[name])
+    params = jax.jit(lambda key: init_params(cfg, key))(jax.random.key(0))
+    batch = _batch(cfg)
+
+    # 1) trains: a few AdamW steps on a repeated batch lower the loss.
+    losses, full = _train(cfg, params, batch)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.05, losses
+
+    # 2) cached decode (prefill 5, then 1 by 1, left padded) == full forward on real tokens.
+    ids, mask, positions = batch
+    cached, cache = _decode(cfg, params, ids, mask, positions, prompt_len=5)
+    real = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
+    assert cache["h_0"]["attn"]["cached_key"].shape == (4, 12, cfg.kv_heads, cfg.head_dim)
+
+    # 3) sharded on 8 simulated devices == one device (the initial params' loss).
+    sharded = _sharded_loss(cfg, params, batch)
+    np.testing.assert_allclose(float(sharded), losses[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(n_kv_heads=2, position="alibi",
+                                                sliding_window=4)])
+def test_xla_kernel_matches_einsum(overrides):
+    cfg = tiny(**overrides)
+    params = init_params(cfg, jax.random.key(0))
+    ids, mask, positions = _batch(cfg)
+    run = lambda c: GPT2(c).apply({"params": params}, ids, attention_mask=mask,
+                                  position_ids=positions)
+    real = np.asarray(mask).astype(bool)
+    ref, xla = run(cfg), run(cfg.replace(attention_impl="xla"))
+    np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-5)
+
+
+def test_pallas_kernel_matches_einsum_in_interpret_mode():
+    """The GPU Pallas flash-attention kernel, interpreted on CPU (values; gradients on GPU)."""
+    b, t, h, kv, d = 2, 16, 4, 2, 8
+    kq, kk, kvv = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(kq, (b, t, h, d))
+    k = jax.random.normal(kk, (b, t, kv, d))
+    v = jax.random.normal(kvv, (b, t, kv, d))
+    key_mask = (jnp.arange(t)[None, :] >= jnp.array([[0], [5]])).astype(jnp.int32)
+    positions = jnp.zeros((b, t), jnp.int32)
+    mask = attn_lib.attention_mask(jnp.arange(t), t, key_mask, positions, positions, 0)
+
+    def f(impl, q, k, v):
+        out = attn_lib.dot_product_attention(q, k, v, mask, impl=impl, key_mask=key_mask)
+        return out * key_mask[:, :, None, None]  # pad queries differ by design
+
+    np.testing.assert_allclose(f("pallas", q, k, v), f("einsum", q, k, v), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["cudnn", "pallas", "xla"])
+def test_gpu_kernels_match_einsum(impl):
+    """Logits and loss gradients of each kernel against the einsum reference on a GPU.
+
+    cuDNN flash attention runs in bfloat16 only, so it is compared in bfloat16."""
+    assert jax.default_backend() == "gpu", "run with JAX_PLATFORMS=cuda (bench/gpu.sh)"
+    dtype = "bfloat16" if impl == "cudnn" else "float32"
+    cfg = tiny(n_embd=128, n_head=4, n_kv_heads=2, n_positions=128, dtype=dtype)
+    params = init_params(cfg, jax.random.key(0))
+    ids, mask, positions = _batch(cfg, length=64)
+    real = np.asarray(mask).astype(bool)
+
+    def run(c):
+        fn = jax.jit(jax.value_and_grad(lambda p: _loss(c, p, ids, mask, positions),
+                                        has_aux=True))
+        (loss, logits), grads = fn(params)
+        return np.asarray(logits)[real], grads
+
+    (ref, ref_g), (got, got_g) = run(cfg), run(cfg.replace(attention_impl=impl))
+    tol = 5e-2 if impl == "cudnn" else 1e-4
+    np.testing.assert_allclose(got, ref, atol=tol)
+    for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(ref_g)):
+        np.testing.assert_allclose(a, b, atol=tol)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    kq, kk = jax.random.split(jax.random.key(0))
+    q = jax.random.normal(kq, (1, 6, 2, 16))
+    k = jax.random.normal(kk, (1, 6, 2, 16))
+    pos = jnp.arange(6)[None]
+
+    def scores(shift):
+        qr = pos_lib.apply_rope(q, pos + shift, 10000.0)
+        kr = pos_lib.apply_rope(k, pos + shift, 10000.0)
+        return jnp.einsum("bthd,bshd->bhts", qr, kr)
+
+    base = scores(0)
+    for shift in (1, 7, 300):
+        np.testing.assert_allclose(scores(shift), base, atol=1e-4)
+    # not trivially invariant: rotating q alone changes the scores
+    moved = jnp.einsum("bthd,bshd->bhts", pos_lib.apply_rope(q, pos + 3, 1e4),
+                       pos_lib.apply_rope(k, pos, 1e4))
+    assert np.abs(np.asarray(moved - base)).max() > 1e-2
+
+
+def test_relative_schemes_make_the_model_shift_invariant():
+    """With RoPE or ALiBi (no absolute embedding), shifting every position id changes
+    nothing; with GPT-2's learned positions it does."""
+    ids, _, _ = _batch(tiny(), batch=2, length=8)
+    pos = jnp.broadcast_to(jnp.arange(8), ids.shape)
+    for position in ("rope", "alibi", "learned"):
+        cfg = tiny(position=position)
+        params = init_params(cfg, jax.random.key(0))
+        run = jax.jit(lambda p: GPT2(cfg).apply({"params": params}, ids, position_ids=p))
+        diff = np.abs(np.asarray(run(pos + 11) - run(pos))).max()
+        assert diff < 1e-5 if position != "learned" else diff > 1e-3, (position, diff)
+
+
+def test_alibi_slopes_follow_the_paper():
+    # Press et al. 2022: n = 2^k -> 2^(-8i/n), i = 1..n; otherwise the closest power of two
+    # m, then every other slope of 2m.
+    np.testing.assert_allclose(pos_lib.alibi_slopes(8), [2.0 ** -i for i in range(1, 9)])
+    twelve = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i - 0.5) for i in (1, 2, 3, 4)]
+    np.testing.assert_allclose(pos_lib.alibi_slopes(12), twelve)
+    six = [2.0 ** -(2 * i) for i in range(1, 5)] + [2.0 ** -1, 2.0 ** -3]
+    np.testing.assert_allclose(pos_lib.alibi_slopes(6), six)
+    bias = pos_lib.alibi_bias(6, jnp.array([[5]]), jnp.array([[2, 5]]))
+    np.testing.assert_allclose(bias[0, :, 0], np.stack([-3 * np.array(six), 0 * np.ones(6)], 1))
+
+
+def test_grouped_layout_with_all_heads_equals_fused_multi_head():
+    mha = tiny()
+    params = init_params(mha, jax.random.key(0))
+    grouped = {k: ({**v, "attn": attn_lib.fused_to_grouped(v["attn"])} if k.startswith("h_")
+                   else v) for k, v in params.items()}
+    gqa = tiny(n_kv_heads=mha.n_head)
+    assert jax.tree.map(jnp.shape, grouped) == jax.tree.map(
+        jnp.shape, init_params(gqa, jax.random.key(0)))
+    ids, mask, positions = _batch(mha)
+    a = GPT2(mha).apply({"params": params}, ids, attention_mask=mask, position_ids=positions)
+    b = GPT2(gqa).apply({"params": grouped}, ids, attention_mask=mask, position_ids=positions)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_gqa_equals_multi_head_with_repeated_kv_heads():
+    gqa = tiny(n_kv_heads=2)
+    params = init_params(gqa, jax.random.key(0))
+    mha = tiny(n_kv_heads=gqa.n_head)
+    group = gqa.n_head // gqa.n_kv_heads
+    repeated = jax.tree.map(lambda x: x, params)
+    for i in range(gqa.n_layer):
+        kv = params[f"h_{i}"]["attn"]["c_kv"]
+        repeated[f"h_{i}"]["attn"]["c_kv"] = {
+            "kernel": jnp.repeat(kv["kernel"], group, axis=2),
+            "bias": jnp.repeat(kv["bias"], group, axis=1)}
+    ids, mask, positions = _batch(gqa)
+    a = GPT2(gqa).apply({"params": params}, ids, attention_mask=mask, position_ids=positions)
+    b = GPT2(mha).apply({"params": repeated}, ids, attention_mask=mask, position_ids=positions)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_kv_cache_shrinks_with_kv_heads_and_axes_are_named():
+    full = kv_cache_bytes_per_token(tiny())
+    assert full == 2 * TINY["n_layer"] * TINY["n_embd"] * 4
+    assert kv_cache_bytes_per_token(tiny(n_kv_heads=2)) == full // 2
+    assert kv_cache_bytes_per_token(tiny(n_kv_heads=1)) == full // 4
+    axes = logical_axes(tiny(n_kv_heads=2))["h_0"]["attn"]
+    assert tuple(axes["c_kv"]["kernel"]) == ("embed", None, "kv_heads", "head_dim")
+    assert tuple(axes["c_q"]["kernel"]) == ("embed", "heads", "head_dim")
+    assert "wpe" not in init_params(tiny(position="rope"), jax.random.key(0))
+    assert "ln_f" not in init_params(tiny(norm_position="post"), jax.random.key(0))
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(position="alibi", attention_impl="pallas"), "'xla'"),
+    (dict(sliding_window=4, attention_impl="pallas"), "'xla'"),
+    (dict(n_kv_heads=3), "[1, 2, 4]"),
+    (dict(position="sinusoidal"), "'rope'"),
+    (dict(norm_position="sandwich"), "'post'"),
+    (dict(sliding_window=-1), ">= 0"),
+    (dict(n_embd=36, n_head=4, position="rope"), "even head_dim"),
+])
+def test_bad_variants_raise_clear_config_errors(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        tiny(**overrides)
+    assert words in str(err.value)
+
+
+def test_runtime_unsupported_combinations_name_the_alternative():
+    cfg = tiny(attention_impl="xla", attn_pdrop=0.1)
+    params = init_params(cfg, jax.random.key(0))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(attn_lib.UnsupportedAttention, match="einsum"):
+        GPT2(cfg).apply({"params": params}, ids, deterministic=False,
+                        rngs={"dropout": jax.random.key(1)})
+    with pytest.raises(attn_lib.UnsupportedAttention, match="'xla'"):
+        GPT2(cfg.replace(attention_impl="cudnn")).apply({"params": params}, ids)
+    assert math.isfinite(float(GPT2(cfg).apply({"params": params}, ids).sum()))
