@@ -129,7 +129,7 @@ def test_sharded_generation_equals_single_device():
     state, _ = sharding.shard_init(functools.partial(init_params, CFG, boxed=True), mesh,
                                    axis_rules, jax.random.key(1))
     sharded = gpt2jax.generate(CFG, state, prompts, mesh=mesh, axis_rules=axis_rules,
-                                max_new_tokens=8)
+                               max_new_tokens=8)
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
     # and the sharded forward pass equals the unsharded one
     logits = jax.jit(lambda p, x: GPT2(CFG).apply({"params": p}, x))
