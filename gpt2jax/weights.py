@@ -13,8 +13,9 @@ Reads, into `(GPT2Config, params)`:
 Writes, with `save_pretrained`, the HF layout (`config.json` + `model.safetensors`) that
 `transformers.GPT2LMHeadModel.from_pretrained` loads.
 
-Tensor names in between are HF PyTorch `GPT2LMHeadModel` names without the `transformer.`
-prefix (`h.0.attn.c_attn.weight`, Conv1D layout [in, out]); see `hf_state_dict_to_params`.
+File formats and downloads live in `weights_formats.py`. Tensor names in between are HF
+PyTorch `GPT2LMHeadModel` names without the `transformer.` prefix (`h.0.attn.c_attn.weight`,
+Conv1D layout [in, out]); see `hf_state_dict_to_params`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ import numpy as np
 
 from gpt2jax.errors import ConfigError, WeightsError
 from gpt2jax.model import GPT2Config
+from gpt2jax.weights_formats import (  # noqa: F401  (flax_msgpack_to_state_dict: public)
+    flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file, resolve,
+)
 
 Params = dict[str, Any]
 StateDict = dict[str, np.ndarray]
@@ -43,7 +47,6 @@ HF_PREFIX = "transformer."
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # HF activation names that are exactly the tanh-approximate GELU this model computes.
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPT2Config)}
 
 
@@ -60,6 +63,39 @@ def _layer_shapes(cfg: GPT2Config) -> dict[str, tuple]:
         "mlp.c_fc.weight": (e, 4 * e), "mlp.c_fc.bias": (4 * e,),
         "mlp.c_proj.weight": (4 * e, e), "mlp.c_proj.bias": (e,),
     }
+
+
+# HF tensor name (no prefix) -> path in the gpt2jax params pytree; `h.{i}.` names per layer.
+_TOP = {"wte.weight": ("wte", "embedding"), "wpe.weight": ("wpe", "embedding"),
+        "ln_f.weight": ("ln_f", "scale"), "ln_f.bias": ("ln_f", "bias")}
+_LAYER = {
+    "ln_1.weight": ("ln_1", "scale"), "ln_1.bias": ("ln_1", "bias"),
+    "ln_2.weight": ("ln_2", "scale"), "ln_2.bias": ("ln_2", "bias"),
+    "attn.c_attn.weight": ("attn", "c_attn", "kernel"),
+    "attn.c_attn.bias": ("attn", "c_attn", "bias"),
+    "attn.c_proj.weight": ("attn", "c_proj", "kernel"),
+    "attn.c_proj.bias": ("attn", "c_proj", "bias"),
+    "mlp.c_fc.weight": ("mlp", "c_fc", "kernel"), "mlp.c_fc.bias": ("mlp", "c_fc", "bias"),
+    "mlp.c_proj.weight": ("mlp", "c_proj", "kernel"), "mlp.c_proj.bias": ("mlp", "c_proj", "bias"),
+}
+# Our attention params split heads: c_attn [E, 3E] -> [E, 3, H, D], c_proj [E, E] -> [H, D, E].
+_HEAD_SHAPES = {
+    "attn.c_attn.weight": lambda c: (c.n_embd, 3, c.n_head, c.head_dim),
+    "attn.c_attn.bias": lambda c: (3, c.n_head, c.head_dim),
+    "attn.c_proj.weight": lambda c: (c.n_head, c.head_dim, c.n_embd),
+}
+
+
+def _name_map(cfg: GPT2Config) -> dict[str, tuple]:
+    names = dict(_TOP)
+    for i in range(cfg.n_layer):
+        names.update({f"h.{i}.{k}": (f"h_{i}",) + v for k, v in _LAYER.items()})
+    return names
+
+
+def _our_shape(cfg: GPT2Config, name: str, hf_shape: tuple) -> tuple:
+    suffix = name.split(".", 2)[2] if name.startswith("h.") else name
+    return _HEAD_SHAPES[suffix](cfg) if suffix in _HEAD_SHAPES else hf_shape
 
 
 def check_gpt2_layout(cfg: GPT2Config, exact: bool = False) -> None:
@@ -146,39 +182,13 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
                 f"vocab_size={cfg.vocab_size}, n_positions={cfg.n_positions}; the config does "
                 "not match the weights: fix config.json (or the n_* overrides)."
             )
-    dtype = cfg.storage_dtype
-
-    def arr(name: str, *shape: int) -> np.ndarray:
-        value = np.asarray(state[name]).astype(dtype)
-        return value.reshape(shape) if shape else value
-
-    e, h, d = cfg.n_embd, cfg.n_head, cfg.head_dim
-
-    def ln(prefix: str) -> Params:
-        return {"scale": arr(f"{prefix}.weight"), "bias": arr(f"{prefix}.bias")}
-
-    params: Params = {
-        "wte": {"embedding": arr("wte.weight")},
-        "wpe": {"embedding": arr("wpe.weight")},
-        "ln_f": ln("ln_f"),
-    }
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": ln(p + "ln_1"),
-            "ln_2": ln(p + "ln_2"),
-            "attn": {
-                "c_attn": {"kernel": arr(p + "attn.c_attn.weight", e, 3, h, d),
-                           "bias": arr(p + "attn.c_attn.bias", 3, h, d)},
-                "c_proj": {"kernel": arr(p + "attn.c_proj.weight", h, d, e),
-                           "bias": arr(p + "attn.c_proj.bias")},
-            },
-            "mlp": {
-                "c_fc": {"kernel": arr(p + "mlp.c_fc.weight"), "bias": arr(p + "mlp.c_fc.bias")},
-                "c_proj": {"kernel": arr(p + "mlp.c_proj.weight"),
-                           "bias": arr(p + "mlp.c_proj.bias")},
-            },
-        }
+    params: Params = {}
+    for name, path in _name_map(cfg).items():
+        value = np.asarray(state[name]).astype(cfg.storage_dtype)
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value.reshape(_our_shape(cfg, name, expected[name]))
     return params
 
 
@@ -193,30 +203,17 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
       name -> numpy array in the parameters' dtype, Conv1D weights [in, out].
     """
     check_gpt2_layout(cfg, exact=True)
-    e = cfg.n_embd
-    get = lambda *path: np.asarray(jax.device_get(_lookup(params, path)))
-    out = {
-        "wte.weight": get("wte", "embedding"),
-        "wpe.weight": get("wpe", "embedding"),
-        "ln_f.weight": get("ln_f", "scale"),
-        "ln_f.bias": get("ln_f", "bias"),
-    }
-    for i in range(cfg.n_layer):
-        b = f"h_{i}"
-        layer = {
-            "ln_1.weight": get(b, "ln_1", "scale"), "ln_1.bias": get(b, "ln_1", "bias"),
-            "ln_2.weight": get(b, "ln_2", "scale"), "ln_2.bias": get(b, "ln_2", "bias"),
-            "attn.c_attn.weight": get(b, "attn", "c_attn", "kernel").reshape(e, 3 * e),
-            "attn.c_attn.bias": get(b, "attn", "c_attn", "bias").reshape(3 * e),
-            "attn.c_proj.weight": get(b, "attn", "c_proj", "kernel").reshape(e, e),
-            "attn.c_proj.bias": get(b, "attn", "c_proj", "bias"),
-            "mlp.c_fc.weight": get(b, "mlp", "c_fc", "kernel"),
-            "mlp.c_fc.bias": get(b, "mlp", "c_fc", "bias"),
-            "mlp.c_proj.weight": get(b, "mlp", "c_proj", "kernel"),
-            "mlp.c_proj.bias": get(b, "mlp", "c_proj", "bias"),
-        }
-        out.update({f"h.{i}.{k}": v for k, v in layer.items()})
-    return {prefix + k: np.ascontiguousarray(v) for k, v in out.items()}
+    out, names = {}, _name_map(cfg)
+    for name, shape in expected_hf_shapes(cfg).items():
+        path = names[name]
+        value = np.asarray(jax.device_get(_lookup(params, path)))
+        if value.size != np.prod(shape):
+            raise WeightsError(
+                f"params {'/'.join(path)} has shape {value.shape}, which does not fit {name} "
+                f"{shape} of the config; pass the config the params were made with."
+            )
+        out[prefix + name] = np.ascontiguousarray(value.reshape(shape))
+    return out
 
 
 def _lookup(params: Params, path: tuple) -> Any:
@@ -230,29 +227,6 @@ def _lookup(params: Params, path: tuple) -> Any:
                 "gpt2jax.init_params or load_pretrained (unboxed)."
             ) from None
     return node
-
-
-def flax_msgpack_to_state_dict(tree: Mapping[str, Any]) -> StateDict:
-    """HF Flax (`FlaxGPT2LMHeadModel`) params -> HF PyTorch-layout tensors.
-
-    HF's Flax Conv1D stores `kernel` as [out, in] (the PyTorch Conv1D weight transposed, see
-    transformers' `FlaxConv1D` and its PyTorch->Flax conversion) and an untied `lm_head`
-    Dense kernel as [in, out] = [E, V]: both become the PyTorch weight by a transpose.
-    """
-    from flax.traverse_util import flatten_dict
-
-    state = {}
-    for path, value in flatten_dict(dict(tree)).items():
-        path = [str(p) for p in path]
-        if path[0] == "transformer":
-            path = path[1:]
-        leaf = path[-1]
-        value = np.asarray(value)
-        if leaf == "kernel":
-            value = value.T
-        path[-1] = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
-        state[".".join(path)] = value
-    return state
 
 
 # ----------------------------------------------------------------------------- configs
@@ -342,166 +316,6 @@ def infer_config(state: Mapping[str, Any], **overrides) -> GPT2Config:
     return _make_config(fields, overrides)
 
 
-# ----------------------------------------------------------------------------- file readers
-
-
-def _read_safetensors(path: Path) -> StateDict:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(
-            f"{str(path)!r} is not a readable safetensors file (truncated or corrupt: {e}); "
-            "download or save it again."
-        ) from e
-
-
-def _read_sharded_safetensors(index: Path) -> StateDict:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError) as e:
-        raise WeightsError(f"{str(index)!r} is not a safetensors index ({e}); re-download it.")
-    state: StateDict = {}
-    for shard in sorted(set(weight_map.values())):
-        state.update(_read_safetensors(index.parent / shard))
-    return state
-
-
-def _read_flax_msgpack(path: Path) -> StateDict:
-    from flax import serialization
-
-    try:
-        tree = serialization.msgpack_restore(path.read_bytes())
-    except Exception as e:  # msgpack raises several unrelated types on bad bytes
-        raise WeightsError(f"{str(path)!r} is not a readable Flax msgpack file ({e}).") from e
-    return flax_msgpack_to_state_dict(tree)
-
-
-def _read_torch_bin(path: Path, allow_pickle: bool) -> StateDict:
-    if not allow_pickle:
-        raise WeightsError(
-            f"{str(path)!r} is a pickle-based PyTorch file; gpt2jax never unpickles unless asked. "
-            "Prefer model.safetensors, or pass allow_pickle=True (read with "
-            "torch.load(weights_only=True)) if you trust the file."
-        )
-    try:
-        import torch
-    except ImportError as e:
-        raise WeightsError(f"Reading {str(path)!r} needs torch: pip install torch (CPU).") from e
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle/zip/runtime errors alike
-        raise WeightsError(f"{str(path)!r} could not be read by torch.load ({e}).") from e
-    return {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()
-            for k, v in state.items()}
-
-
-def _read_tf_checkpoint(directory: Path) -> tuple[dict, StateDict]:
-    """OpenAI's released TF checkpoint: `hparams.json` + `model.ckpt.*` -> (hf config, state)."""
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise WeightsError(
-            f"{str(directory)!r} holds an OpenAI TensorFlow checkpoint, which needs tensorflow "
-            "to read: pip install tensorflow, or use the HF safetensors weights (e.g. 'gpt2')."
-        ) from e
-    hparams = json.loads((directory / "hparams.json").read_text())
-    reader = tf.train.load_checkpoint(str(directory / "model.ckpt"))
-    state = {}
-    for name in reader.get_variable_to_shape_map():
-        if not name.startswith("model/"):
-            continue
-        key = name[len("model/"):]
-        key = re.sub(r"^h(\d+)/", r"h.\1/", key).replace("/", ".")
-        key = re.sub(r"\.w$", ".weight", re.sub(r"\.g$", ".weight", re.sub(r"\.b$", ".bias", key)))
-        key = {"wte": "wte.weight", "wpe": "wpe.weight"}.get(key, key)
-        value = np.asarray(reader.get_tensor(name))
-        state[key] = value[0] if key.endswith("weight") and value.ndim == 3 else value
-    hf = {"vocab_size": hparams["n_vocab"], "n_positions": hparams["n_ctx"],
-          "n_embd": hparams["n_embd"], "n_head": hparams["n_head"], "n_layer": hparams["n_layer"]}
-    return hf, state
-
-
-def _read_weights_file(path: Path, allow_pickle: bool) -> StateDict:
-    if path.name.endswith(".safetensors"):
-        return _read_safetensors(path)
-    if path.name.endswith(".safetensors.index.json"):
-        return _read_sharded_safetensors(path)
-    if path.suffix == ".msgpack":
-        return _read_flax_msgpack(path)
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return _read_torch_bin(path, allow_pickle)
-    raise WeightsError(
-        f"{str(path)!r}: unknown weights format; use .safetensors, .msgpack (HF Flax) or "
-        ".bin (with allow_pickle=True)."
-    )
-
-
-_DIR_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
-              "pytorch_model.bin")
-
-
-def _read_directory(directory: Path, allow_pickle: bool) -> tuple[dict | None, StateDict]:
-    if (directory / "hparams.json").is_file() and (directory / "model.ckpt.index").is_file():
-        return _read_tf_checkpoint(directory)
-    for name in _DIR_FILES:
-        if (directory / name).is_file():
-            return _read_config_json(directory), _read_weights_file(directory / name, allow_pickle)
-    found = sorted(p.name for p in directory.iterdir())[:10]
-    raise WeightsError(
-        f"No GPT-2 weights in {str(directory)!r} (found {found}); expected one of "
-        f"{list(_DIR_FILES)} with config.json, or OpenAI's hparams.json + model.ckpt.*."
-    )
-
-
-def _read_config_json(directory: Path) -> dict | None:
-    path = directory / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise WeightsError(f"{str(path)!r} is not valid JSON ({e}); fix or re-download it.")
-
-
-# ----------------------------------------------------------------------------- hub
-
-
-def _download(name: str) -> Path:
-    """Downloads config.json + model.safetensors of hub repo `name`; returns the local dir."""
-    how = ("pass a local path instead: a directory with config.json + model.safetensors "
-           "(e.g. from `huggingface-cli download gpt2` on a machine with internet) or a "
-           ".safetensors file")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise WeightsError(
-            f"{name!r} is not a local path, and downloading it needs huggingface_hub "
-            f"(pip install 'gpt2jax[hub]'); or {how}."
-        ) from e
-    try:
-        local = snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
-    except Exception as e:  # offline, unknown repo, auth: all mean "cannot get it"
-        raise WeightsError(
-            f"{name!r} is not a local path and could not be downloaded from the Hugging Face "
-            f"hub ({type(e).__name__}: {str(e)[:200]}); {how}."
-        ) from e
-    return Path(local)
-
-
-def _resolve(path_or_name: str | os.PathLike) -> Path:
-    path = Path(path_or_name).expanduser()
-    if path.exists():
-        return path
-    text = str(path_or_name)
-    if _HUB_NAME.match(text) and not text.startswith((".", "~")):
-        return _download(text)
-    raise WeightsError(f"{text!r} does not exist; pass a model directory, a weights file "
-                       "or a hub name like 'gpt2'.")
-
-
 # ----------------------------------------------------------------------------- public API
 
 
@@ -520,12 +334,12 @@ def load_pretrained(path_or_name: str | os.PathLike, *, allow_pickle: bool = Fal
     Raises:
       WeightsError: missing/corrupt file, missing tensor, wrong shape, config mismatch.
     """
-    path = _resolve(path_or_name)
+    path = resolve(path_or_name)
     if path.is_dir():
-        hf, state = _read_directory(path, allow_pickle)
+        hf, state = read_directory(path, allow_pickle)
     else:
-        state = _read_weights_file(path, allow_pickle)
-        hf = None if "n_head" in config_overrides else _read_config_json(path.parent)
+        state = read_weights_file(path, allow_pickle)
+        hf = None if "n_head" in config_overrides else read_config_json(path.parent)
     if hf is None:
         cfg = infer_config(state, **config_overrides)
     else:

@@ -1,0 +1,206 @@
+"""Reading GPT-2 weight files and hub downloads into HF PyTorch-layout numpy state dicts.
+
+The formats behind `gpt2jax.weights.load_pretrained`: safetensors (single or sharded), HF
+Flax msgpack, PyTorch `.bin` (opt-in pickle), OpenAI's TF checkpoint, and hub names. Every
+reader returns `{name: np.ndarray}` with HF `GPT2LMHeadModel` names (Conv1D weights [in, out]);
+checking them against a config is `weights.py`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from gpt2jax.errors import WeightsError
+
+StateDict = dict[str, np.ndarray]
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def flax_msgpack_to_state_dict(tree: Mapping[str, Any]) -> StateDict:
+    """HF Flax (`FlaxGPT2LMHeadModel`) params -> HF PyTorch-layout tensors.
+
+    HF's Flax Conv1D stores `kernel` as [out, in] (the PyTorch Conv1D weight transposed, see
+    transformers' `FlaxConv1D` and its PyTorch->Flax conversion) and an untied `lm_head`
+    Dense kernel as [in, out] = [E, V]: both become the PyTorch weight by a transpose.
+    """
+    from flax.traverse_util import flatten_dict
+
+    state = {}
+    for path, value in flatten_dict(dict(tree)).items():
+        path = [str(p) for p in path]
+        if path[0] == "transformer":
+            path = path[1:]
+        leaf = path[-1]
+        value = np.asarray(value)
+        if leaf == "kernel":
+            value = value.T
+        path[-1] = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+        state[".".join(path)] = value
+    return state
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupt: {e}); "
+            "download or save it again."
+        ) from e
+
+
+def _read_sharded_safetensors(index: Path) -> StateDict:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as e:
+        raise WeightsError(f"{str(index)!r} is not a safetensors index ({e}); re-download it.")
+    state: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(_read_safetensors(index.parent / shard))
+    return state
+
+
+def _read_flax_msgpack(path: Path) -> StateDict:
+    from flax import serialization
+
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # msgpack raises several unrelated types on bad bytes
+        raise WeightsError(f"{str(path)!r} is not a readable Flax msgpack file ({e}).") from e
+    return flax_msgpack_to_state_dict(tree)
+
+
+def _read_torch_bin(path: Path, allow_pickle: bool) -> StateDict:
+    if not allow_pickle:
+        raise WeightsError(
+            f"{str(path)!r} is a pickle-based PyTorch file; gpt2jax never unpickles unless asked. "
+            "Prefer model.safetensors, or pass allow_pickle=True (read with "
+            "torch.load(weights_only=True)) if you trust the file."
+        )
+    try:
+        import torch
+    except ImportError as e:
+        raise WeightsError(f"Reading {str(path)!r} needs torch: pip install torch (CPU).") from e
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle/zip/runtime errors alike
+        raise WeightsError(f"{str(path)!r} could not be read by torch.load ({e}).") from e
+    return {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()
+            for k, v in state.items()}
+
+
+def _read_tf_checkpoint(directory: Path) -> tuple[dict, StateDict]:
+    """OpenAI's released TF checkpoint: `hparams.json` + `model.ckpt.*` -> (hf config, state)."""
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise WeightsError(
+            f"{str(directory)!r} holds an OpenAI TensorFlow checkpoint, which needs tensorflow "
+            "to read: pip install tensorflow, or use the HF safetensors weights (e.g. 'gpt2')."
+        ) from e
+    hparams = json.loads((directory / "hparams.json").read_text())
+    reader = tf.train.load_checkpoint(str(directory / "model.ckpt"))
+    state = {}
+    for name in reader.get_variable_to_shape_map():
+        if not name.startswith("model/"):
+            continue
+        key = name[len("model/"):]
+        key = re.sub(r"^h(\d+)/", r"h.\1/", key).replace("/", ".")
+        key = re.sub(r"\.w$", ".weight", re.sub(r"\.g$", ".weight", re.sub(r"\.b$", ".bias", key)))
+        key = {"wte": "wte.weight", "wpe": "wpe.weight"}.get(key, key)
+        value = np.asarray(reader.get_tensor(name))
+        state[key] = value[0] if key.endswith("weight") and value.ndim == 3 else value
+    hf = {"vocab_size": hparams["n_vocab"], "n_positions": hparams["n_ctx"],
+          "n_embd": hparams["n_embd"], "n_head": hparams["n_head"], "n_layer": hparams["n_layer"]}
+    return hf, state
+
+
+def read_weights_file(path: Path, allow_pickle: bool) -> StateDict:
+    """One weights file (.safetensors, .safetensors.index.json, .msgpack, .bin) -> tensors."""
+    if path.name.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_sharded_safetensors(path)
+    if path.suffix == ".msgpack":
+        return _read_flax_msgpack(path)
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return _read_torch_bin(path, allow_pickle)
+    raise WeightsError(
+        f"{str(path)!r}: unknown weights format; use .safetensors, .msgpack (HF Flax) or "
+        ".bin (with allow_pickle=True)."
+    )
+
+
+_DIR_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack",
+              "pytorch_model.bin")
+
+
+def read_directory(directory: Path, allow_pickle: bool) -> tuple[dict | None, StateDict]:
+    """A model directory -> (HF config dict or None, tensors), formats in `_DIR_FILES` order."""
+    if (directory / "hparams.json").is_file() and (directory / "model.ckpt.index").is_file():
+        return _read_tf_checkpoint(directory)
+    for name in _DIR_FILES:
+        if (directory / name).is_file():
+            return read_config_json(directory), read_weights_file(directory / name, allow_pickle)
+    found = sorted(p.name for p in directory.iterdir())[:10]
+    raise WeightsError(
+        f"No GPT-2 weights in {str(directory)!r} (found {found}); expected one of "
+        f"{list(_DIR_FILES)} with config.json, or OpenAI's hparams.json + model.ckpt.*."
+    )
+
+
+def read_config_json(directory: Path) -> dict | None:
+    """`directory/config.json` as a dict, None if absent."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise WeightsError(f"{str(path)!r} is not valid JSON ({e}); fix or re-download it.")
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def _download(name: str) -> Path:
+    """Downloads config.json + model.safetensors of hub repo `name`; returns the local dir."""
+    how = ("pass a local path instead: a directory with config.json + model.safetensors "
+           "(e.g. from `huggingface-cli download gpt2` on a machine with internet) or a "
+           ".safetensors file")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise WeightsError(
+            f"{name!r} is not a local path, and downloading it needs huggingface_hub "
+            f"(pip install 'gpt2jax[hub]'); or {how}."
+        ) from e
+    try:
+        local = snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # offline, unknown repo, auth: all mean "cannot get it"
+        raise WeightsError(
+            f"{name!r} is not a local path and could not be downloaded from the Hugging Face "
+            f"hub ({type(e).__name__}: {str(e)[:200]}); {how}."
+        ) from e
+    return Path(local)
+
+
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A local path as is; a hub name downloaded to the HF cache; else a WeightsError."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_name)
+    if _HUB_NAME.match(text) and not text.startswith((".", "~")):
+        return _download(text)
+    raise WeightsError(f"{text!r} does not exist; pass a model directory, a weights file "
+                       "or a hub name like 'gpt2'.")
