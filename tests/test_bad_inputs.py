@@ -82,6 +82,17 @@ def tree_hash(root: Path) -> str:
     return h.hexdigest()
 
 
+def tree_change(root: Path, before: set[str]) -> str:
+    """What appeared (+) or disappeared (-) under `root` since the listing `before`."""
+    after = {p.relative_to(root).as_posix() for p in root.rglob("*")}
+    return ", ".join([f"+{p}" for p in sorted(after - before)] +
+                     [f"-{p}" for p in sorted(before - after)]) or "file contents changed"
+
+
+def tree_paths(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -855,7 +866,7 @@ def cli_results(tmp_path_factory):
     hash before, after, argv)."""
     cli = [c for c in CASES if c.surface == "cli"]
     root = tmp_path_factory.mktemp("cli_cases")
-    argvs, logs, works, before = [], [], [], []
+    argvs, logs, works, before, paths = [], [], [], [], []
     for c in cli:
         work = root / c.id
         work.mkdir()
@@ -864,9 +875,13 @@ def cli_results(tmp_path_factory):
         logs.append(root / f"{c.id}.log")
         works.append(work)
         before.append(tree_hash(work))
+        paths.append(tree_paths(work))
     outs = run_cli_batch(argvs, logs)
-    return {c.id: (code, out, b, tree_hash(w), a)
-            for c, (code, out), b, w, a in zip(cli, outs, before, works, argvs)}
+    results = {}
+    for c, (code, out), b, w, a, p in zip(cli, outs, before, works, argvs, paths):
+        after = tree_hash(w)
+        results[c.id] = (code, out, b, after, a, tree_change(w, p) if after != b else "")
+    return results
 
 
 @pytest.mark.parametrize("c", [c for c in CASES if c.surface == "api"], ids=lambda c: c.id)
@@ -876,37 +891,46 @@ def test_api_case(c: Case, tmp_path, record_property):
     (work / "keep.txt").write_text("a file that must survive")
     record_property("what", c.what)
     call = c.make(work)
-    before = tree_hash(work)
-    with pytest.raises(c.error) as info:
+    before, paths = tree_hash(work), tree_paths(work)
+    try:
         call()
-    message = str(info.value)
-    record_property("message", f"{type(info.value).__name__}: {message}")
-    assert isinstance(info.value, GPT2JaxError)
+    except Exception as e:  # noqa: BLE001  (recorded for the table, then checked)
+        record_property("message", f"{type(e).__name__}: {e}")
+        if tree_hash(work) != before:
+            record_property("workdir_change", tree_change(work, paths))
+        raise_as = e
+    else:
+        raise_as = None
+    assert raise_as is not None, "no error was raised"
+    message = str(raise_as)
+    assert isinstance(raise_as, c.error) and isinstance(raise_as, GPT2JaxError), repr(raise_as)
     for fragment in c.expect:
         assert fragment in message.lower(), (fragment, message)
-    assert tree_hash(work) == before, "the bad input changed the workdir"
+    assert tree_hash(work) == before, f"the workdir changed: {tree_change(work, paths)}"
     assert not (work / "pwned").exists()
 
 
 @pytest.mark.parametrize("c", [c for c in CASES if c.surface == "cli"], ids=lambda c: c.id)
 def test_cli_case(c: Case, cli_results, record_property):
-    code, output, before, after, _ = cli_results[c.id]
+    code, output, before, after, _, change = cli_results[c.id]
     record_property("what", c.what)
     lines = _user_lines(output)
     record_property("message", " | ".join(lines)[:300])
+    if change:
+        record_property("workdir_change", change)
     assert code != 0, output
     assert "Traceback" not in output, output
     assert len(lines) == 1, output
     assert lines[0].startswith("error: "), output
     for fragment in c.expect:
         assert fragment in lines[0].lower(), (fragment, output)
-    assert after == before, "the bad input changed the workdir"
+    assert after == before, f"the workdir changed: {change}"
 
 
 def test_real_subprocess_agrees_with_zygote(cli_results):
     """`python run.py ...` prints the same line and exits the same as the forked entry point."""
     c = next(c for c in CASES if c.surface == "cli")
-    code, output, _, _, argv = cli_results[c.id]
+    code, output, _, _, argv, _ = cli_results[c.id]
     proc = subprocess.run([sys.executable, "run.py", *argv], cwd=REPO,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert proc.returncode == code == 2

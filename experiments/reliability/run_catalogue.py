@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,8 +49,11 @@ def read_cases(xml_path: Path) -> list[dict]:
     return out
 
 
+_TMP = re.compile(r"/tmp/pytest-of-[^/\s']+/pytest-\d+/[^/\s']+/(work/)?")
+
+
 def _cell(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = _TMP.sub("…/", " ".join(str(text).split())).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -64,8 +68,11 @@ def catalogue_table(cases: list[dict]) -> list[str]:
         surface = "API" if c["name"].startswith("test_api") else "CLI"
         case_id = c["name"].split("[", 1)[1].rstrip("]")
         p = c["properties"]
+        outcome = c["outcome"]
+        if p.get("workdir_change"):
+            outcome += f" (workdir changed: {_cell(p['workdir_change'], 80)})"
         rows.append(f"| {n} | `{case_id}` | {surface} | {_cell(p.get('what', ''), 70)} | "
-                    f"{c['outcome']} | {_cell(p.get('message', ''))} |")
+                    f"{outcome} | {_cell(p.get('message', ''))} |")
     return rows
 
 
