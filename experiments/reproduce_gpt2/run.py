@@ -78,7 +78,7 @@ def task_config(task: str, overrides: dict, weights: str, data_dir: str, smoke: 
     if smoke:  # random tiny model on a prefix of the data
         config.model.update(n_layer=1, n_embd=32, n_head=2, n_positions=128)
         config.mesh.data = 1
-        config.eval.update(context_length=128, stride=min(config.eval.stride, 64),
+        config.eval.update(context_length=128, stride=config.eval.stride // 8,
                            max_tokens=300, max_examples=4, progress=False)
     return config
 

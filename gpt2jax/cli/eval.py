@@ -20,6 +20,8 @@ from gpt2jax.eval import tasks
 from gpt2jax.model import GPT2Config, init_params
 from gpt2jax.tokenizer import get_tokenizer
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def load_model(config) -> tuple[GPT2Config, dict]:
     """(cfg, params) from `config.init_from` (HF dir/file/hub name, or a training workdir),
