@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
 from gpt2jax import checkpoint
 from gpt2jax.errors import ConfigError
@@ -71,7 +72,10 @@ def text(tmp_path_factory, data_dir):
     return str(path)
 
 
-def test_exact_resume_after_sigkill(tmp_path, text):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, text):
+    """(killed-then-resumed workdir, uninterrupted workdir) of the 20-step runner."""
+    tmp_path = tmp_path_factory.mktemp("resume")
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
@@ -91,6 +95,11 @@ def test_exact_resume_after_sigkill(tmp_path, text):
         subprocess.run([sys.executable, str(script), text, str(workdir), "run"], check=True,
                        env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
+    return killed, straight
+
+
+def test_exact_resume_after_sigkill(runs):
+    killed, straight = runs
     resumed, reference = _losses(killed), _losses(straight)
     assert sorted(reference) == list(range(1, 21))
     for step in range(13, 21):
@@ -104,18 +113,17 @@ def _config(text, steps=4, **model):
     c = shakespeare_char.get_config("cpu")
     c.model.update(dict(dict(n_layer=1, n_head=2, n_embd=32, n_positions=32), **model))
     c.data.update(train_file=text, prefetch=0)
-    c.train.update(batch_size=8, block_size=32, num_steps=steps, lr_decay_steps=steps,
+    c.train.update(batch_size=4, block_size=32, num_steps=steps, lr_decay_steps=steps,
                    warmup_steps=1, log_every=1, eval_every=0, sample_tokens=0,
                    export_hf=False, progress_bar=False, peak_flops=1e9)
     c.checkpoint.update(save_every=steps, keep=1, keep_best=0)
     return c
 
 
-def test_other_model_in_workdir_is_refused_and_params_load(tmp_path, text):
+def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
     from gpt2jax.loop import train_and_evaluate
 
-    workdir = tmp_path / "w"
-    train_and_evaluate(_config(text), workdir)
+    workdir = runs[1]
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     with pytest.raises(checkpoint.CheckpointMismatchError, match="n_embd: saved 32 vs config 64"):
         train_and_evaluate(_config(text, steps=8, n_embd=64), workdir)
@@ -131,10 +139,11 @@ def test_other_model_in_workdir_is_refused_and_params_load(tmp_path, text):
     from gpt2jax.train import TrainConfig, Trainer
 
     c = _config(text)
-    mesh = sharding.make_mesh(c.mesh)
+    mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                              devices=jax.devices()[:1])
     trainer = Trainer(cfg, TrainConfig.from_config(c.train), mesh,
                       sharding.rules(common.mesh_config()))
-    state, data_state, meta = ck.restore(4, trainer.abstract_state())
-    assert int(state.step) == 4 and data_state["index"] == 4 and meta["step"] == 4
+    state, data_state, meta = ck.restore(20, trainer.abstract_state())
+    assert int(state.step) == 20 and data_state["index"] == 20 and meta["step"] == 20
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
