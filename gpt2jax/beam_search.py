@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from gpt2jax import sampling
 from gpt2jax.generate import (TRACE_COUNT, Plan, Runtime, key_mask, model_step,
                               prompt_positions, repeat_rows, valid_positions)
-from gpt2jax.model import GPT2Config, init_cache
+from gpt2jax.model import GPT2Config
 
 _BIG_NEG = -1.0e9  # HF's "very large negative value" for excluded beams
 
@@ -169,11 +169,12 @@ def _reorder_cache(cache, source: jax.Array):
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
 
 
-def beam_search_impl(cfg: GPT2Config, plan: Plan, params, prompt: jax.Array, mask: jax.Array,
-                     real: jax.Array, fill: jax.Array, rt: Runtime):
+def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
+                     mask: jax.Array, real: jax.Array, fill: jax.Array, rt: Runtime):
     """Beam search, one compiled computation.
 
     Args:
+      cache: empty KV cache for [B, L] rows (repeated for the beams after the prefill).
       prompt: [B, P] left-padded ids; mask: [B, P]; real: [B] bool (False: filler rows);
       fill: i32 scalar, HF's filler of unwritten slots.
     Returns:
@@ -182,7 +183,6 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, prompt: jax.Array, mas
     """
     TRACE_COUNT["beam"] += 1
     batch, beams = prompt.shape[0], plan.num_beams
-    cache = init_cache(cfg, batch, plan.total_len)
     slot_mask = key_mask(mask, plan.new_len)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
     beam_mask, slot_mask = repeat_rows(mask, beams), repeat_rows(slot_mask, beams)

@@ -18,8 +18,8 @@ V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
@@ -169,23 +169,23 @@ def _stream_callback(step, token) -> None:
         sink(int(step), np.asarray(token))
 
 
-def _greedy_impl(cfg: GPT2Config, plan: Plan, params, prompt: jax.Array, mask: jax.Array,
-                 real: jax.Array, rt: Runtime):
+def _greedy_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
+                 mask: jax.Array, real: jax.Array, rt: Runtime):
     """Greedy or sampled decoding, one compiled computation.
 
     Each loop step turns the current logits into a token, then runs the model on that token
     for the next logits (so the token choice is compiled once; the last forward is unused).
 
     Args:
+      cache: empty KV cache for [B, L] (made outside, away from sharding-rule contexts).
       prompt: [B, P] left-padded ids; mask: [B, P] 1 for real tokens; real: [B] bool (False
         for bucket filler rows).
     Returns:
       (tokens [B, L], steps: i32 number of generated columns).
     """
     TRACE_COUNT["greedy"] += 1
-    batch, length = prompt.shape[0], plan.total_len
+    batch = prompt.shape[0]
     slot_mask = key_mask(mask, plan.new_len)
-    cache = init_cache(cfg, batch, length)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
     filler = jnp.full((batch, plan.new_len), rt.pad_id, prompt.dtype)
     state = DecodeState(jnp.concatenate([prompt, filler], axis=1), cache, real,
@@ -292,6 +292,9 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
       int32 array [batch * num_return_sequences, prompt + new], or a `GenerateOutput`.
     """
     args = make_args(**kwargs)
+    if streamer is not None and mesh is not None:
+        raise ConfigError("streamer= needs single-device decoding (ordered host callbacks); "
+                          "drop mesh= or the streamer.")
     ids, mask = _prepare_inputs(input_ids, attention_mask, args)
     new_tokens = _new_token_count(cfg, ids, mask, args)
     if args.do_sample and args.num_beams == 1 and args.num_return_sequences > 1:
@@ -300,13 +303,15 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     plan, prompt, pmask, real = _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules,
                                       streamer is not None and args.num_beams == 1)
     rt = _runtime(args, new_tokens, plan.prompt_len - ids.shape[1])
+    cache = init_cache(cfg, plan.batch, plan.total_len)
     if mesh is not None:
         params, prompt, pmask = _place(cfg, params, (prompt, pmask), mesh, axis_rules)
     with _mesh_context(mesh, axis_rules):
         if args.num_beams > 1:
-            out = _run_beams(cfg, plan, params, prompt, pmask, real, rt, args, ids.shape)
+            out = _run_beams(cfg, plan, params, cache, prompt, pmask, real, rt, args, ids.shape)
         else:
-            out = _run_greedy(cfg, plan, params, prompt, pmask, real, rt, ids.shape, streamer)
+            out = _run_greedy(cfg, plan, params, cache, prompt, pmask, real, rt, ids.shape,
+                              streamer)
     return out if return_dict else out.sequences
 
 
@@ -448,7 +453,8 @@ def _place(cfg, params, batch_arrays, mesh, axis_rules):
     def fit(x, s):
         parts = [a if a is None or x.shape[i] % _axis_size(mesh, a) == 0 else None
                  for i, a in enumerate(tuple(s.spec) + (None,) * (x.ndim - len(s.spec)))]
-        return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*parts)))
+        spec = jax.sharding.PartitionSpec(*parts)
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
 
     params = jax.tree.map(fit, params, specs)
     batch_sh = sharding.batch_sharding(mesh, tuple(axis_rules))
@@ -460,28 +466,21 @@ def _axis_size(mesh, axes) -> int:
     return int(np.prod([mesh.shape[n] for n in names]))
 
 
-class _mesh_context:
-    """`with`: the mesh (for sharding constraints) and the logical-axis rules, or nothing."""
+def _mesh_context(mesh, axis_rules):
+    """`with`: the logical-axis rules while tracing on a mesh (see `sharding.mesh_rules`: no
+    global mesh; params and batch carry their shardings and XLA propagates the rest)."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    from gpt2jax import sharding
 
-    def __init__(self, mesh, axis_rules):
-        self.mesh, self.rules, self.stack = mesh, axis_rules, []
-
-    def __enter__(self):
-        if self.mesh is not None:
-            for ctx in (jax.set_mesh(self.mesh), nn.logical_axis_rules(tuple(self.rules))):
-                ctx.__enter__()
-                self.stack.append(ctx)
-        return self
-
-    def __exit__(self, *exc):
-        while self.stack:
-            self.stack.pop().__exit__(*exc)
+    return sharding.mesh_rules(mesh, tuple(axis_rules))
 
 
-def _run_greedy(cfg, plan, params, prompt, pmask, real, rt, shape, streamer) -> GenerateOutput:
+def _run_greedy(cfg, plan, params, cache, prompt, pmask, real, rt, shape,
+                streamer) -> GenerateOutput:
     _STREAM_SINK[0] = streamer
     try:
-        tokens, steps = _greedy_jit(cfg, plan, params, prompt, pmask, real, rt)
+        tokens, steps = _greedy_jit(cfg, plan, params, cache, prompt, pmask, real, rt)
         tokens, steps = np.asarray(tokens), int(steps)
     finally:
         _STREAM_SINK[0] = None
@@ -490,13 +489,13 @@ def _run_greedy(cfg, plan, params, prompt, pmask, real, rt, shape, streamer) -> 
     return GenerateOutput(tokens[:rows, offset:plan.prompt_len + steps])
 
 
-def _run_beams(cfg, plan, params, prompt, pmask, real, rt, args, shape) -> GenerateOutput:
+def _run_beams(cfg, plan, params, cache, prompt, pmask, real, rt, args, shape) -> GenerateOutput:
     from gpt2jax import beam_search
 
     fill = jnp.int32(fill_value(args.pad_token_id if args.pad_token_id is not None
                                 else (args.eos_ids[0] if args.eos_ids else None), args.eos_ids))
-    seqs, scores, lengths = beam_search.beam_search_jit(cfg, plan, params, prompt, pmask, real,
-                                                        fill, rt)
+    seqs, scores, lengths = beam_search.beam_search_jit(cfg, plan, params, cache, prompt, pmask,
+                                                        real, fill, rt)
     rows, length = shape
     keep = args.num_return_sequences
     seqs, scores = np.asarray(seqs)[:rows, :keep], np.asarray(scores)[:rows, :keep]

@@ -17,6 +17,8 @@ from test_generate import hf_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The quick brown fox jumps over the"
+# one CPU device in the subprocesses (conftest simulates 8 for this process)
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 SEED_EXAMPLE = dict(max_length=50, num_beams=5, no_repeat_ngram_size=2, top_k=50, top_p=0.95,
                     temperature=0.7)
 
@@ -49,7 +51,7 @@ def test_seed_example_command_matches_hf(hf_dir, tokenizer, tmp_path):
            f"--config.init_from={path}", f"--prompt={PROMPT}", f"--output_json={out}",
            *overrides]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result[0]["tokens"][0] == ref
@@ -103,6 +105,6 @@ def test_cli_bad_generate_option_exits_2(tmp_path):
            "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
            "--prompt=Hi", "--config.generate.top_p=1.5", "--config.generate.do_sample=True"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env=ENV)
     assert proc.returncode == 2
     assert "top_p" in proc.stderr and "(0, 1]" in proc.stderr

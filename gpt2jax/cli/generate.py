@@ -84,8 +84,9 @@ def encode_batch(tokenizer, prompts: list[str], pad_id: int):
 class TerminalStreamer:
     """Writes the text of row 0 as tokens arrive (UTF-8 safe across token boundaries)."""
 
-    def __init__(self, tokenizer, eos_ids: tuple[int, ...], out=sys.stdout):
-        self.tokenizer, self.eos_ids, self.out = tokenizer, set(eos_ids), out
+    def __init__(self, tokenizer, eos_ids: tuple[int, ...], out=None):
+        self.tokenizer, self.eos_ids = tokenizer, set(eos_ids)
+        self.out = sys.stdout if out is None else out
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stopped = False
 
@@ -124,8 +125,9 @@ def main(config, args) -> list[dict]:
     streamer = TerminalStreamer(tokenizer, gen_args.eos_ids) if stream else None
     if stream:
         print(prompts[0], end="", flush=True)
-    out = generate(cfg, params, ids, mask, return_dict=True, streamer=streamer,
-                   **_mesh_kwargs(config), **kwargs)
+    mesh = {} if stream else _mesh_kwargs(config)  # one streamed prompt: one device
+    out = generate(cfg, params, ids, mask, return_dict=True, streamer=streamer, **mesh,
+                   **kwargs)
     if stream:
         streamer.finish()
         print(flush=True)
