@@ -29,6 +29,28 @@ def main(workdir: str, out_dir: str) -> None:
     fig.tight_layout()
     fig.savefig(Path(out_dir) / "loss_curve.png", dpi=120)
     print("final val", val[max(val)], "at step", max(val), "best", min(val.values()))
+    speeds = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r]
+    speeds = speeds or tensorboard_values(Path(workdir), "perf/tokens_per_sec")
+    speeds.sort()
+    print(f"tokens/s: median {speeds[len(speeds) // 2]:,.0f}, best {speeds[-1]:,.0f} "
+          f"over {len(speeds)} log intervals")
+
+
+def tensorboard_values(workdir: Path, tag: str) -> list:
+    """Scalar values of `tag` in the run's TensorBoard event file(s)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            out += [v.simple_value for v in event.summary.value if v.tag == tag]
+    return out
 
 
 if __name__ == "__main__":
