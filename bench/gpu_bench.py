@@ -1,0 +1,274 @@
+"""GPU benchmark (run by bench/gpu.sh): 124M training tokens/s and MFU, greedy decode tokens/s.
+
+    python bench/gpu_bench.py --json=/path/report.json     # on a machine with an NVIDIA GPU
+    python bench/gpu_bench.py --check_deps --wheels=bench/wheels   # dependency report only
+
+Training: GPT-2 124M, bf16 compute with fp32 params, AdamW, batch x 1024 tokens, dropout 0,
+with `attention_impl` = xla and cudnn (`jax.nn.dot_product_attention`), through
+`gpt2jax.train.Trainer`. MFU = model FLOPs/s (6N + 12 L E T per token) over (a) the bf16
+matmul peak measured in this run and (b) the nominal dense bf16 peak of the device if known.
+Decode: `gpt2jax.generate` greedy, batch 1 and 8, 256 new tokens. Memory: XLA's per-device
+bytes of the compiled train step for each remat policy. Every part runs in its own try block:
+a failure is recorded and the rest still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# module -> wheel name prefix in bench/wheels (pure-python or cp312 manylinux wheels)
+DEPS = {
+    "numpy": None, "jax": None, "jaxlib": None,
+    "absl": "absl_py", "typing_extensions": "typing_extensions", "msgpack": "msgpack",
+    "yaml": "pyyaml", "pygments": "pygments", "mdurl": "mdurl", "markdown_it": "markdown_it_py",
+    "rich": "rich", "treescope": "treescope", "optax": "optax", "flax": "flax",
+    "ml_collections": "ml_collections", "packaging": "packaging", "pluggy": "pluggy",
+    "iniconfig": "iniconfig", "pytest": "pytest", "regex": "regex", "idna": "idna",
+    "certifi": "certifi", "urllib3": "urllib3", "charset_normalizer": "charset_normalizer",
+    "requests": "requests", "tiktoken": "tiktoken",
+}
+# Nominal dense bf16 matmul peaks (FLOP/s) from vendor data sheets, by device_kind substring.
+NOMINAL_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def check_deps(wheels: Path, target: Path) -> int:
+    """Prints which deps import; unpacks missing ones from local wheels into `target`."""
+    missing = []
+    for module, wheel in DEPS.items():
+        try:
+            mod = importlib.import_module(module)
+            print(f"deps: {module:<20} ok {getattr(mod, '__version__', '')}")
+        except Exception as e:  # noqa: BLE001 - any import failure counts as missing
+            print(f"deps: {module:<20} MISSING ({type(e).__name__}: {e})")
+            missing.append((module, wheel))
+    installable = []
+    for module, wheel in missing:
+        files = sorted(wheels.glob(f"{wheel}-*.whl")) if wheel else []
+        if files:
+            installable.append(str(files[-1]))
+        else:
+            print(f"deps: {module} cannot be installed offline (no wheel in {wheels}); the parts "
+                  "that need it will be skipped")
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in installable:
+        # A wheel is a zip of the site-packages layout: extracting it is the install (no pip,
+        # no index, no dependency resolution that could touch jax).
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(target)
+        print(f"deps: unpacked {Path(wheel).name} into {target}")
+    return 0
+
+
+def measure_matmul_peak(n: int = 8192, repeats: int = 20) -> float:
+    """bf16 matmul FLOP/s of one device (n x n x n, best of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+N_LAYER = 12  # 124M; --n_layer shrinks it for a smoke run on CPU
+
+
+def _model_cfg(impl: str, remat: str = "none"):
+    from gpt2jax.model import GPT2Config
+
+    return GPT2Config(dtype="bfloat16", attention_impl=impl, remat=remat, n_layer=N_LAYER,
+                      embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+
+
+def _train_config(batch: int, block: int):
+    from gpt2jax.train import TrainConfig
+
+    return TrainConfig(batch_size=batch, grad_accum_steps=1, block_size=block, num_steps=100,
+                       learning_rate=6e-4, min_learning_rate=6e-5, warmup_steps=10,
+                       lr_decay_steps=100, schedule="cosine", weight_decay=0.1,
+                       decay_embeddings=False, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0)
+
+
+def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict) -> dict:
+    """Tokens/s and MFU of the 124M train step with attention kernel `impl`."""
+    import jax
+    import numpy as np
+
+    from gpt2jax import sharding
+    from gpt2jax.train import Trainer, model_flops_per_token
+    from configs import common
+
+    cfg, tc = _model_cfg(impl), _train_config(batch, block)
+    mesh_cfg = common.mesh_config()
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:1])
+    trainer = Trainer(cfg, tc, mesh, sharding.rules(mesh_cfg))
+    state = trainer.init(0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, (batch, block + 1)).astype(np.int32)
+    batch_arrays = trainer.put_batch({"inputs": ids[:, :-1], "targets": ids[:, 1:],
+                                      "weights": np.ones((batch, block), np.float32)})
+    t = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch_arrays)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, batch_arrays)
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, batch_arrays)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - t
+    tokens_per_s = batch * block * steps / seconds
+    flops = model_flops_per_token(cfg, block) * tokens_per_s
+    out = {"impl": impl, "batch": batch, "block": block, "steps": steps,
+           "tokens_per_s": round(tokens_per_s), "step_ms": round(1000 * seconds / steps, 2),
+           "model_tflops": round(flops / 1e12, 1), "first_step_s": round(compile_s, 1),
+           "loss": float(metrics["loss_sum"] / metrics["weight_sum"]),
+           "compiles": trainer.compile_count()}
+    for name, peak in peaks.items():
+        out[f"mfu_vs_{name}"] = round(flops / peak, 3)
+    stats = jax.devices()[0].memory_stats() or {}
+    out["process_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")  # max so far
+    return out
+
+
+def bench_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
+    """Greedy decode tokens/s of gpt2jax.generate (124M, bf16, random weights)."""
+    import jax
+    import numpy as np
+
+    import gpt2jax
+    from gpt2jax.model import init_params
+
+    cfg = _model_cfg("xla")
+    params = init_params(cfg, jax.random.key(0))
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len))
+    t = time.perf_counter()
+    np.asarray(gpt2jax.generate(cfg, params, prompt, max_new_tokens=new_tokens))
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    out = np.asarray(gpt2jax.generate(cfg, params, prompt, max_new_tokens=new_tokens))
+    seconds = time.perf_counter() - t
+    assert out.shape == (batch, prompt_len + new_tokens), out.shape
+    tokens_per_s = batch * new_tokens / seconds
+    return {"batch": batch, "new_tokens": new_tokens, "tokens_per_s": round(tokens_per_s, 1),
+            "ms_per_step": round(1000 * seconds / new_tokens, 3), "first_call_s": round(first, 1)}
+
+
+def bench_remat_memory(batch: int, block: int) -> dict:
+    """XLA per-device bytes of the compiled 124M train step for each remat policy."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs import common
+    from gpt2jax import sharding
+    from gpt2jax.model import init_params
+    from gpt2jax.train import TrainState, make_optimizer, make_train_step
+
+    tc = _train_config(batch, block)
+    tx = make_optimizer(tc)
+    mesh_cfg = common.mesh_config()
+    mesh, axis_rules = sharding.make_mesh(mesh_cfg, jax.devices()[:1]), sharding.rules(mesh_cfg)
+    result = {}
+    for remat in ("none", "dots_saveable", "full"):
+        cfg = _model_cfg("xla", remat)
+
+        def init_fn(rng, cfg=cfg):
+            params = init_params(cfg, rng, boxed=True)
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+
+        state, state_sh = sharding.abstract_state(init_fn, mesh, axis_rules, jax.random.key(0))
+        bsh = sharding.batch_sharding(mesh, axis_rules)
+        batch_sds = {n: jax.ShapeDtypeStruct((batch, block), d, sharding=bsh) for n, d in
+                     (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
+        step = jax.jit(make_train_step(cfg, tc, tx), donate_argnums=(0,))
+        with sharding.mesh_rules(mesh, axis_rules):
+            compiled = step.lower(state, batch_sds).compile()
+        result[remat] = sharding.memory_analysis(compiled)
+    return result
+
+
+def _run(name: str, fn, report: dict) -> None:
+    print(f"== {name}", flush=True)
+    t = time.perf_counter()
+    try:
+        report[name] = fn()
+        print(json.dumps(report[name]), flush=True)
+    except Exception as e:  # noqa: BLE001 - a failed part is reported, the rest still runs
+        report[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        traceback.print_exc()
+    print(f"   ({time.perf_counter() - t:.1f} s)", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default="")
+    p.add_argument("--check_deps", action="store_true")
+    p.add_argument("--wheels", default=str(REPO / "bench" / "wheels"))
+    p.add_argument("--target", default="/tmp/gpt2jax_deps")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--block", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--n_layer", type=int, default=12)
+    p.add_argument("--new_tokens", type=int, default=256)
+    p.add_argument("--parts", default="peak,train_xla,train_cudnn,decode,remat")
+    args = p.parse_args()
+    global N_LAYER
+    N_LAYER = args.n_layer
+    if args.check_deps:
+        sys.exit(check_deps(Path(args.wheels), Path(args.target)))
+    import jax
+
+    parts = set(args.parts.split(","))
+    device = jax.devices()[0]
+    report = {"jax": jax.__version__, "backend": jax.default_backend(),
+              "device": device.device_kind, "device_count": jax.device_count()}
+    print(json.dumps(report), flush=True)
+    peaks = {}
+    nominal = next((v for k, v in NOMINAL_BF16.items() if k in device.device_kind), None)
+    if nominal:
+        peaks["nominal_bf16"] = nominal
+    if "peak" in parts:
+        _run("matmul_peak", lambda: {"bf16_tflops": round(measure_matmul_peak() / 1e12, 1)},
+             report)
+        if "bf16_tflops" in report["matmul_peak"]:
+            peaks["measured_matmul"] = report["matmul_peak"]["bf16_tflops"] * 1e12
+    for impl in ("xla", "cudnn"):
+        if f"train_{impl}" in parts:
+            _run(f"train_124m_bf16_{impl}",
+                 lambda impl=impl: bench_train(impl, args.batch, args.block, args.steps, peaks),
+                 report)
+    if "decode" in parts:
+        _run("greedy_decode_b1", lambda: bench_decode(1, args.new_tokens), report)
+        _run("greedy_decode_b8", lambda: bench_decode(8, args.new_tokens), report)
+    if "remat" in parts:
+        _run("remat_memory_bytes_per_device",
+             lambda: bench_remat_memory(args.batch, args.block), report)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # honest peak_bytes_in_use
+    main()
