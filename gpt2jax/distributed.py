@@ -74,6 +74,15 @@ def on_cloud_tpu() -> bool:
     return any(accel.glob("accel*")) or any(accel.glob("vfio/[0-9]*"))
 
 
+def in_cluster_job() -> bool:
+    """A multi-task SLURM or Open MPI job (JAX reads coordinator and ids from its variables)."""
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
 def _use_gloo_on_cpu() -> None:
     # Cross-process collectives on the CPU backend need an implementation (tests, CPU
     # clusters); the setting only concerns CPU devices, so it is harmless on GPU / TPU.
@@ -88,7 +97,8 @@ def initialize(flags: ProcessFlags, auto: bool = True, timeout_s: int = 300) -> 
 
     Args:
       flags: the coordinator / process-count / process-id flags (all or none).
-      auto: with no flags, initialise automatically on a Cloud TPU VM.
+      auto: with no flags, initialise automatically on a Cloud TPU VM or in a multi-task
+        SLURM / Open MPI job (JAX's cluster detection supplies coordinator and ids).
       timeout_s: how long to wait for all processes to join.
     Returns:
       True if `jax.distributed` was initialised.
@@ -104,7 +114,7 @@ def initialize(flags: ProcessFlags, auto: bool = True, timeout_s: int = 300) -> 
             process_id=flags.process_id,
             initialization_timeout=timeout_s,
         )
-    elif auto and on_cloud_tpu():
+    elif auto and (on_cloud_tpu() or in_cluster_job()):
         jax.distributed.initialize(initialization_timeout=timeout_s)
     else:
         return False
