@@ -15,11 +15,14 @@ into `<step>/` when complete; readers ignore temporary names):
   the moment of the kill: its first step is that step + 1;
 - every step any run logs has exactly the params of the uninterrupted reference run at that
   step (restored params, optimizer state, rng and data position are all exact);
+- a copy of a real checkpoint under Orbax's temporary name with a newer step (its largest
+  file truncated) is ignored by `latest_step()` and by the last run;
 - the run finishes with the reference's final params.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -98,7 +101,7 @@ def _child(job: dict) -> int:
     try:
         train_and_evaluate(config, job["workdir"], hooks=[hook])
     except GPT2JaxError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
 
@@ -106,6 +109,15 @@ def _child(job: dict) -> int:
 def _listing(workdir: str) -> list[str]:
     d = Path(workdir) / "checkpoints"
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def _log_lines(log: str) -> int:
+    """Number of complete lines in the hook log (cheap: one read of a small file)."""
+    try:
+        with open(log, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def _steps_logged(log: str) -> list[int]:
@@ -124,7 +136,7 @@ def _moment_reached(job: dict, steps_before: int, old: set[str]) -> bool:
     """The child ran `after_steps` new steps and finalized `after_saves` new checkpoints."""
     kill = job["kill"]
     saves = [n for n in _listing(job["workdir"]) if n.isdigit() and n not in old]
-    return (len(_steps_logged(job["log"])) - steps_before >= kill["after_steps"]
+    return (_log_lines(job["log"]) - steps_before >= kill["after_steps"]
             and len(saves) >= kill["after_saves"])
 
 
@@ -161,14 +173,14 @@ def _supervise(pid: int, job: dict, steps_before: int, old: set[str]) -> dict:
                             listing_at_kill=_listing(job["workdir"]), finished_early=False,
                             cpu_s=_cpu(usage))
             break
-        time.sleep(0.005)
+        time.sleep(0.02)  # polling is the parent's only cost: keep it light
     deadline = start + CHILD_TIMEOUT_S
     while time.monotonic() < deadline:
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             return dict(state, exit=os.waitstatus_to_exitcode(status), finished_early=False,
                         listing_after=_listing(job["workdir"]), cpu_s=_cpu(usage))
-        time.sleep(0.01)
+        time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return dict(state, exit="timeout", finished_early=False)
@@ -188,7 +200,7 @@ def zygote_main() -> None:
 
     for line in sys.stdin:
         job = json.loads(line)
-        steps_before, old = len(_steps_logged(job["log"])), set(_listing(job["workdir"]))
+        steps_before, old = _log_lines(job["log"]), set(_listing(job["workdir"]))
         out = open(job["log"] + ".out", "ab")
         pid = os.fork()
         if pid == 0:
@@ -242,11 +254,18 @@ class Zygote:
             self.proc.wait()
 
 
+_ZYGOTES: dict[str, Zygote] = {}
+
+
 @pytest.fixture(scope="module")
 def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("jit_cache"))
-    yield z
-    z.close()
+    """One zygote per pytest session, shared by the modules that import this fixture (its
+    imports and the jit cache are paid once); closed when the session ends."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _ZYGOTES:
+        _ZYGOTES[key] = Zygote(tmp_path_factory.getbasetemp() / "jit_cache")
+        atexit.register(_ZYGOTES[key].close)
+    return _ZYGOTES[key]
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +285,30 @@ def reference(zygote, text_file, tmp_path_factory) -> dict[int, str]:
     """step -> params hash of an uninterrupted run."""
     work = tmp_path_factory.mktemp("reference")
     res = zygote.run(workdir=str(work / "run"), log=str(work / "log"), text=text_file,
-                     num_steps=TOTAL_STEPS)
+                     num_steps=TOTAL_STEPS, save_every=10 * TOTAL_STEPS)  # only the last
     assert res["exit"] == 0, (work / "log.out").read_text()[-3000:]
     ref = dict(read_log(work / "log"))
     assert sorted(ref) == list(range(1, TOTAL_STEPS + 1))
     return ref
+
+
+def _plant_unfinalized_newer_checkpoint(work: Path, latest: int, fake_step: int) -> None:
+    """Copies finalized checkpoint `latest` to `<fake_step>.orbax-checkpoint-tmp-...` (a newer
+    step under Orbax's temporary name, its largest file cut in half) and checks that Orbax
+    does not list it."""
+    ckpts = work / "checkpoints"
+    fake = ckpts / f"{fake_step}.{TMP_MARK}-1764370000000000"
+    shutil.copytree(ckpts / str(latest), fake)
+    biggest = max((p for p in fake.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+    from gpt2jax.checkpoint import Checkpointer
+
+    ck = Checkpointer(work, keep=3, keep_best=0)
+    try:
+        assert ck.latest_step() == latest and fake_step not in ck.all_steps()
+    finally:
+        ck.close()
 
 
 def _finalized(listing: list[str]) -> list[int]:
@@ -312,14 +350,15 @@ def test_sigkill_at_random_moments_resumes_from_last_complete_checkpoint(
     record_property("kills", json.dumps(kills))
     stale = [n for n in _listing(str(work)) if TMP_MARK in n]
     record_property("message", f"{len(kills)} kills, {len(stale)} unfinalized checkpoint "
-                    "directories left by the kills")
-    if not log.exists() or read_log(log)[-1][0] != TOTAL_STEPS:
-        n_before = len(read_log(log)) if log.exists() else 0
-        res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=TOTAL_STEPS)
-        assert res["exit"] == 0, (tmp_path / "log.out").read_text()[-3000:]
-        assert read_log(log)[n_before][0] == expected_first
-        # Orbax's cleanup_tmp_directories: a resumed run deletes what crashed writes left
-        assert not [n for n in res["listing_after"] if TMP_MARK in n], res["listing_after"]
+                    "directories left by the kills; a planted newer one was ignored")
+    assert expected_first > 1 and read_log(log)[-1][0] < TOTAL_STEPS, "too little left to run"
+    _plant_unfinalized_newer_checkpoint(work, expected_first - 1, TOTAL_STEPS + 5)
+    n_before = len(read_log(log))
+    res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=TOTAL_STEPS)
+    assert res["exit"] == 0, (tmp_path / "log.out").read_text()[-3000:]
+    assert read_log(log)[n_before][0] == expected_first  # not the planted step + 1
+    # the resumed run's Orbax manager removed what the crashed writes (and the plant) left
+    assert not [n for n in res["listing_after"] if TMP_MARK in n], res["listing_after"]
     assert len(kills) >= NUM_KILLS, kills
     assert sum(k["write_in_progress"] for k in kills) >= NUM_KILLS // 3, kills
     for step, digest in read_log(log):  # every step of every run equals the reference
@@ -346,28 +385,3 @@ def test_sigterm_saves_checkpoint_waits_and_exits_zero(zygote, reference, text_f
     steps = read_log(log)
     assert [s for s, _ in steps[-2:]] == [last + 1, last + 2]
     assert all(d == reference[s] for s, d in steps)
-
-
-def test_unfinalized_checkpoint_directory_is_never_restored(reference, zygote, text_file,
-                                                            tmp_path):
-    """A temporary directory that looks newer (step 40, with copied real files, one truncated)
-    is ignored: Orbax reports and restores the newest finalized step."""
-    work, log = tmp_path / "run", tmp_path / "log"
-    assert zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=6)["exit"] == 0
-    ckpts = work / "checkpoints"
-    fake = ckpts / f"40.{TMP_MARK}-1764370000000000"
-    shutil.copytree(ckpts / "6", fake)
-    biggest = max((p for p in fake.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
-
-    from gpt2jax.checkpoint import Checkpointer
-
-    ck = Checkpointer(work, keep=3, keep_best=0)
-    try:
-        assert ck.latest_step() == 6 and 40 not in ck.all_steps()
-    finally:
-        ck.close()
-    res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=8)
-    assert res["exit"] == 0
-    assert [s for s, _ in read_log(log)[-2:]] == [7, 8]
-    assert all(d == reference[s] for s, d in read_log(log))
