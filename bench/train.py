@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
 SHAPES = {
     "a": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=65, block=64, batch=12),
@@ -61,7 +64,8 @@ def bench_torch(s: dict, steps: int) -> float:
     torch.set_num_threads(os.cpu_count())
     cfg = HFConfig(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"],
                    vocab_size=s["vocab_size"], n_positions=max(s["block"], 64),
-                   embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+                   embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+                   bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     ids = torch.randint(0, s["vocab_size"], (s["batch"], s["block"] + 1))

@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generate = common.generate_config()
     c.generate.eos_token_id = ml_collections.FieldReference(None, field_type=int)  # no EOS
     c.generate.pad_token_id = 0
-    c.generate.max_new_tokens = 500
+    c.generate.max_new_tokens = 50 if cpu else 240  # prompt + new <= n_positions (64 / 256)
     c.generate.do_sample = True
     c.generate.temperature = 0.8
     c.generate.top_k = 200
