@@ -12,6 +12,7 @@ Call `initialize(...)` before anything touches the devices (`jax.devices()` etc.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
@@ -70,8 +71,12 @@ def on_cloud_tpu() -> bool:
     if any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
                                        "MEGASCALE_COORDINATOR_ADDRESS")):
         return True
-    accel = Path("/dev")
-    return any(accel.glob("accel*")) or any(accel.glob("vfio/[0-9]*"))
+    # A TPU VM has libtpu installed and TPU chips as /dev/accel* (v4, v5e) or /dev/vfio/* (v5p,
+    # v6e); checking libtpu keeps GPU hosts with VFIO devices out.
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    dev = Path("/dev")
+    return any(dev.glob("accel*")) or any(dev.glob("vfio/[0-9]*"))
 
 
 def in_cluster_job() -> bool:

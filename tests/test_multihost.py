@@ -122,3 +122,18 @@ def test_run_py_refuses_mismatched_process_flags():
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 2
     assert "missing --process_id" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cluster_detection_from_environment(monkeypatch):
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+                "MEGASCALE_COORDINATOR_ADDRESS", "TPU_SKIP_MDS_QUERY"):
+        monkeypatch.delenv(var, raising=False)
+    assert not distributed.in_cluster_job()
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not distributed.in_cluster_job()  # one task: nothing to connect
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.in_cluster_job()
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
+    assert distributed.on_cloud_tpu()
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+    assert not distributed.on_cloud_tpu()
