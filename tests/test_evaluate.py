@@ -104,7 +104,7 @@ def tiny(compact):
                      vocab_size=compact.n_vocab, embd_pdrop=0.0, attn_pdrop=0.0,
                      resid_pdrop=0.0)
     params = hf_to_params(model, cfg)
-    ref = init_params(cfg, jax.random.key(0))
+    ref = jax.eval_shape(lambda key: init_params(cfg, key), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(ref)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)))
     threads = torch.get_num_threads()
