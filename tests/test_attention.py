@@ -3,7 +3,6 @@
 Every variant is a `GPT2Config` override; the defaults must stay exact GPT-2 (HF parity).
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -129,14 +128,11 @@ def test_variant_trains_decodes_and_shards(name):
     np.testing.assert_allclose(float(sharded), losses[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(n_kv_heads=2, position="alibi",
-                                                sliding_window=4)])
-def test_xla_kernel_matches_einsum(overrides):
-    cfg = tiny(**overrides)
-    params = init_params(cfg, jax.random.key(0))
+def test_xla_kernel_matches_einsum():
+    cfg = tiny(n_kv_heads=2, position="alibi", sliding_window=4)  # GQA, bias and window
+    params = jax.jit(lambda key: init_params(cfg, key))(jax.random.key(0))
     ids, mask, positions = _batch(cfg)
-    run = lambda c: GPT2(c).apply({"params": params}, ids, attention_mask=mask,
-                                  position_ids=positions)
+    run = lambda c: jax.jit(GPT2(c).apply)({"params": params}, ids, mask, positions)
     real = np.asarray(mask).astype(bool)
     ref, xla = run(cfg), run(cfg.replace(attention_impl="xla"))
     np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-5)
@@ -144,12 +140,12 @@ def test_xla_kernel_matches_einsum(overrides):
 
 def test_pallas_kernel_matches_einsum_in_interpret_mode():
     """The GPU Pallas flash-attention kernel, interpreted on CPU (values; gradients on GPU)."""
-    b, t, h, kv, d = 2, 16, 4, 2, 8
+    b, t, h, kv, d = 2, 8, 2, 1, 8
     kq, kk, kvv = jax.random.split(jax.random.key(3), 3)
     q = jax.random.normal(kq, (b, t, h, d))
     k = jax.random.normal(kk, (b, t, kv, d))
     v = jax.random.normal(kvv, (b, t, kv, d))
-    key_mask = (jnp.arange(t)[None, :] >= jnp.array([[0], [5]])).astype(jnp.int32)
+    key_mask = (jnp.arange(t)[None, :] >= jnp.array([[0], [3]])).astype(jnp.int32)
     positions = jnp.zeros((b, t), jnp.int32)
     mask = attn_lib.attention_mask(jnp.arange(t), t, key_mask, positions, positions, 0)
 
@@ -198,7 +194,7 @@ def test_rope_scores_depend_only_on_relative_position():
         return jnp.einsum("bthd,bshd->bhts", qr, kr)
 
     base = scores(0)
-    for shift in (1, 7, 300):
+    for shift in (7, 300):
         np.testing.assert_allclose(scores(shift), base, atol=1e-4)
     # not trivially invariant: rotating q alone changes the scores
     moved = jnp.einsum("bthd,bshd->bhts", pos_lib.apply_rope(q, pos + 3, 1e4),
@@ -213,7 +209,7 @@ def test_relative_schemes_make_the_model_shift_invariant():
     pos = jnp.broadcast_to(jnp.arange(8), ids.shape)
     for position in ("rope", "alibi", "learned"):
         cfg = tiny(position=position)
-        params = init_params(cfg, jax.random.key(0))
+        params = jax.jit(lambda key: init_params(cfg, key))(jax.random.key(0))
         run = jax.jit(lambda p: GPT2(cfg).apply({"params": params}, ids, position_ids=p))
         diff = np.abs(np.asarray(run(pos + 11) - run(pos))).max()
         assert diff < 1e-5 if position != "learned" else diff > 1e-3, (position, diff)
@@ -233,21 +229,21 @@ def test_alibi_slopes_follow_the_paper():
 
 def test_grouped_layout_with_all_heads_equals_fused_multi_head():
     mha = tiny()
-    params = init_params(mha, jax.random.key(0))
+    params = jax.jit(lambda key: init_params(mha, key))(jax.random.key(0))
     grouped = {k: ({**v, "attn": attn_lib.fused_to_grouped(v["attn"])} if k.startswith("h_")
                    else v) for k, v in params.items()}
     gqa = tiny(n_kv_heads=mha.n_head)
-    assert jax.tree.map(jnp.shape, grouped) == jax.tree.map(
-        jnp.shape, init_params(gqa, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: init_params(gqa, jax.random.key(0)))
+    assert jax.tree.map(jnp.shape, grouped) == jax.tree.map(jnp.shape, abstract)
     ids, mask, positions = _batch(mha)
-    a = GPT2(mha).apply({"params": params}, ids, attention_mask=mask, position_ids=positions)
-    b = GPT2(gqa).apply({"params": grouped}, ids, attention_mask=mask, position_ids=positions)
+    a = jax.jit(GPT2(mha).apply)({"params": params}, ids, mask, positions)
+    b = jax.jit(GPT2(gqa).apply)({"params": grouped}, ids, mask, positions)
     np.testing.assert_array_equal(a, b)
 
 
 def test_gqa_equals_multi_head_with_repeated_kv_heads():
     gqa = tiny(n_kv_heads=2)
-    params = init_params(gqa, jax.random.key(0))
+    params = jax.jit(lambda key: init_params(gqa, key))(jax.random.key(0))
     mha = tiny(n_kv_heads=gqa.n_head)
     group = gqa.n_head // gqa.n_kv_heads
     repeated = jax.tree.map(lambda x: x, params)
@@ -257,8 +253,8 @@ def test_gqa_equals_multi_head_with_repeated_kv_heads():
             "kernel": jnp.repeat(kv["kernel"], group, axis=2),
             "bias": jnp.repeat(kv["bias"], group, axis=1)}
     ids, mask, positions = _batch(gqa)
-    a = GPT2(gqa).apply({"params": params}, ids, attention_mask=mask, position_ids=positions)
-    b = GPT2(mha).apply({"params": repeated}, ids, attention_mask=mask, position_ids=positions)
+    a = jax.jit(GPT2(gqa).apply)({"params": params}, ids, mask, positions)
+    b = jax.jit(GPT2(mha).apply)({"params": repeated}, ids, mask, positions)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -270,8 +266,9 @@ def test_kv_cache_shrinks_with_kv_heads_and_axes_are_named():
     axes = logical_axes(tiny(n_kv_heads=2))["h_0"]["attn"]
     assert tuple(axes["c_kv"]["kernel"]) == ("embed", None, "kv_heads", "head_dim")
     assert tuple(axes["c_q"]["kernel"]) == ("embed", "heads", "head_dim")
-    assert "wpe" not in init_params(tiny(position="rope"), jax.random.key(0))
-    assert "ln_f" not in init_params(tiny(norm_position="post"), jax.random.key(0))
+    shapes = lambda cfg: jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    assert "wpe" not in shapes(tiny(position="rope")) and "wpe" in shapes(tiny())
+    assert "ln_f" not in shapes(tiny(norm_position="post"))
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -290,12 +287,13 @@ def test_bad_variants_raise_clear_config_errors(overrides, words):
 
 
 def test_runtime_unsupported_combinations_name_the_alternative():
-    cfg = tiny(attention_impl="xla", attn_pdrop=0.1)
-    params = init_params(cfg, jax.random.key(0))
-    ids = jnp.zeros((1, 4), jnp.int32)
+    q = jnp.ones((1, 4, 2, 8))
+    mask = jnp.ones((1, 1, 4, 4), bool)
     with pytest.raises(attn_lib.UnsupportedAttention, match="einsum"):
-        GPT2(cfg).apply({"params": params}, ids, deterministic=False,
-                        rngs={"dropout": jax.random.key(1)})
+        attn_lib.dot_product_attention(q, q, q, mask, impl="xla", dropout_rate=0.1,
+                                       dropout_rng=jax.random.key(1))
     with pytest.raises(attn_lib.UnsupportedAttention, match="'xla'"):
-        GPT2(cfg.replace(attention_impl="cudnn")).apply({"params": params}, ids)
-    assert math.isfinite(float(GPT2(cfg).apply({"params": params}, ids).sum()))
+        attn_lib.dot_product_attention(q, q, q, mask, impl="cudnn")
+    with pytest.raises(attn_lib.UnsupportedAttention, match="'xla'"):
+        attn_lib.pallas_attention(jnp.ones((1, 200, 2, 8)), jnp.ones((1, 200, 2, 8)),
+                                  jnp.ones((1, 200, 2, 8)), None)

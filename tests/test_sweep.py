@@ -43,7 +43,8 @@ def test_smoke_sweep_writes_table_plots_and_results(tmp_path, data_dir):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a finished sweep is not trained again: the second call only rewrites the reports
     again = sweep.run_sweep(ablation.get_config("smoke"), tmp_path)
-    assert [r["wall_s"] for r in again["runs"]] == [r["wall_s"] for r in runs]
+    walls = lambda rs: {(r["variant"], r["seed"]): r["wall_s"] for r in rs}
+    assert walls(again["runs"]) == walls(runs)
 
 
 def test_default_sweep_plan_same_budget_and_seeds():

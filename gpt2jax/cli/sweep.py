@@ -43,7 +43,8 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides, where: str = "")
 
 
 def plan(sweep) -> list[tuple[str, int, ml_collections.ConfigDict]]:
-    """The runs of a sweep: (variant name, seed, full training config), baseline first."""
+    """The runs of a sweep: (variant name, seed, full training config), seed-major order
+    with the baseline first."""
     names = list(sweep.variants.keys())
     if sweep.only:
         wanted = [n.strip() for n in sweep.only.split(",") if n.strip()]
@@ -55,12 +56,14 @@ def plan(sweep) -> list[tuple[str, int, ml_collections.ConfigDict]]:
     names.sort(key=lambda n: (n != sweep.baseline, n))
     if len(sweep.seeds) < 1:
         raise ConfigError("config.seeds is empty; give at least one seed, e.g. (0, 1).")
-    runs = []
+    configs = {}
     for name in names:
-        config = apply_overrides(sweep.base, sweep.variants[name], f"variants.{name}.")
-        GPT2Config.from_config(config.model)  # a bad variant fails before any training
-        for seed in sweep.seeds:
-            run_config = ml_collections.ConfigDict(config.to_dict())
+        configs[name] = apply_overrides(sweep.base, sweep.variants[name], f"variants.{name}.")
+        GPT2Config.from_config(configs[name].model)  # a bad variant fails before training
+    runs = []
+    for seed in sweep.seeds:  # seed-major: a sweep stopped early still covers every variant
+        for name in names:
+            run_config = ml_collections.ConfigDict(configs[name].to_dict())
             run_config.seed = int(seed)
             runs.append((name, int(seed), run_config))
     return runs
@@ -131,7 +134,7 @@ def summarize(records: list[dict], variants, baseline: str) -> list[dict]:
             "overrides": ml_collections.ConfigDict(variants[name]).to_dict(),
             "seeds": [r["seed"] for r in rs],
             "val_loss_mean": statistics.mean(losses),
-            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
             "tokens_per_sec": statistics.mean(r["tokens_per_sec"] for r in rs),
             "params": rs[0]["params"],
             "kv_cache_bytes_per_token": rs[0]["kv_cache_bytes_per_token"],
@@ -162,9 +165,10 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
     ]
     for r in rows:
         delta = "" if r["delta_vs_baseline"] is None else f"{r['delta_vs_baseline']:+.3f}"
+        std = "n/a (1 seed)" if r["val_loss_std"] is None else f"{r['val_loss_std']:.3f}"
         lines.append(
             f"| {r['variant']} | {_flat(r['overrides'])} | {r['val_loss_mean']:.3f} ± "
-            f"{r['val_loss_std']:.3f} | {delta} | {r['tokens_per_sec']:,.0f} | "
+            f"{std} | {delta} | {r['tokens_per_sec']:,.0f} | "
             f"{r['params']:,} | {r['kv_cache_bytes_per_token']:,} |")
     return "\n".join(lines) + "\n"
 
@@ -196,7 +200,7 @@ def plot(records: list[dict], rows: list[dict], out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for row in rows:
-        ax.errorbar(row["tokens_per_sec"], row["val_loss_mean"], yerr=row["val_loss_std"],
+        ax.errorbar(row["tokens_per_sec"], row["val_loss_mean"], yerr=row["val_loss_std"] or 0.0,
                     fmt="o", capsize=3)
         ax.annotate(row["variant"], (row["tokens_per_sec"], row["val_loss_mean"]),
                     textcoords="offset points", xytext=(5, 5))
