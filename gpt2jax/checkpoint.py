@@ -66,6 +66,7 @@ class Checkpointer:
             preservation_policy=_policy(keep, keep_best),
             enable_async_checkpointing=async_save,
             create=True,
+            cleanup_tmp_directories=True,  # delete what saves killed mid-write left behind
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 

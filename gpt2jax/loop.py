@@ -10,6 +10,7 @@ line per train step / eval), `tensorboard/` (event file), `checkpoints/<step>/`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,7 +26,7 @@ from absl import logging
 from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import data as data_lib
 from gpt2jax import sharding as sharding_lib
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.model import GPT2Config
 from gpt2jax.preemption import PreemptionGuard
 from gpt2jax.train import (Trainer, TrainConfig, TrainingDivergedError, TrainState,
@@ -63,7 +64,12 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) 
       TrainingDivergedError on a NaN/inf loss (the last good checkpoint is kept).
     """
     run = Run(config, Path(workdir).expanduser().resolve())
-    run.workdir.mkdir(parents=True, exist_ok=True)
+    with _no_new_dirs_on_user_error(run.workdir):
+        return _setup_and_train(run, config, hooks)
+
+
+def _setup_and_train(run: Run, config, hooks: Sequence[Hook]) -> dict:
+    _make_workdir(run.workdir)
     _check_block_size(run)
     mesh = sharding_lib.make_mesh(config.mesh)
     rules = sharding_lib.rules(config.mesh)
@@ -86,6 +92,33 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) 
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def _make_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the workdir {str(workdir)!r} ({e.strerror}); pass a "
+                          "writable --workdir (a directory, not a path below a file).") from e
+
+
+@contextlib.contextmanager
+def _no_new_dirs_on_user_error(workdir: Path):
+    """On a user error (GPT2JaxError), removes the directories this call created while they
+    are still empty (workdir/checkpoints, the workdir, its parents): a bad input leaves no
+    trace. Directories that hold anything (a checkpoint, metrics) are kept."""
+    candidates = [ckpt_lib.checkpoint_dir(workdir), workdir, *workdir.parents]
+    new = [d for d in candidates if not d.exists()]
+    try:
+        yield
+    except GPT2JaxError:
+        for d in new:  # deepest first
+            try:
+                if d.exists():
+                    d.rmdir()
+            except OSError:  # not empty: something was written, keep it and its parents
+                break
+        raise
 
 
 def _check_block_size(run: Run) -> None:

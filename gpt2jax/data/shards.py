@@ -103,9 +103,9 @@ def prepare_shards(cfg, out_dir: str | None = None, progress: bool = True) -> di
     out = Path(expand_path(out_dir or cfg.shards_dir, "shards_dir"))
     if cfg.tokens_per_shard <= 0:
         raise ConfigError(f"config.data.tokens_per_shard={cfg.tokens_per_shard} must be > 0.")
-    out.mkdir(parents=True, exist_ok=True)
     texts = corpus.split_texts(cfg)
     tok, texts = corpus.make_tokenizer(cfg, texts)
+    out.mkdir(parents=True, exist_ok=True)  # only after the input was read (bad input: no trace)
     dtype = corpus.token_dtype(tok.vocab_size)
     start = time.perf_counter()
     meta = {"format": FORMAT, "tokenizer": tok.to_json(), "dtype": dtype.name,
