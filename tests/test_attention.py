@@ -204,15 +204,15 @@ def test_rope_scores_depend_only_on_relative_position():
 
 def test_relative_schemes_make_the_model_shift_invariant():
     """With RoPE or ALiBi (no absolute embedding), shifting every position id changes
-    nothing; with GPT-2's learned positions it does."""
+    nothing (the RoPE score test above shows the shift is not a no-op)."""
     ids, _, _ = _batch(tiny(), batch=2, length=8)
     pos = jnp.broadcast_to(jnp.arange(8), ids.shape)
-    for position in ("rope", "alibi", "learned"):
+    for position in ("rope", "alibi"):
         cfg = tiny(position=position)
         params = jax.jit(lambda key: init_params(cfg, key))(jax.random.key(0))
         run = jax.jit(lambda p: GPT2(cfg).apply({"params": params}, ids, position_ids=p))
         diff = np.abs(np.asarray(run(pos + 11) - run(pos))).max()
-        assert diff < 1e-5 if position != "learned" else diff > 1e-3, (position, diff)
+        assert diff < 1e-5, (position, diff)
 
 
 def test_alibi_slopes_follow_the_paper():
