@@ -1,7 +1,7 @@
 """Evaluation speed: gpt2jax strided perplexity vs Hugging Face transformers (PyTorch) forward,
 tokens/s at context 1024 on the same random 124M weights, side by side in one run.
 
-    GPT2JAX_DATA_DIR=../shared/data python bench/eval.py [--windows 8] [--batch 4]
+    GPT2JAX_DATA_DIR=../shared/data python bench/eval.py [--windows 8] [--batch 8]
 
 Both score the same WikiText-2 raw tokens with disjoint 1024-token windows (stride 1024), so
 the scored tokens are identical; their perplexities are printed and must agree. HF runs the
@@ -74,7 +74,7 @@ def ours(cfg, params, ids, length: int, batch: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--windows", type=int, default=8, help="1024-token windows to score")
-    p.add_argument("--batch", type=int, default=4, help="gpt2jax windows per forward")
+    p.add_argument("--batch", type=int, default=8, help="gpt2jax windows per forward")
     p.add_argument("--dtype", default="float32", help="gpt2jax compute dtype")
     args = p.parse_args()
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
