@@ -124,6 +124,9 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self.manager.wait_until_finished()
+        # Orbax awaits its tmp-dir cleanup (cleanup_tmp_directories) only inside save(); a run
+        # that stops before its first save must not leave that thread scanning the directory.
+        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self.manager.close()
 
 
