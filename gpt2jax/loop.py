@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -180,7 +181,23 @@ def _restore_or_init(run: Run, mesh, rules) -> int:
     return 0
 
 
+class _NullWriter:
+    """Stands in for the TensorBoard writer on processes other than 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    add_text = add_scalar
+
+    def close(self) -> None:
+        pass
+
+
 def _write_run_files(run: Run) -> None:
+    """config.json, tokenizer.json and the TensorBoard writer (process 0 writes files)."""
+    if jax.process_index() != 0:
+        run.writer = _NullWriter()
+        return
     ckpt_lib.save_json(run.workdir / "config.json", json.loads(run.config.to_json_best_effort()))
     data_lib.save_tokenizer(run.ds.tokenizer, run.workdir / "tokenizer.json")
     from tensorboardX import SummaryWriter
@@ -213,7 +230,8 @@ class _Meter:
         self.flops_per_token, self.peak = flops_per_token, peak_flops
         self.tokens_per_step = run.tc.batch_size * run.tc.block_size
         self.t0: float | None = None
-        self.jsonl = open(run.workdir / "metrics.jsonl", "a")
+        main = jax.process_index() == 0
+        self.jsonl = open(run.workdir / "metrics.jsonl" if main else os.devnull, "a")
         self.last_loss = float("nan")
 
     def add(self, step: int, metrics: dict) -> None:
@@ -391,6 +409,8 @@ def sample_text(run: Run, step: int) -> str | None:
     tok = run.ds.tokenizer
     ids = tok.encode(run.config.train.sample_prompt) or [tok.eot_id or 0]
     new = min(run.config.train.sample_tokens, run.cfg.n_positions - len(ids))
+    if jax.process_count() > 1:
+        return None  # samples are a single-host convenience
     try:
         from gpt2jax.generate import generate
 
@@ -408,7 +428,14 @@ def export_hf(run: Run) -> Path:
     """Writes the params to `<workdir>/hf` (HF GPT2LMHeadModel layout) + the tokenizer."""
     from gpt2jax.weights import save_pretrained
 
-    params = jax.device_get(run.state.params)
+    params = run.state.params
+    if jax.process_count() > 1:  # gather the shards of every host, write on process 0
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_index() != 0:
+            return run.workdir / "hf"
+    params = jax.device_get(params)
     target = save_pretrained(run.cfg, params, run.workdir / "hf", overwrite=True)
     data_lib.save_tokenizer(run.ds.tokenizer, target / "gpt2jax_tokenizer.json")
     return target
