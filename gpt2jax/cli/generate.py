@@ -50,15 +50,51 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def load_model(config) -> tuple[GPT2Config, dict]:
-    """(cfg, params) from config.init_from, or a random model from config.model/config.seed."""
+def load_model(config) -> tuple[GPT2Config, dict, object]:
+    """(cfg, params, tokenizer) from config.init_from, or a random model from config.model.
+
+    `init_from` may be a training workdir (holding `checkpoints/`): its latest checkpoint and
+    the tokenizer the run trained with (e.g. the character vocabulary) are used.
+    """
+    overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
+    if config.init_from and (Path(config.init_from) / "checkpoints").is_dir():
+        from gpt2jax.checkpoint import load_params_for_inference
+
+        cfg, params, meta = load_params_for_inference(config.init_from, **overrides)
+        return cfg, params, _run_tokenizer(meta)
     if config.init_from:
         from gpt2jax.weights import load_pretrained
 
-        return load_pretrained(config.init_from, dtype=config.model.dtype,
-                               attention_impl=config.model.attention_impl)
+        cfg, params = load_pretrained(config.init_from, **overrides)
+        return cfg, params, get_tokenizer()
     cfg = GPT2Config.from_config(config.model)
-    return cfg, init_params(cfg, jax.random.key(config.seed))
+    return cfg, init_params(cfg, jax.random.key(config.seed)), get_tokenizer()
+
+
+class _LibraryTokenizer:
+    """Gives a `gpt2jax.data` tokenizer (e.g. char-level) the tiktoken calls used here."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, allowed_special="all") -> list[int]:
+        del allowed_special
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.decode([token]).encode("utf-8")
+
+
+def _run_tokenizer(meta: dict):
+    """The tokenizer a training run saved; GPT-2 BPE when the run saved none."""
+    if not meta or meta.get("name") == "gpt2":
+        return get_tokenizer()
+    from gpt2jax.data.tokenizers import tokenizer_from_json
+
+    return _LibraryTokenizer(tokenizer_from_json(meta))
 
 
 def generate_kwargs(config) -> dict:
@@ -118,8 +154,7 @@ def main(config, args) -> list[dict]:
     prompts = read_prompts(args)
     kwargs = generate_kwargs(config)
     gen_args = make_args(**kwargs)
-    tokenizer = get_tokenizer()
-    cfg, params = load_model(config)
+    cfg, params, tokenizer = load_model(config)
     ids, mask = encode_batch(tokenizer, prompts, gen_args.pad_id)
     stream = len(prompts) == 1 and gen_args.num_beams == 1 and gen_args.num_return_sequences == 1
     streamer = TerminalStreamer(tokenizer, gen_args.eos_ids) if stream else None
