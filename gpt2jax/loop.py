@@ -83,6 +83,7 @@ def _setup_and_train(run: Run, config, hooks: Sequence[Hook]) -> dict:
         if run.tc.lr_decay_steps <= 0:
             run.tc = dataclasses.replace(run.tc, lr_decay_steps=run.num_steps)
         start = _restore_or_init(run, mesh, rules)
+        _log_shardings(run)
         _write_run_files(run)
         return _train(run, start, hooks)
     finally:
@@ -93,6 +94,16 @@ def _setup_and_train(run: Run, config, hooks: Sequence[Hook]) -> dict:
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def _log_shardings(run: Run) -> None:
+    """Logs (process 0) every parameter's mesh sharding, and writes it to the workdir."""
+    if jax.process_index() != 0:
+        return
+    table = sharding_lib.format_sharding_table(run.trainer.state_sharding.params,
+                                               run.state.params)
+    logging.info("mesh %s; parameter shardings:\n%s", dict(run.trainer.mesh.shape), table)
+    (run.workdir / "shardings.txt").write_text(table + "\n", encoding="utf-8")
 
 
 def _make_workdir(workdir: Path) -> None:
