@@ -29,6 +29,7 @@ from flax import linen as nn
 
 from gpt2jax import sampling
 from gpt2jax.errors import ConfigError
+from gpt2jax.generation_args import GenerationArgs, make_args
 from gpt2jax.model import GPT2, GPT2Config, init_cache
 from gpt2jax.sampling import ScoreParams, ScoreSettings
 
@@ -213,42 +214,6 @@ _greedy_jit = jax.jit(_greedy_impl, static_argnums=(0, 1))
 
 # ----------------------------------------------------------------------------------- API
 
-@dataclasses.dataclass(frozen=True)
-class GenerationArgs:
-    """HF `generate` keyword arguments (names, meanings and defaults as in transformers v5)."""
-
-    max_length: int | None = None          # total length incl. the prompt (HF default 20)
-    max_new_tokens: int | None = None      # new tokens; overrides max_length
-    min_new_tokens: int = 0                # EOS suppressed until this many new tokens
-    do_sample: bool = False                # sample (with warpers) instead of greedy / beams
-    temperature: float = 1.0               # sampling only
-    top_k: int = 50                        # sampling only; 0 = off
-    top_p: float = 1.0                     # sampling only; 1.0 = off
-    num_beams: int = 1
-    length_penalty: float = 1.0            # beam score = sum logprob / length ** length_penalty
-    early_stopping: bool | str = False     # True | False | "never"
-    num_return_sequences: int = 1
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    eos_token_id: int | list | tuple | None = 50256
-    pad_token_id: int | None = None        # None -> the first EOS id, as HF does
-    seed: int = 0
-
-    @property
-    def eos_ids(self) -> tuple[int, ...]:
-        if self.eos_token_id is None:
-            return ()
-        if isinstance(self.eos_token_id, (list, tuple)):
-            return tuple(int(e) for e in self.eos_token_id)
-        return (int(self.eos_token_id),)
-
-    @property
-    def pad_id(self) -> int:
-        if self.pad_token_id is not None:
-            return int(self.pad_token_id)
-        return self.eos_ids[0] if self.eos_ids else 0
-
-
 @dataclasses.dataclass
 class GenerateOutput:
     """What `generate(..., return_dict=True)` returns (HF's field names).
@@ -259,17 +224,6 @@ class GenerateOutput:
 
     sequences: np.ndarray
     sequences_scores: np.ndarray | None = None
-
-
-def make_args(**kwargs) -> GenerationArgs:
-    """Builds `GenerationArgs` from HF-style keyword arguments, rejecting unknown names."""
-    known = {f.name for f in dataclasses.fields(GenerationArgs)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ConfigError(f"Unknown generate arguments {unknown}; supported: {sorted(known)}.")
-    args = GenerationArgs(**kwargs)
-    _validate(args)
-    return args
 
 
 def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
@@ -365,29 +319,6 @@ def _new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
             f"{cfg.n_positions} positions; shorten the prompt or lower max_new_tokens/max_length."
         )
     return int(new)
-
-
-def _validate(args: GenerationArgs) -> None:
-    """HF's argument checks, as ConfigErrors that name the fix."""
-    if not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"top_p={args.top_p} must be in (0, 1]; use 1.0 to disable it.")
-    if args.num_beams < 1:
-        raise ConfigError(f"num_beams={args.num_beams}; use 1 (no beam search) or more.")
-    if args.num_return_sequences < 1:
-        raise ConfigError(f"num_return_sequences={args.num_return_sequences} must be >= 1.")
-    if not args.do_sample and args.num_return_sequences > args.num_beams:
-        raise ConfigError(
-            f"num_return_sequences={args.num_return_sequences} > num_beams={args.num_beams} "
-            "without sampling; raise num_beams or set do_sample=True."
-        )
-    if args.do_sample and args.temperature <= 0:
-        raise ConfigError(f"temperature={args.temperature} must be > 0 when sampling.")
-    if args.top_k < 0 or args.no_repeat_ngram_size < 0 or args.min_new_tokens < 0:
-        raise ConfigError("top_k, no_repeat_ngram_size and min_new_tokens must be >= 0.")
-    if args.repetition_penalty <= 0:
-        raise ConfigError(f"repetition_penalty={args.repetition_penalty} must be > 0.")
-    if args.early_stopping not in (True, False, "never"):
-        raise ConfigError(f"early_stopping={args.early_stopping!r}; use True, False or 'never'.")
 
 
 def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
