@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax import positions as pos_lib
+from gpt2jax import sharding
 from gpt2jax.errors import ConfigError
 
 AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]
@@ -263,7 +264,7 @@ class Attention(nn.Module):
         if cfg.position == "rope":
             q = pos_lib.apply_rope(q, positions, cfg.rope_theta)
             k = pos_lib.apply_rope(k, positions, cfg.rope_theta)
-        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         length = x.shape[1]
         k_positions = positions
         query_slots = jnp.arange(length)

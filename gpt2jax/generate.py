@@ -398,8 +398,7 @@ def _axis_size(mesh, axes) -> int:
 
 
 def _mesh_context(mesh, axis_rules):
-    """`with`: the logical-axis rules while tracing on a mesh (see `sharding.mesh_rules`: no
-    global mesh; params and batch carry their shardings and XLA propagates the rest)."""
+    """`with`: the logical-axis rules and the mesh while tracing (`sharding.mesh_rules`)."""
     if mesh is None:
         return contextlib.nullcontext()
     from gpt2jax import sharding

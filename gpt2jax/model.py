@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax import attention as attn_lib
+from gpt2jax import sharding
 from gpt2jax.errors import ConfigError
 
 Dtype = Any
@@ -198,7 +199,7 @@ class MLP(nn.Module):
             bias_init=_zeros(("mlp",)),
             name="c_fc",
         )(x)
-        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = sharding.constrain(h, ("batch", "length", "mlp"))
         h = nn.gelu(h, approximate=True)
         h = nn.Dense(
             cfg.n_embd,
@@ -231,7 +232,7 @@ class Block(nn.Module):
             h = x + attn(x, key_mask, positions, deterministic, decode, cache_index)
             x = ln_1(h).astype(cfg.compute_dtype)
             x = ln_2(x + mlp(x, deterministic)).astype(cfg.compute_dtype)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return sharding.constrain(x, ("batch", "length", "embed"))
 
 
 _REMAT_POLICIES = {
@@ -297,7 +298,7 @@ class GPT2(nn.Module):
                 embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
             )(position_ids)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(4, 5))
@@ -307,7 +308,7 @@ class GPT2(nn.Module):
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
             x = layer_norm(cfg, "ln_f")(x).astype(cfg.compute_dtype)
         logits = wte.attend(x)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
 def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):

@@ -22,6 +22,7 @@ Typical flow (abstract shapes first, nothing allocated until `jax.jit` runs the 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -142,18 +143,50 @@ def rules(mesh_config) -> tuple:
     return tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in mesh_config.rules)
 
 
+# The mesh that `constrain` places activations on; set by `mesh_rules` while tracing.
+_TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "gpt2jax_tracing_mesh", default=None)
+
+
 @contextlib.contextmanager
 def mesh_rules(mesh: Mesh, axis_rules) -> Iterator[None]:
     """Context for tracing model code on `mesh` (a step's first call, `.lower()`, `init`).
 
-    Only the logical-axis rules are set, no global mesh (`jax.set_mesh`): under one, flax
-    re-evaluates DenseGeneral's initializer to check shapes and constrains the flat
-    [E, 3*H*D] kernel with the 4-d spec, which fails. Parameters, state and batch are placed
-    by jit's in/out shardings; XLA propagates the activations' shardings from them.
+    Sets the logical-axis rules and the mesh that `constrain` puts activations on. No global
+    mesh (`jax.set_mesh`) is set: under one, flax constrains DenseGeneral's flat init-time
+    kernel [E, 3*H*D] with the 4-d logical spec and fails. Parameters, state and batch are
+    placed by jit's in/out shardings; activations by `constrain`.
     """
-    del mesh  # part of the signature for when flax lifts the limitation above
-    with nn.logical_axis_rules(axis_rules):
-        yield
+    token = _TRACING_MESH.set(mesh)
+    try:
+        with nn.logical_axis_rules(axis_rules):
+            yield
+    finally:
+        _TRACING_MESH.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
+    """Constrains activation `x` to the sharding its logical axis names map to.
+
+    Inside `mesh_rules` this is `with_sharding_constraint(x, NamedSharding(mesh, spec))`
+    with `spec` from the rules (a mesh axis already taken by an earlier dimension is left
+    out, so FSDP's `embed -> fsdp` does not split activations whose batch holds fsdp); a
+    dimension the mesh axes do not divide (batch 1 in decoding, the 50,257-way vocabulary) is
+    left to the compiler. Outside `mesh_rules` (one device, no rules) `x` is returned as is.
+
+    Args:
+      x: an array of rank len(logical_axes).
+      logical_axes: names such as ("batch", "length", "embed"); None = replicated.
+    """
+    mesh = _TRACING_MESH.get()
+    axis_rules = nn.get_logical_axis_rules()
+    if mesh is None or not axis_rules:
+        return x
+    spec = list(nn.logical_to_mesh_axes(logical_axes, axis_rules))
+    for dim, axes in enumerate(spec):
+        if axes is not None and x.shape[dim] % _axes_size(mesh, axes):
+            spec[dim] = PartitionSpec.UNCONSTRAINED
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
 # ----------------------------------------------------------------------------- shardings

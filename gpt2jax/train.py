@@ -345,13 +345,8 @@ class Trainer:
         return fn(params)
 
     def context(self):
-        """The logical-axis rules, active while tracing.
-
-        No global mesh is set (`jax.set_mesh`): flax re-traces each DenseGeneral's init to
-        check shapes and would constrain its flat kernel with the 4-d spec. Parameter, state
-        and batch shardings come from jit's in/out shardings; XLA propagates activations.
-        """
-        return nn.logical_axis_rules(self.rules)
+        """The logical-axis rules and the mesh, active while tracing (`sharding.mesh_rules`)."""
+        return sharding_lib.mesh_rules(self.mesh, self.rules)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer update (the input state is donated). Returns (state, metrics)."""

@@ -161,3 +161,27 @@ def test_tensor_parallel_not_dividing_heads_is_refused():
     with pytest.raises(sharding.MeshError, match=r"'heads' \(n_head\), size 2.*mesh.tensor"):
         sharding.abstract_state(lambda r: init_params(cfg, r, boxed=True), mesh, axis_rules,
                                 jax.random.key(0))
+
+
+def test_activation_constraints_take_effect_inside_mesh_rules():
+    """`sharding.constrain` puts activations on the mesh inside `mesh_rules` (FSDP splits the
+    batch, not `embed`), leaves dimensions the mesh does not divide to the compiler, and is
+    the identity outside; the model's forward pass really carries the constraints."""
+    mesh, axis_rules = _mesh(data=2, fsdp=4)
+    constrain = jax.jit(lambda x: sharding.constrain(x, ("batch", "length", "embed")))
+    with sharding.mesh_rules(mesh, axis_rules):
+        out = constrain(np.ones((8, 4, 16), np.float32))
+        uneven = constrain(np.ones((1, 4, 16), np.float32))  # batch 1 on 8 devices
+    assert out.sharding.is_equivalent_to(
+        NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))), 3)
+    assert uneven.shape == (1, 4, 16)
+    plain = jax.make_jaxpr(lambda x: sharding.constrain(x, ("batch", "length", "embed")))
+    assert "sharding_constraint" not in str(plain(np.ones((8, 4, 16), np.float32)))
+
+    params = init_params(CFG, jax.random.key(0))
+    forward = lambda p, x: GPT2(CFG).apply({"params": p}, x)
+    ids = np.zeros((8, 16), np.int32)
+    with sharding.mesh_rules(mesh, axis_rules):
+        jaxpr = str(jax.make_jaxpr(forward)(params, ids))
+    # embeddings, each block's output, q and the MLP hidden layer, and the logits
+    assert jaxpr.count("sharding_constraint") == 2 + 3 * CFG.n_layer

@@ -25,6 +25,7 @@ What we return, precisely:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -32,7 +33,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -214,9 +214,9 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         arrays = window_batch(token_ids, windows, rows)
         if batch_sharding is not None:
             arrays = jax.device_put(arrays, batch_sharding)
-        # Only the rules, no global mesh (as train.py): shardings come from the inputs, and
-        # flax would otherwise constrain DenseGeneral's flat init-time kernel with a 4-d spec.
-        with nn.logical_axis_rules(tuple(axis_rules)):
+        context = (contextlib.nullcontext() if mesh is None
+                   else shard_lib.mesh_rules(mesh, tuple(axis_rules)))
+        with context:
             sums = np.asarray(fn(params, *arrays), np.float64)
         valid = rows >= 0
         out[rows[valid]] = sums[valid]
