@@ -7,6 +7,10 @@ Shapes: (a) nanoGPT's CPU recipe (4L/4H/128, vocab 65, T=64, B=12); (b) GPT-2 12
 B=4 x T=256. Prints tokens/s of both, the ratio, and MFU = tokens/s * (6N + 12 L E T) over
 the machine's fp32 matmul peak measured here (best of numpy and XLA on a 2048^2 matmul).
 Targets: (a) >= 2x the peer; (b) >= 1.5x and >= 75% of the measured peak.
+
+gpt2jax runs twice: on one CPU device, and data-parallel over `--cpu_devices` CPU devices
+(default: one per core; what `run.py --cpu_devices=N` does), since XLA:CPU's per-op
+threading uses small matrices poorly. The peer uses all cores as intra-op threads.
 """
 
 from __future__ import annotations
@@ -85,8 +89,9 @@ def bench_torch(s: dict, steps: int) -> float:
     return steps * s["batch"] * s["block"] / (time.perf_counter() - t)
 
 
-def bench_jax(s: dict, steps: int) -> tuple[float, int]:
-    """(tokens/s, compile count) of gpt2jax's jitted train_step on one device."""
+def bench_jax(s: dict, steps: int, devices: int = 1) -> tuple[float, int]:
+    """(tokens/s, compile count) of gpt2jax's jitted train_step, data-parallel over the first
+    `devices` CPU devices (1 = plain single-device training)."""
     from ml_collections import ConfigDict
 
     from configs import common
@@ -98,8 +103,8 @@ def bench_jax(s: dict, steps: int) -> tuple[float, int]:
                      embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     tc = train.TrainConfig.from_config(common.train_config(
         batch_size=s["batch"], grad_accum_steps=1, block_size=s["block"], warmup_steps=10))
-    mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                              devices=jax.devices()[:1])
+    mesh = sharding.make_mesh(ConfigDict(dict(data=devices, fsdp=1, tensor=1)),
+                              devices=jax.devices()[:devices])
     trainer = train.Trainer(cfg, tc, mesh, sharding.rules(common.mesh_config()))
     state = trainer.init(0)
     x = np.random.default_rng(0).integers(0, s["vocab_size"], (s["batch"], s["block"] + 1))
@@ -121,7 +126,13 @@ def main() -> None:
     p.add_argument("--shapes", default="a,b")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="", help="also write the results as JSON here")
+    p.add_argument("--cpu_devices", type=int, default=os.cpu_count(),
+                   help="also time gpt2jax data-parallel over this many CPU devices (run.py "
+                        "--cpu_devices); <= 1 skips that row")
     args = p.parse_args()
+    from gpt2jax import distributed
+
+    distributed.set_cpu_devices(max(args.cpu_devices, 1))
     from gpt2jax.model import GPT2Config
     from gpt2jax.train import model_flops_per_token
 
@@ -137,15 +148,21 @@ def main() -> None:
             n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"],
             vocab_size=s["vocab_size"], n_positions=max(s["block"], 64)), s["block"])
         torch_tps = bench_torch(s, steps)
-        jax_tps, compiles = bench_jax(s, steps)
-        row = {"torch_tok_s": torch_tps, "jax_tok_s": jax_tps, "ratio": jax_tps / torch_tps,
-               "jax_mfu": jax_tps * fpt / peak["peak"], "torch_mfu": torch_tps * fpt / peak["peak"],
-               "compiles": compiles}
-        results[name] = row
+        row = {"torch_tok_s": torch_tps, "torch_mfu": torch_tps * fpt / peak["peak"]}
         print(f"({name}) {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} B={s['batch']} "
-              f"T={s['block']}: torch {torch_tps:,.0f} tok/s (MFU {row['torch_mfu']:.0%}), "
-              f"gpt2jax {jax_tps:,.0f} tok/s (MFU {row['jax_mfu']:.0%}), ratio "
-              f"{row['ratio']:.2f}x, train_step compiled {compiles}x", flush=True)
+              f"T={s['block']}: torch {torch_tps:,.0f} tok/s (MFU {row['torch_mfu']:.0%})",
+              flush=True)
+        for devices in sorted({1, max(args.cpu_devices, 1)}):
+            if s["batch"] % devices:
+                continue
+            jax_tps, compiles = bench_jax(s, steps, devices)
+            key = "" if devices == 1 else f"_dp{devices}"
+            row.update({f"jax{key}_tok_s": jax_tps, f"ratio{key}": jax_tps / torch_tps,
+                        f"jax{key}_mfu": jax_tps * fpt / peak["peak"], f"compiles{key}": compiles})
+            print(f"    gpt2jax on {devices} CPU device(s): {jax_tps:,.0f} tok/s "
+                  f"(MFU {jax_tps * fpt / peak['peak']:.0%}), ratio {jax_tps / torch_tps:.2f}x, "
+                  f"train_step compiled {compiles}x", flush=True)
+        results[name] = row
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

@@ -185,3 +185,25 @@ def test_activation_constraints_take_effect_inside_mesh_rules():
         jaxpr = str(jax.make_jaxpr(forward)(params, ids))
     # embeddings, each block's output, q and the MLP hidden layer, and the logits
     assert jaxpr.count("sharding_constraint") == 2 + 3 * CFG.n_layer
+
+
+def test_cpu_devices_split_the_host_and_bad_values_are_refused():
+    """run.py --cpu_devices=N: N CPU devices when set before JAX starts, a clear error after."""
+    import os
+    import subprocess
+    import sys
+
+    from gpt2jax import distributed
+    from gpt2jax.errors import ConfigError
+
+    code = ("from gpt2jax import distributed; distributed.set_cpu_devices(3); "
+            "import jax; print(jax.device_count())")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "3"
+    with pytest.raises(ConfigError, match="positive number"):
+        distributed.set_cpu_devices(-2)
+    jax.devices()  # backends are running in this process
+    with pytest.raises(ConfigError, match="too late"):
+        distributed.set_cpu_devices(2)
