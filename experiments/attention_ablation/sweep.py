@@ -9,7 +9,7 @@ Every variant trains with the same data, budget (steps x batch x block) and seed
 runner (`gpt2jax/cli/sweep.py`) calls `gpt2jax.loop.train_and_evaluate` once per
 (variant, seed) in `<workdir>/<variant>/seed_<s>` and writes `results.json`, `results.md`
 and two PNGs to `results_dir` (default sweep: this folder; smoke: the workdir). Expected
-(default, 2-core CPU, ~25 min): see README.md in this folder for the committed table.
+(default, idle 2-core CPU: ~26 min, 18 runs of ~85 s): see README.md in this folder.
 
 Add a variant: `c.variants.<name> = ml_collections.ConfigDict({"model": {...}})`, a nested
 override of the base config. Run a subset with `--config.only=gpt2,rope`.
@@ -45,14 +45,14 @@ def base_config(smoke: bool) -> ml_collections.ConfigDict:
         batch_size=4 if smoke else 8,
         grad_accum_steps=1,
         block_size=32 if smoke else 64,
-        num_steps=6 if smoke else 200,
+        num_steps=6 if smoke else 100,   # 51,200 tokens: the whole sweep fits 30 min
         learning_rate=2e-3,
         min_learning_rate=2e-4,
         warmup_steps=2 if smoke else 20,
         lr_decay_steps=0,          # cosine to min_learning_rate at num_steps
         beta2=0.99,
         log_every=1,               # sync every step: the sweep times steps from a hook
-        eval_every=3 if smoke else 25,
+        eval_every=3 if smoke else 20,
         eval_batches=2 if smoke else 8,
         peak_flops=1e11,           # fixed (no matmul measurement per run); MFU is not compared
         export_hf=False,
