@@ -31,7 +31,7 @@ def set_cpu_devices(count: int) -> None:
 
     Must run before anything touches the devices. On a multi-core CPU this lets the default
     mesh (data=-1) run data-parallel across cores: XLA:CPU's per-op threading uses small
-    matrices poorly, so two devices on two cores train the Tiny Shakespeare model ~1.6x
+    matrices poorly, so two devices on two cores train nanoGPT's CPU-recipe shape ~1.4x
     faster (bench/README.md). Accelerator platforms are unaffected.
     """
     if count == 0:
