@@ -1,7 +1,7 @@
 """Evaluation speed: gpt2jax strided perplexity vs Hugging Face transformers (PyTorch) forward,
 tokens/s at context 1024 on the same random 124M weights, side by side in one run.
 
-    GPT2JAX_DATA_DIR=../shared/data python bench/eval.py [--windows 8] [--batch 8]
+    GPT2JAX_DATA_DIR=../shared/data python bench/eval.py [--windows 8] [--batch 2]
 
 Both score the same WikiText-2 raw tokens with disjoint 1024-token windows (stride 1024), so
 the scored tokens are identical; their perplexities are printed and must agree. HF runs the
@@ -74,15 +74,20 @@ def ours(cfg, params, ids, length: int, batch: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--windows", type=int, default=8, help="1024-token windows to score")
-    p.add_argument("--batch", type=int, default=8, help="gpt2jax windows per forward")
+    p.add_argument("--batch", type=int, default=2,
+                   help="gpt2jax windows per forward (on a CPU 1-2 beat 8: smaller working set)")
     p.add_argument("--dtype", default="float32", help="gpt2jax compute dtype")
+    p.add_argument("--attention_impl", default="xla",
+                   help="gpt2jax attention kernel (configs/eval.py's default: xla; einsum = "
+                        "the reference)")
     args = p.parse_args()
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
     enc = get_tokenizer(data / "gpt2" / "gpt2.tiktoken")
     length = 1024
     text = wikitext_hf_join(data / "wikitext-2-raw" / "wiki.test.raw")
     ids = np.asarray(enc.encode_ordinary(text)[: args.windows * length], np.int64)
-    cfg = GPT2Config(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, dtype=args.dtype)
+    cfg = GPT2Config(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, dtype=args.dtype,
+                     attention_impl=args.attention_impl)
     params = init_params(cfg, jax.random.key(0))
     model = hf_model(cfg, params)
     hf_nll, hf_count, hf_s = hf_loop(model, ids, length)
@@ -94,7 +99,8 @@ def main() -> None:
     print(f"{'HF transformers (torch)':<26}{hf_count / hf_s:>12.1f}"
           f"{math.exp(hf_nll / hf_count):>14.2f}")
     print(f"{'gpt2jax perplexity':<26}{res.token_count / our_s:>12.1f}{res.perplexity:>14.2f}"
-          f"   (first call incl. compile {first_s:.1f} s, batch {args.batch}, {args.dtype})")
+          f"   (attention {args.attention_impl}; first call incl. compile {first_s:.1f} s, "
+          f"batch {args.batch}, {args.dtype})")
     print(f"ratio gpt2jax / HF: {(res.token_count / our_s) / (hf_count / hf_s):.2f}x")
 
 

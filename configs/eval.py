@@ -43,7 +43,7 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
     c.files = ml_collections.ConfigDict(TASK_FILES[task])  # data files, relative to data_dir
     c.context_length = 1024        # tokens per window (<= model.n_positions)
     c.stride = 512                 # window step; 1024 = disjoint windows (HF guide: 512)
-    c.batch_size = 8               # windows / examples per forward pass
+    c.batch_size = 8               # windows / examples per forward pass (CPU: 1-2 is fastest)
     c.max_tokens = 0               # score only the first N tokens of a text (0 = all; smoke)
     c.max_examples = 0             # LAMBADA / generation: first N examples (0 = all)
     c.last_word = True             # LAMBADA: also the last-word (greedy word) accuracy
@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     c = ml_collections.ConfigDict()
     c.model = common.model_config()
+    # Scoring is deterministic (no attention dropout), so it can use jax.nn.dot_product_attention:
+    # equal to the einsum reference within 1e-5, and ~20% faster end to end on CPU (bench/README).
+    c.model.attention_impl = "xla"
     c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
     c.seed = 0                     # PRNG seed for random init and for sampling
     c.data_dir = ""                # folder of the data files; "" = $GPT2JAX_DATA_DIR

@@ -25,19 +25,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def load_model(config) -> tuple[GPT2Config, dict]:
     """(cfg, params) from `config.init_from` (HF dir/file/hub name, or a training workdir),
-    else a random init of `config.model` with `config.seed` (for smoke tests)."""
+    else a random init of `config.model` with `config.seed` (for smoke tests).
+
+    As in generation, `config.model.dtype` and `config.model.attention_impl` apply to loaded
+    models too (evaluation defaults to the `xla` kernel, see configs/eval.py)."""
     source = config.init_from
     if not source:
         cfg = GPT2Config.from_config(config.model)
         return cfg, init_params(cfg, jax.random.key(config.seed))
+    overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
     if (Path(source) / "checkpoints").is_dir():
         from gpt2jax.checkpoint import load_params_for_inference
 
-        cfg, params, _ = load_params_for_inference(source)
+        cfg, params, _ = load_params_for_inference(source, **overrides)
         return cfg, params
     from gpt2jax.weights import load_pretrained
 
-    return load_pretrained(source)
+    return load_pretrained(source, **overrides)
 
 
 def make_mesh(mesh_config):
