@@ -23,8 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TEST_FILES = ["tests/test_bad_inputs.py", "tests/test_crash_safety.py",
-              "tests/test_preemption.py", "tests/test_nan_guard.py"]
+TEST_FILES = ["tests/test_bad_inputs.py", "tests/test_safe_loading.py",
+              "tests/test_crash_safety.py", "tests/test_preemption.py", "tests/test_nan_guard.py"]
 BEGIN, END = "<!-- RESULTS BEGIN -->", "<!-- RESULTS END -->"
 
 
