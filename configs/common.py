@@ -104,7 +104,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.source = "text"              # text (UTF-8 files) | tfds (TensorFlow Datasets) | shards
     # -- source "text": a path or glob (** recursive); $VARS expand at run time. One file is
     # one document; a literal <|endoftext|> inside a file also ends a document.
-    c.train_file = ""              # e.g. "$GPT2JAX_DATA_DIR/tinyshakespeare/input.txt"
+    c.train_file = ""              # e.g. "train.txt" or "dataset:tinyshakespeare/input.txt"
     c.val_file = ""                # path or glob of validation text; "" = held-out fraction
     c.val_fraction = 0.1           # last fraction of the train characters used as val (nanoGPT)
     c.encoding_errors = "strict"   # non-UTF-8 bytes: strict (error) | replace (U+FFFD)
@@ -122,7 +122,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.num_threads = 0              # tokenizer threads for prepare / text sources; 0 = all cores
     # -- tokenizer (ignored for shards: their meta.json says which one)
     c.tokenizer = "gpt2"           # gpt2 (tiktoken BPE) | char (vocabulary from the corpus)
-    c.tiktoken_ranks = ""          # gpt2.tiktoken path; "" = GPT2JAX_TIKTOKEN_RANKS / data dir
+    c.tiktoken_ranks = ""          # gpt2.tiktoken path; "" = env, data dir, caches, download
     # -- packing into [batch, block_size + 1] windows
     c.mode = "random"              # random (nanoGPT windows, endless) | epochs (all windows)
     c.num_epochs = 0               # epochs mode: stop (StopIteration) after this many; 0 = never

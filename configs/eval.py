@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention_impl = "xla"
     c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
     c.seed = 0                     # PRNG seed for random init and for sampling
-    c.data_dir = ""                # folder of the data files; "" = $GPT2JAX_DATA_DIR
+    c.data_dir = ""                # folder of the data files; "" = data dir, cache, download
     c.tokenizer = "gpt2"           # tokenizer name (see gpt2jax.tokenizer)
     c.eval = eval_config(task)
     c.generate = common.generate_config()

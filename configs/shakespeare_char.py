@@ -15,8 +15,9 @@ experiments/shakespeare_char_cpu/README.md for the measured curve and tokens/s):
     python run.py --mode=generate --config=configs/shakespeare_char.py:cpu \
         --config.init_from=/tmp/sc --prompt="ROMEO:"
 
-The vocabulary is the corpus's 65 characters (model.vocab_size = 65, checked against the
-tokenizer at start).
+Needs nothing but the install: Tiny Shakespeare ships inside the package
+(`dataset:tinyshakespeare/input.txt`, see README "Data"). The vocabulary is the corpus's
+65 characters (model.vocab_size = 65, checked against the tokenizer at start).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embd_pdrop=dropout, attn_pdrop=dropout, resid_pdrop=dropout,
     )
     c.data = common.data_config(
-        train_file="$GPT2JAX_DATA_DIR/tinyshakespeare/input.txt",
+        # ships with the package; $GPT2JAX_DATA_DIR / the cache win when they hold it
+        train_file="dataset:tinyshakespeare/input.txt",
         tokenizer="char",          # nanoGPT's prepare.py: sorted set of characters
         val_fraction=0.1,          # last 10% of the characters (nanoGPT)
     )

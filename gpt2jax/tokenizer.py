@@ -1,8 +1,10 @@
 """The GPT-2 byte-level BPE tokenizer through tiktoken, usable offline from a ranks file.
 
 Where the ranks come from, in order: an explicit path, the environment variable
-`GPT2JAX_TIKTOKEN_RANKS`, `$GPT2JAX_DATA_DIR/gpt2/gpt2.tiktoken`, else
-`tiktoken.get_encoding("gpt2")` (downloads and caches on a machine with internet).
+`GPT2JAX_TIKTOKEN_RANKS`, then `gpt2/gpt2.tiktoken` as `gpt2jax.data.resolve.data_file`
+finds it without network (`$GPT2JAX_DATA_DIR`, tiktoken's cache, `~/.cache/gpt2jax`), then
+tiktoken's cached `gpt2` encoding (encoder.json + vocab.bpe), else a checksummed download
+of OpenAI's r50k_base.tiktoken into `~/.cache/gpt2jax` (see `resolve`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import tiktoken
 
-from gpt2jax.errors import ConfigError
+from gpt2jax.data import resolve
+from gpt2jax.errors import ConfigError, DataError
 
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
@@ -23,7 +26,10 @@ EOT_ID = 50256
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 RANKS_ENV = "GPT2JAX_TIKTOKEN_RANKS"
-DATA_ENV = "GPT2JAX_DATA_DIR"
+DATA_ENV = resolve.DATA_ENV
+RANKS_NAME = "gpt2/gpt2.tiktoken"
+# tiktoken's own "gpt2" encoding is built from these two files (same ranks, verified).
+DATA_GYM_NAMES = ("gpt2/encoder.json", "gpt2/vocab.bpe")
 
 
 class TokenizerError(ConfigError):
@@ -31,14 +37,20 @@ class TokenizerError(ConfigError):
 
 
 def _ranks_path(ranks_path: str | os.PathLike | None) -> Path | None:
+    """The ranks file to read, if one is here; None = none without network."""
     if ranks_path:
         return Path(ranks_path)
     if os.environ.get(RANKS_ENV):
         return Path(os.environ[RANKS_ENV])
-    data_dir = os.environ.get(DATA_ENV)
-    if data_dir and (Path(data_dir) / "gpt2" / "gpt2.tiktoken").is_file():
-        return Path(data_dir) / "gpt2" / "gpt2.tiktoken"
-    return None
+    try:
+        return resolve.data_file(RANKS_NAME, download=False)
+    except DataError:
+        return None
+
+
+def _tiktoken_has_gpt2() -> bool:
+    """Whether tiktoken's cache holds (hash-checked) both files of its "gpt2" encoding."""
+    return all(resolve.tiktoken_cache_file(name) is not None for name in DATA_GYM_NAMES)
 
 
 def load_ranks(path: str | os.PathLike, verify: bool = True) -> dict[bytes, int]:
@@ -80,15 +92,11 @@ def get_tokenizer(ranks_path: str | os.PathLike | None = None) -> tiktoken.Encod
     Use `enc.encode_ordinary_batch(texts, num_threads=os.cpu_count())` to encode on all cores.
     """
     path = _ranks_path(ranks_path)
-    if path is not None:
-        return _encoding_from_file(str(path.resolve()))
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # network errors come in many types
-        raise TokenizerError(
-            "Could not download the GPT-2 tokenizer ranks (offline?). Pass a local "
-            f"gpt2.tiktoken path or set {RANKS_ENV}=/path/to/gpt2.tiktoken ({e})."
-        ) from e
+    if path is None and _tiktoken_has_gpt2():
+        return tiktoken.get_encoding("gpt2")   # reads tiktoken's cache, no network
+    if path is None:
+        path = resolve.data_file(RANKS_NAME)   # checksummed download into the cache
+    return _encoding_from_file(str(path.resolve()))
 
 
 def encode_batch(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:

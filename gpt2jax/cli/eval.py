@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
 
 from gpt2jax import sharding
-from gpt2jax.errors import ConfigError
 from gpt2jax.eval import tasks
 from gpt2jax.model import GPT2Config, init_params
 from gpt2jax.tokenizer import get_tokenizer
@@ -55,10 +53,9 @@ def make_mesh(mesh_config):
 
 
 def resolve_data_dir(config) -> str:
-    data_dir = config.data_dir or os.environ.get("GPT2JAX_DATA_DIR", "")
-    if not data_dir:
-        raise ConfigError("No data folder: pass --config.data_dir=DIR or set GPT2JAX_DATA_DIR.")
-    return data_dir
+    """The explicit data folder, or "" (files then come from gpt2jax.data.resolve's search:
+    $GPT2JAX_DATA_DIR, the cache, a checksummed download)."""
+    return config.data_dir
 
 
 def format_table(rows: list[dict]) -> str:
@@ -76,8 +73,8 @@ def evaluate_config(config, progress: bool | None = None) -> list[dict]:
     """Runs `config.eval.task` as the config says; returns the result rows."""
     tasks.check_task(config.eval.task)
     data_dir = resolve_data_dir(config)
-    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken"
-    enc = get_tokenizer(tokenizer_file if tokenizer_file.is_file() else None)
+    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None
+    enc = get_tokenizer(tokenizer_file if tokenizer_file and tokenizer_file.is_file() else None)
     cfg, params = load_model(config)
     mesh = make_mesh(config.mesh)
     ctx = tasks.TaskContext(

@@ -3,7 +3,9 @@
 A document is one file; inside a file, the literal string `<|endoftext|>` also ends a
 document (the layout of GPT-2 fine-tuning `train.txt` files). Blank lines do not: they are
 paragraph breaks. Paths may contain `$VARS` (expanded at run time, e.g. `$GPT2JAX_DATA_DIR`)
-and globs (`**` recursive); matches are read in sorted order.
+and globs (`**` recursive); matches are read in sorted order. `dataset:NAME` names a known data
+file (e.g. `dataset:tinyshakespeare/input.txt`), found by `resolve.data_file`: the data dir, the
+cache, the package or a checksummed download.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import os
 import re
 from pathlib import Path
 
+from gpt2jax.data import resolve
 from gpt2jax.errors import ConfigError, DataError
 
 EOT_TEXT = "<|endoftext|>"
 ENCODING_ERRORS = ("strict", "replace")
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+# `$GPT2JAX_DATA_DIR/NAME` written before `dataset:NAME` existed: same file, same search.
+_DATA_DIR_PATH = re.compile(r"^\$\{?" + resolve.DATA_ENV + r"\}?/(.+)$")
 
 
 def expand_path(pattern: str, field: str) -> str:
@@ -36,6 +41,11 @@ def resolve_files(pattern: str, field: str) -> list[str]:
     """The files matched by a path or glob (sorted); errors name the pattern and the fix."""
     if not pattern:
         raise ConfigError(f"config.data.{field} is empty; set it to a text file path or glob.")
+    old_style = _DATA_DIR_PATH.match(pattern)
+    if old_style and not glob.has_magic(pattern):
+        pattern = resolve.PREFIX + old_style.group(1)
+    if pattern.startswith(resolve.PREFIX):
+        return [str(resolve.data_file(pattern))]
     path = expand_path(pattern, field)
     if glob.has_magic(path):
         files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))

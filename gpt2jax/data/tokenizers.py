@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+# `import ... as` (not `from gpt2jax.tokenizer import`): gpt2jax.tokenizer imports
+# gpt2jax.data.resolve, so either package may be the one being initialised first.
+from gpt2jax import tokenizer as bpe
 from gpt2jax.errors import ConfigError, DataError
 
 TOKENIZERS = ("gpt2", "char")
@@ -26,10 +29,8 @@ class Gpt2Tokenizer:
     name = "gpt2"
 
     def __init__(self, ranks_path: str = ""):
-        from gpt2jax.tokenizer import get_tokenizer
-
         self.ranks_path = ranks_path
-        self.encoding = get_tokenizer(ranks_path or None)
+        self.encoding = bpe.get_tokenizer(ranks_path or None)
         self.vocab_size = self.encoding.n_vocab          # 50257
         self.eot_id = self.encoding.eot_token            # 50256
 

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from gpt2jax.data import resolve
 from gpt2jax.errors import ConfigError, DataError
 from gpt2jax.eval import detokenize as detok_lib
 from gpt2jax.eval import lambada as lambada_lib
@@ -35,15 +36,14 @@ CHAR_SPLIT = 5_000_000  # enwik8 / text8 test split: the last 5M bytes / charact
 
 
 def data_file(data_dir: str | os.PathLike, relative: str, task: str) -> Path:
-    """`data_dir / relative`, or a DataError naming the file and where it was looked for."""
-    path = Path(relative) if os.path.isabs(relative) else Path(data_dir) / relative
-    if not path.is_file():
-        raise DataError(
-            f"Task {task!r} needs the file {relative!r}, looked for at {str(path)!r}, which does "
-            "not exist. Put it there, pass --config.data_dir=FOLDER holding it, or override "
-            f"its path with --config.eval.files.<name>=PATH."
-        )
-    return path
+    """The path of a task's data file, found by `gpt2jax.data.resolve.data_file`: in
+    `data_dir` when one is given, else $GPT2JAX_DATA_DIR, the cache or a checksummed download.
+    Errors are one line naming the task and the file."""
+    try:
+        return resolve.data_file(relative, data_dir)
+    except DataError as e:
+        raise type(e)(f"Task {task!r} needs the file {relative!r}: {e} Or override its "
+                      "path with --config.eval.files.<name>=PATH.") from None
 
 
 def read_text(path: Path) -> str:

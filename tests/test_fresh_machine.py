@@ -1,0 +1,65 @@
+"""The README's first command on a fresh machine: nothing but the install, no network.
+
+Tiny Shakespeare ships inside the package (gpt2jax/data/assets), so the char Shakespeare
+config trains and samples with no `GPT2JAX_DATA_DIR`, an empty cache and no reachable
+download server. The subprocesses run the real `run.py`, as a user would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gpt2jax.data import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def fresh_env(home: Path) -> dict[str, str]:
+    """This environment minus every data location: no data dir, an empty home and cache,
+    and a download base URL where nothing listens (a download attempt fails at once)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GPT2JAX_DATA_DIR", "GPT2JAX_TIKTOKEN_RANKS", "TIKTOKEN_CACHE_DIR",
+                        "DATA_GYM_CACHE_DIR")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="", GPT2JAX_DOWNLOAD_BASE_URL="http://127.0.0.1:9",
+               TMPDIR=str(home / "tmp"))
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_packaged_shakespeare_is_the_real_file(data_dir):
+    packaged = resolve.packaged_file("tinyshakespeare/input.txt")
+    assert packaged is not None and packaged.is_file()
+    assert hashlib.sha256(packaged.read_bytes()).hexdigest() == SHAKESPEARE_SHA256
+    assert packaged.read_bytes() == (data_dir / "tinyshakespeare" / "input.txt").read_bytes()
+
+
+def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
+    home = tmp_path / "home"
+    env = fresh_env(home)
+    workdir = tmp_path / "runs" / "sc"
+    small = ["--config.train.num_steps=3", "--config.train.eval_every=3",
+             "--config.train.eval_batches=1", "--config.train.log_every=1",
+             "--config.checkpoint.save_every=3"]
+    train = run(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+                 f"--workdir={workdir}", *small], env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (workdir / "tokenizer.json").is_file()
+    gen = run(["--mode=generate", "--config=configs/shakespeare_char.py:cpu",
+               f"--config.init_from={workdir}", "--prompt=ROMEO:",
+               "--config.generate.max_new_tokens=20"], env)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert "ROMEO:" in gen.stdout
+    # Nothing was downloaded or cached: the text came from the package.
+    cache = home / ".cache" / "gpt2jax"
+    assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
