@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from gpt2jax.data import resolve
@@ -42,6 +44,24 @@ def test_packaged_shakespeare_is_the_real_file(data_dir):
     assert packaged is not None and packaged.is_file()
     assert hashlib.sha256(packaged.read_bytes()).hexdigest() == SHAKESPEARE_SHA256
     assert packaged.read_bytes() == (data_dir / "tinyshakespeare" / "input.txt").read_bytes()
+
+
+def test_wheel_ships_tiny_shakespeare(tmp_path):
+    """A non-editable install gets the text too: it is in the wheel (setup.cfg package_data).
+    Built from a copy of the sources, so no build/ folder appears in the checkout."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "gpt2jax", src / "gpt2jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("gpt2jax-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read("gpt2jax/data/assets/tinyshakespeare/input.txt")
+    assert hashlib.sha256(data).hexdigest() == SHAKESPEARE_SHA256
 
 
 def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
