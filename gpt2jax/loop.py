@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,10 +27,10 @@ from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import data as data_lib
 from gpt2jax import sharding as sharding_lib
 from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.meter import Meter
 from gpt2jax.model import GPT2Config
 from gpt2jax.preemption import PreemptionGuard
-from gpt2jax.train import (Trainer, TrainConfig, TrainingDivergedError, TrainState,
-                           model_flops_per_token)
+from gpt2jax.train import Trainer, TrainConfig, TrainState, model_flops_per_token
 
 Hook = Callable[[int, "Run"], None]  # called after each step as hook(step, run)
 
@@ -62,7 +61,7 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) 
     Returns:
       dict with the final step, last train loss and last val loss.
     Raises:
-      TrainingDivergedError on a NaN/inf loss (the last good checkpoint is kept).
+      TrainingDivergedError on a NaN/inf loss or update (nothing non-finite is saved).
     """
     run = Run(config, Path(workdir).expanduser().resolve())
     with _no_new_dirs_on_user_error(run.workdir):
@@ -233,76 +232,10 @@ def _num_steps(run: Run) -> int:
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Meter:
-    """Buffers per-step device metrics; flushes them to jsonl/TensorBoard/console together."""
-
-    def __init__(self, run: Run, flops_per_token: float, peak_flops: float):
-        self.run, self.pending = run, []
-        self.flops_per_token, self.peak = flops_per_token, peak_flops
-        self.tokens_per_step = run.tc.batch_size * run.tc.block_size
-        self.t0: float | None = None
-        main = jax.process_index() == 0
-        self.jsonl = open(run.workdir / "metrics.jsonl" if main else os.devnull, "a")
-        self.last_loss = float("nan")
-
-    def add(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
-
-    def flush(self, bar) -> None:
-        if not self.pending:
-            return
-        host = jax.device_get([m for _, m in self.pending])
-        now = time.perf_counter()
-        for (step, _), m in zip(self.pending, host):
-            loss = float(m["loss_sum"] / max(m["weight_sum"], 1.0))
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"Loss is {loss} at step {step}; stopped. The last good checkpoint is kept "
-                    f"in {self.run.checkpointer.directory} (step "
-                    f"{self.run.checkpointer.latest_step()}); lower train.learning_rate or "
-                    "raise warmup_steps, then resume."
-                )
-            record = {"step": step, "loss": loss,
-                      "accuracy": float(m["correct_sum"] / max(m["weight_sum"], 1.0)),
-                      "learning_rate": float(m["learning_rate"]),
-                      "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])}
-            if step == self.pending[-1][0]:
-                record.update(self._speed(now))
-            self._write(record)
-            self.last_loss = loss
-        self._tensorboard(self.pending[-1][0], record)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['learning_rate']:.2e}")
-        self.pending = []
-
-    def _speed(self, now: float) -> dict:
-        """tokens/s and MFU since the previous flush (the first flush includes compilation)."""
-        previous, self.t0 = self.t0, now
-        if previous is None:
-            return {}
-        tok_s = self.tokens_per_step * len(self.pending) / (now - previous)
-        return {"tokens_per_sec": tok_s, "mfu": tok_s * self.flops_per_token / self.peak}
-
-    def _write(self, record: dict) -> None:
-        self.jsonl.write(json.dumps(record) + "\n")
-
-    def _tensorboard(self, step: int, m: dict) -> None:
-        w = self.run.writer
-        for name in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm"):
-            w.add_scalar(f"train/{name}", m[name], step)
-        if "tokens_per_sec" in m:
-            w.add_scalar("perf/tokens_per_sec", m["tokens_per_sec"], step)
-            w.add_scalar("perf/mfu", m["mfu"], step)
-        self.jsonl.flush()
-
-    def close(self) -> None:
-        self.jsonl.close()
-
-
 def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
     tc, config = run.tc, run.config
     num_steps, trainer = run.num_steps, run.trainer
-    meter = _Meter(run, model_flops_per_token(run.cfg, tc.block_size), _peak_flops(run))
+    meter = Meter(run, model_flops_per_token(run.cfg, tc.block_size), _peak_flops(run))
     val_batches = _val_batches(run) if config.train.eval_every > 0 else []
     bar = _progress(config, start, num_steps)
     meta, every = _meta(run), config.checkpoint.save_every
@@ -321,7 +254,7 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
             evaluate_now = bool(val_batches) and (step % config.train.eval_every == 0 or last)
             save_now = (every > 0 and step % every == 0) or last
             if step % config.train.log_every == 0 or evaluate_now or save_now:
-                meter.flush(bar)  # raises on NaN before anything is saved
+                meter.flush(bar)  # raises on a NaN loss/update before anything is saved
             if evaluate_now:
                 _evaluate(run, val_batches, step, meter)
             if save_now:
@@ -397,13 +330,13 @@ def evaluate_batches(trainer: Trainer, params, batches: Sequence[dict]) -> dict:
             "tokens": float(sums["weight_sum"])}
 
 
-def _evaluate(run: Run, val_batches, step: int, meter: _Meter) -> None:
+def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
     res = evaluate_batches(run.trainer, run.state.params, val_batches)
     run.val_loss = res["loss"]
     run.writer.add_scalar("val/loss", res["loss"], step)
     run.writer.add_scalar("val/accuracy", res["accuracy"], step)
     run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
-    meter._write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
+    meter.write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
     meter.jsonl.flush()
     logging.info("step %d: train loss %.4f, val loss %.4f", step, meter.last_loss, res["loss"])
     print(f"step {step}: train loss {meter.last_loss:.4f}, val loss {res['loss']:.4f}",

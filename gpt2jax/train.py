@@ -158,6 +158,13 @@ def _norm(tree) -> jax.Array:
     return tree_lib.norm(tree) if hasattr(tree_lib, "norm") else optax.global_norm(tree)
 
 
+def _all_finite(grad_norm: jax.Array, params) -> jax.Array:
+    """bool []: the gradient norm and every new parameter are finite (one on-device reduction;
+    the loss, measured before the update, cannot tell that the update overflowed)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]
+    return jnp.logical_and(jnp.isfinite(grad_norm), jnp.all(jnp.stack(leaves)))
+
+
 def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
     """Sums over tokens. logits [b, T, V] float32, targets [b, T] int, weights [b, T] float.
 
@@ -189,8 +196,9 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
 
     batch: {"inputs" int32 [B, T], "targets" int32 [B, T], "weights" float32 [B, T]}.
     metrics: loss_sum, weight_sum, correct_sum (over the whole batch), grad_norm, param_norm,
-    learning_rate (of this update). The gradient is d(loss_sum)/d(params) / weight_sum, i.e.
-    the exact token-weighted mean over all micro-batches.
+    learning_rate (of this update), update_finite (bool []: grad norm and new params finite).
+    The gradient is d(loss_sum)/d(params) / weight_sum, i.e. the exact token-weighted mean over
+    all micro-batches.
     """
     model = GPT2(cfg)
     k = tc.grad_accum_steps
@@ -223,8 +231,10 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums, grad_norm=_norm(grads),
-                       param_norm=_norm(params), learning_rate=schedule(state.step))
+        grad_norm = _norm(grads)
+        metrics = dict(sums, grad_norm=grad_norm, param_norm=_norm(params),
+                       learning_rate=schedule(state.step),
+                       update_finite=_all_finite(grad_norm, params))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

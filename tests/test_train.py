@@ -132,6 +132,23 @@ def test_schedule_matches_nanogpt_and_decay_mask():
     assert not mask["wte"]["embedding"] and not mask["h_0"]["ln_1"]["bias"]
 
 
+def test_step_reports_whether_its_update_is_finite():
+    """The loss is measured before the update: only `update_finite` (the gradient norm and
+    every new parameter, reduced on device) says whether the new params are usable."""
+    batch = make_batch(8)
+    flags = {}
+    for lr in (3e-3, float("inf")):
+        trainer = train.Trainer(CFG, train_cfg(learning_rate=lr, min_learning_rate=lr),
+                                mesh_of(1, 1, 1), RULES)
+        state, m = trainer.train_step(trainer.init(0), trainer.put_batch(batch))
+        params_finite = all(bool(np.isfinite(np.asarray(x)).all())
+                            for x in jax.tree.leaves(state.params))
+        assert math.isfinite(float(m["loss_sum"]))  # the loss alone cannot tell
+        assert m["update_finite"].shape == ()
+        flags[lr] = (bool(m["update_finite"]), params_finite)
+    assert flags == {3e-3: (True, True), float("inf"): (False, False)}
+
+
 def test_batch_not_divisible_by_data_parallel_size():
     with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
         train.Trainer(CFG, train_cfg(batch_size=12, grad_accum_steps=1), mesh_of(8, 1, 1), RULES)
