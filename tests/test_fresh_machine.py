@@ -70,7 +70,7 @@ def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
     workdir = tmp_path / "runs" / "sc"
     small = ["--config.train.num_steps=3", "--config.train.eval_every=3",
              "--config.train.eval_batches=1", "--config.train.log_every=1",
-             "--config.checkpoint.save_every=3"]
+             "--config.checkpoint.save_every=3", "--config.train.sample_tokens=0"]
     train = run(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
                  f"--workdir={workdir}", *small], env)
     assert train.returncode == 0, train.stderr[-3000:]
@@ -83,3 +83,18 @@ def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
     # Nothing was downloaded or cached: the text came from the package.
     cache = home / ".cache" / "gpt2jax"
     assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
+
+
+def test_offline_dataset_is_one_line_and_writes_nothing(tmp_path):
+    home = tmp_path / "home"
+    workdir = tmp_path / "runs" / "ptb"
+    proc = run(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+                f"--workdir={workdir}", "--config.data.train_file=dataset:ptb/ptb.train.txt"],
+               fresh_env(home))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: Could not download ptb/ptb.train.txt from "
+                            "http://127.0.0.1:9/ptb/ptb.train.txt"), error
+    assert "GPT2JAX_DATA_DIR=DIR" in error
+    assert not workdir.exists()
+    assert [p for p in home.rglob("*") if p.is_file()] == []
