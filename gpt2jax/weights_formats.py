@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from gpt2jax import hub
 from gpt2jax.errors import WeightsError
 
 StateDict = dict[str, np.ndarray]
@@ -169,38 +170,13 @@ def read_config_json(directory: Path) -> dict | None:
         raise WeightsError(f"{str(path)!r} is not valid JSON ({e}); fix or re-download it.")
 
 
-# ----------------------------------------------------------------------------- hub
-
-
-def _download(name: str) -> Path:
-    """Downloads config.json + model.safetensors of hub repo `name`; returns the local dir."""
-    how = ("pass a local path instead: a directory with config.json + model.safetensors "
-           "(e.g. from `huggingface-cli download gpt2` on a machine with internet) or a "
-           ".safetensors file")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise WeightsError(
-            f"{name!r} is not a local path, and downloading it needs huggingface_hub "
-            f"(pip install 'gpt2jax[hub]'); or {how}."
-        ) from e
-    try:
-        local = snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
-    except Exception as e:  # offline, unknown repo, auth: all mean "cannot get it"
-        raise WeightsError(
-            f"{name!r} is not a local path and could not be downloaded from the Hugging Face "
-            f"hub ({type(e).__name__}: {str(e)[:200]}); {how}."
-        ) from e
-    return Path(local)
-
-
 def resolve(path_or_name: str | os.PathLike) -> Path:
-    """A local path as is; a hub name downloaded to the HF cache; else a WeightsError."""
+    """A local path as is; a hub name via the HF cache (`hub.download`); else a WeightsError."""
     path = Path(path_or_name).expanduser()
     if path.exists():
         return path
     text = str(path_or_name)
     if _HUB_NAME.match(text) and not text.startswith((".", "~")):
-        return _download(text)
+        return hub.download(text)
     raise WeightsError(f"{text!r} does not exist; pass a model directory, a weights file "
                        "or a hub name like 'gpt2'.")
