@@ -16,6 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tiktoken
+import tiktoken.registry
 
 from configs import common
 from gpt2jax.data import downloads, registry, resolve, sources
@@ -128,6 +130,20 @@ def test_tokenizer_reads_tiktoken_own_cache_first(fresh, data_dir, tmp_path):
     (tmp_path / "tiktoken").mkdir()
     (tmp_path / "tiktoken" / key).write_bytes((data_dir / "gpt2" / "gpt2.tiktoken").read_bytes())
     assert get_tokenizer().encode_ordinary("Hello world") == [15496, 995]
+    assert cached_files(fresh) == []
+
+
+def test_tokenizer_reads_tiktoken_gpt2_encoding_from_its_cache(
+        fresh, data_dir, tmp_path, monkeypatch):
+    # tiktoken's own "gpt2" encoding is built from encoder.json + vocab.bpe; with both in its
+    # cache (and its in-memory registry emptied) no ranks file and no network are needed.
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    (tmp_path / "tiktoken").mkdir()
+    for name in ("gpt2/encoder.json", "gpt2/vocab.bpe"):
+        key = hashlib.sha1(registry.FILES[name].url.encode()).hexdigest()
+        (tmp_path / "tiktoken" / key).write_bytes((data_dir / name).read_bytes())
+    enc = get_tokenizer()
+    assert enc.name == "gpt2" and enc.encode_ordinary("Hello world") == [15496, 995]
     assert cached_files(fresh) == []
 
 
