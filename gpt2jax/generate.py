@@ -29,7 +29,8 @@ from flax import linen as nn
 
 from gpt2jax import sampling
 from gpt2jax.errors import ConfigError
-from gpt2jax.generation_args import GenerationArgs, make_args
+from gpt2jax.generation_args import (GenerationArgs, droppable_columns, make_args,  # noqa: F401
+                                     new_token_count, prepare_inputs)
 from gpt2jax.model import GPT2, GPT2Config, init_cache
 from gpt2jax.sampling import ScoreParams, ScoreSettings
 
@@ -249,11 +250,15 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     if streamer is not None and mesh is not None:
         raise ConfigError("streamer= needs single-device decoding (ordered host callbacks); "
                           "drop mesh= or the streamer.")
-    ids, mask = _prepare_inputs(input_ids, attention_mask, args)
-    new_tokens = _new_token_count(cfg, ids, mask, args)
+    ids, mask = prepare_inputs(input_ids, attention_mask, args)
+    new_tokens = new_token_count(cfg, ids, mask, args)
     if args.do_sample and args.num_beams == 1 and args.num_return_sequences > 1:
         ids = np.repeat(ids, args.num_return_sequences, axis=0)
         mask = np.repeat(mask, args.num_return_sequences, axis=0)
+    # Padding columns shared by all rows are cut (a fixed-width batch near the context limit
+    # would not fit otherwise) and put back in front of the result, where HF has them.
+    cut = droppable_columns(ids, mask, args.no_repeat_ngram_size)
+    head, ids, mask = ids[:, :cut], ids[:, cut:], mask[:, cut:]
     plan, prompt, pmask, real = _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules,
                                       streamer is not None and args.num_beams == 1)
     rt = _runtime(args, new_tokens, plan.prompt_len - ids.shape[1])
@@ -266,64 +271,24 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
         else:
             out = _run_greedy(cfg, plan, params, cache, prompt, pmask, real, rt, ids.shape,
                               streamer)
+    rows = out.sequences.shape[0]
+    out.sequences = np.concatenate([np.repeat(head, rows // len(head), axis=0), out.sequences],
+                                   axis=1)
     return out if return_dict else out.sequences
-
-
-def _prepare_inputs(input_ids, attention_mask, args: GenerationArgs):
-    """Host arrays ids, mask [B, P]; HF's mask inference when none is given."""
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
-        raise ConfigError(
-            f"input_ids has shape {ids.shape}; give a non-empty prompt as [batch, length] "
-            "token ids (an empty prompt has nothing to condition on)."
-        )
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ConfigError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
-    if attention_mask is None:
-        pad = args.pad_token_id
-        infer = pad is not None and pad not in args.eos_ids and bool((ids == pad).any())
-        mask = (ids != pad) if infer else np.ones_like(ids)
-    else:
-        mask = np.asarray(attention_mask)
-        if mask.shape != ids.shape:
-            raise ConfigError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}; "
-                              "pass one mask entry per token.")
-    mask = mask.astype(np.int32)
-    empty = np.flatnonzero(mask.sum(-1) == 0)
-    if empty.size:
-        raise ConfigError(f"prompt(s) {empty.tolist()} are empty (attention_mask all 0); give "
-                          "every prompt at least one token.")
-    return ids.astype(np.int32), mask
-
-
-def _new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
-    """HF's budget: max_new_tokens, else max_length - prompt columns; checked vs the context."""
-    if args.max_new_tokens is not None:
-        new = args.max_new_tokens
-        if new <= 0:
-            raise ConfigError(f"max_new_tokens={new}; it must be a positive number of tokens.")
-    else:
-        max_length = 20 if args.max_length is None else args.max_length
-        new = max_length - ids.shape[1]
-        if new <= 0:
-            raise ConfigError(
-                f"max_length={max_length} leaves no room after the {ids.shape[1]}-token prompt "
-                "(max_new_tokens <= 0); raise max_length or set max_new_tokens."
-            )
-    longest = int(mask.sum(-1).max())
-    if longest + new > cfg.n_positions:
-        raise ConfigError(
-            f"prompt of {longest} tokens + {new} new tokens exceeds the model context of "
-            f"{cfg.n_positions} positions; shorten the prompt or lower max_new_tokens/max_length."
-        )
-    return int(new)
 
 
 def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
     """Buckets shapes and left-pads the batch: (Plan, prompt [B', P'], mask, real rows [B'])."""
     rows, length = ids.shape
+    if length + new_tokens > cfg.n_positions:
+        # the cache has one slot per column: fewer would overwrite the last slot every step
+        raise ConfigError(
+            f"{length} prompt columns (after cutting the padding shared by all rows) + "
+            f"{new_tokens} new tokens exceed the model context of {cfg.n_positions} positions"
+            + ("; no_repeat_ngram_size needs the padding's n-grams, so strip the left padding "
+               "(or pad to the longest prompt)" if args.no_repeat_ngram_size else "")
+            + "; lower max_new_tokens/max_length."
+        )
     prompt_len = bucket(length)
     if prompt_len + new_tokens > cfg.n_positions:
         prompt_len = length  # no room for bucket padding near the context limit

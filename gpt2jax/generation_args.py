@@ -1,10 +1,17 @@
-"""The arguments of `gpt2jax.generate`: HF `generate`'s names, defaults and checks."""
+"""The arguments and inputs of `gpt2jax.generate`: HF `generate`'s names, defaults and checks.
+
+Also the host-side preparation of the prompt batch: HF's attention-mask inference, the new
+token budget, and the left-padding columns that can be dropped without changing HF's result.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from gpt2jax.errors import ConfigError
+from gpt2jax.model import GPT2Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +82,78 @@ def _validate(args: GenerationArgs) -> None:
         raise ConfigError(f"repetition_penalty={args.repetition_penalty} must be > 0.")
     if args.early_stopping not in (True, False, "never"):
         raise ConfigError(f"early_stopping={args.early_stopping!r}; use True, False or 'never'.")
+
+
+def prepare_inputs(input_ids, attention_mask, args: GenerationArgs):
+    """Host arrays ids, mask [B, P]; HF's mask inference when none is given."""
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ConfigError(
+            f"input_ids has shape {ids.shape}; give a non-empty prompt as [batch, length] "
+            "token ids (an empty prompt has nothing to condition on)."
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ConfigError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
+    if attention_mask is None:
+        pad = args.pad_token_id
+        infer = pad is not None and pad not in args.eos_ids and bool((ids == pad).any())
+        mask = (ids != pad) if infer else np.ones_like(ids)
+    else:
+        mask = np.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ConfigError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}; "
+                              "pass one mask entry per token.")
+    mask = mask.astype(np.int32)
+    empty = np.flatnonzero(mask.sum(-1) == 0)
+    if empty.size:
+        raise ConfigError(f"prompt(s) {empty.tolist()} are empty (attention_mask all 0); give "
+                          "every prompt at least one token.")
+    return ids.astype(np.int32), mask
+
+
+def new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
+    """HF's budget: max_new_tokens, else max_length - prompt columns; checked vs the context."""
+    if args.max_new_tokens is not None:
+        new = args.max_new_tokens
+        if new <= 0:
+            raise ConfigError(f"max_new_tokens={new}; it must be a positive number of tokens.")
+    else:
+        max_length = 20 if args.max_length is None else args.max_length
+        new = max_length - ids.shape[1]
+        if new <= 0:
+            raise ConfigError(
+                f"max_length={max_length} leaves no room after the {ids.shape[1]}-token prompt "
+                "(max_new_tokens <= 0); raise max_length or set max_new_tokens."
+            )
+    longest = int(mask.sum(-1).max())
+    if longest + new > cfg.n_positions:
+        raise ConfigError(
+            f"prompt of {longest} tokens + {new} new tokens exceeds the model context of "
+            f"{cfg.n_positions} positions; shorten the prompt or lower max_new_tokens/max_length."
+        )
+    return int(new)
+
+
+def droppable_columns(ids: np.ndarray, mask: np.ndarray, ngram_size: int) -> int:
+    """Leading columns of ids/mask [B, W] that can be cut without changing HF's tokens.
+
+    A column that is padding in every row is invisible to attention (masked), to positions
+    (cumsum of the mask) and to the repetition penalty (HF skips the left padding), so a batch
+    padded to a fixed width (`padding="max_length"`) decodes from its real columns only. HF's
+    no_repeat_ngram does see the padding's n-grams: with it on, each distinct n-gram keeps its
+    last occurrence, so the cut batch bans exactly the tokens the full one bans.
+    """
+    real = mask.any(axis=0)
+    lead = int(np.argmax(real)) if real.any() else 0
+    if ngram_size <= 0 or lead == 0:
+        return lead
+    width = ids.shape[1]
+    if width < ngram_size:
+        return 0
+    windows = np.lib.stride_tricks.sliding_window_view(ids, ngram_size, axis=1)
+    for row in windows:
+        _, first_from_end = np.unique(row[::-1], axis=0, return_index=True)
+        lead = min(lead, width - ngram_size - int(first_from_end.max()))
+    return lead

@@ -36,10 +36,10 @@ def to_gpt2jax(hf: transformers.GPT2LMHeadModel):
     return cfg, weights.hf_state_dict_to_params(state, cfg)
 
 
-def left_padded(lengths, vocab: int = 50000, seed: int = 0):
-    """Random prompts of the given lengths, left-padded with PAD: (ids, mask) [B, max]."""
+def left_padded(lengths, vocab: int = 50000, seed: int = 0, width: int | None = None):
+    """Random prompts of the given lengths, left-padded with PAD: (ids, mask) [B, width or max]."""
     rng = np.random.default_rng(seed)
-    width = max(lengths)
+    width = width or max(lengths)
     ids = np.full((len(lengths), width), PAD, np.int64)
     mask = np.zeros_like(ids)
     for row, n in enumerate(lengths):
@@ -106,6 +106,32 @@ def test_greedy_matches_hf_left_padded(tiny):
     hf, cfg, params, ids, mask = tiny
     ref = assert_same(hf, cfg, params, ids, mask, max_new_tokens=40, do_sample=False)
     assert ref.shape == (6, 8 + 40)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_max_length_padding_near_the_context_matches_hf(num_beams):
+    """A tokenizer's padding="max_length" batch (W = 58 on a 64-position model) + 12 new tokens:
+    W + new > n_positions but every real prompt + new fits; HF returns [B, W + new]."""
+    hf = hf_tiny(seed=2, n_positions=64)
+    cfg, params = to_gpt2jax(hf)
+    ids, mask = left_padded((40, 52, 30, 45), seed=2, width=58)
+    ref = assert_same(hf, cfg, params, ids, mask, max_new_tokens=12, num_beams=num_beams,
+                      num_return_sequences=num_beams, eos_token_id=None)
+    assert ref.shape == (4 * num_beams, 58 + 12)
+    np.testing.assert_array_equal(ref[::num_beams, :58], ids)
+
+
+def test_max_length_padding_with_no_repeat_ngram_keeps_padding_ngrams():
+    """HF's no_repeat_ngram also bans n-grams of the left padding: trimming keeps them."""
+    hf = hf_tiny(seed=2, n_positions=64, vocab_size=8)
+    cfg, params = to_gpt2jax(hf)
+    ids, mask = left_padded((3, 5), vocab=8, seed=3, width=20)
+    ids[ids == PAD] = 7
+    assert_same(hf, cfg, params, ids, mask, max_new_tokens=40, no_repeat_ngram_size=2,
+                pad_token_id=7, eos_token_id=None)
+    junk = np.where(mask == 1, ids, np.arange(20) // 2 % 8)  # bigrams (1, 2), (2, 2): once
+    with pytest.raises(gpt2jax.ConfigError, match="no_repeat_ngram"):
+        generate(cfg, params, junk, mask, max_new_tokens=50, no_repeat_ngram_size=2)
 
 
 def test_greedy_matches_hf_124m_shape():
