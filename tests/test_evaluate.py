@@ -4,9 +4,12 @@ What is compared (see gpt2jax/eval/perplexity.py):
 - ours: `nll_sum / token_count`, the exact token-weighted NLL over the tokens each window
   scores;
 - HF: the guide's loop (transformers docs "Perplexity of fixed-length models") run with
-  `GPT2LMHeadModel`, accumulating the summed per-token cross entropy of the valid shifted
-  labels and their count (the same token-weighted quantity), and, separately, the guide's
-  own `loss * (num_valid - 1)` formula, compared with our `guide_perplexity`.
+  `GPT2LMHeadModel(input_ids, labels=...)` (context-only labels -100): each window's
+  `outputs.loss * n_scored` (n_scored = labels left after HF's internal shift) and
+  n_scored against our per-window NLL sum and count, then the totals; and, separately, the
+  guide's own `loss * (num_valid - 1)` formula, compared with our `guide_perplexity`.
+
+The HF model's random weights reach ours through `gpt2jax.weights.hf_state_dict_to_params`.
 
 To fit the CI budget, the tiny model (2 layers, 64 wide, 1024 positions) has a compact
 vocabulary: the GPT-2 ids occurring in the 20,000-token WikiText-2 slice and the 50 LAMBADA
@@ -28,7 +31,7 @@ import transformers
 
 import gpt2jax
 from configs import common
-from gpt2jax import sharding
+from gpt2jax import sharding, weights
 from gpt2jax.eval import lambada as lambada_lib
 from gpt2jax.eval import perplexity as ppl_lib
 from gpt2jax.eval import tasks
@@ -36,31 +39,6 @@ from gpt2jax.model import GPT2Config, init_params
 
 N_SLICE = 20_000
 N_LAMBADA = 50
-
-
-def hf_to_params(model: transformers.GPT2LMHeadModel, cfg: GPT2Config) -> dict:
-    """HF GPT-2 state dict -> our param tree (c_attn [E,3E] -> [E,3,H,D], c_proj -> [H,D,E])."""
-    sd = {k: v.detach().numpy() for k, v in model.transformer.state_dict().items()}
-    H, D, E = cfg.n_head, cfg.head_dim, cfg.n_embd
-    ln = lambda p: {"scale": jnp.asarray(sd[p + ".weight"]), "bias": jnp.asarray(sd[p + ".bias"])}
-    params = {"wte": {"embedding": jnp.asarray(sd["wte.weight"])},
-              "wpe": {"embedding": jnp.asarray(sd["wpe.weight"])}, "ln_f": ln("ln_f")}
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": ln(p + "ln_1"), "ln_2": ln(p + "ln_2"),
-            "attn": {
-                "c_attn": {"kernel": jnp.asarray(sd[p + "attn.c_attn.weight"].reshape(E, 3, H, D)),
-                           "bias": jnp.asarray(sd[p + "attn.c_attn.bias"].reshape(3, H, D))},
-                "c_proj": {"kernel": jnp.asarray(sd[p + "attn.c_proj.weight"].reshape(H, D, E)),
-                           "bias": jnp.asarray(sd[p + "attn.c_proj.bias"])},
-            },
-            "mlp": {"c_fc": {"kernel": jnp.asarray(sd[p + "mlp.c_fc.weight"]),
-                             "bias": jnp.asarray(sd[p + "mlp.c_fc.bias"])},
-                    "c_proj": {"kernel": jnp.asarray(sd[p + "mlp.c_proj.weight"]),
-                               "bias": jnp.asarray(sd[p + "mlp.c_proj.bias"])}},
-        }
-    return params
 
 
 class CompactEncoding:
@@ -103,7 +81,8 @@ def tiny(compact):
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
                      vocab_size=compact.n_vocab, embd_pdrop=0.0, attn_pdrop=0.0,
                      resid_pdrop=0.0)
-    params = hf_to_params(model, cfg)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params = jax.tree.map(jnp.asarray, weights.hf_state_dict_to_params(state, cfg))
     ref = jax.eval_shape(lambda key: init_params(cfg, key), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(ref)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)))
@@ -131,64 +110,64 @@ def test_wikitext2_raw_hf_join_is_287644_tokens(wiki_ids):
     assert len(wiki_ids) == 287_644
 
 
-class _CachedForward:
-    """HF forward returning per-token CE of shifted labels, memoised on the window bounds."""
+def hf_guide_loop(model, ids: np.ndarray, max_length: int, stride: int) -> list[dict]:
+    """The guide's loop, one record per window, HF computing the loss itself.
 
-    def __init__(self, model, ids):
-        self.model, self.ids, self.cache = model, torch.as_tensor(ids)[None], {}
-
-    def token_ce(self, begin: int, end: int) -> torch.Tensor:
-        if (begin, end) not in self.cache:
-            with torch.no_grad():
-                logits = self.model(self.ids[:, begin:end]).logits[0, :-1]
-            target = self.ids[0, begin + 1:end]
-            self.cache[begin, end] = torch.nn.functional.cross_entropy(
-                logits, target, reduction="none")
-        return self.cache[begin, end]
-
-
-def hf_guide_loop(forward: _CachedForward, max_length: int, stride: int):
-    """The guide's loop; returns (exact nll sum, exact count, guide nll sum, guide count)."""
-    seq_len = forward.ids.size(1)
-    nll, count, guide_nll, guide_n = 0.0, 0, 0.0, 0
-    prev_end_loc = 0
+    Each window is `model(input_ids, labels=target_ids)` with the context-only targets set
+    to -100, as the guide does; `outputs.loss` is HF's mean over the labels that survive its
+    internal shift, so `loss * n_scored` (n_scored = labels != -100 after the shift) is HF's
+    summed NLL of the window. Returns [{begin, end, nll, n_scored, guide_n}] where guide_n
+    is the guide's own `num_valid_tokens - batch_size`.
+    """
+    ids = torch.as_tensor(ids)[None]
+    seq_len = ids.size(1)
+    out, prev_end_loc = [], 0
     for begin_loc in range(0, seq_len, stride):
         end_loc = min(begin_loc + max_length, seq_len)
         trg_len = end_loc - prev_end_loc
-        target_ids = forward.ids[:, begin_loc:end_loc].clone()
+        input_ids = ids[:, begin_loc:end_loc]
+        target_ids = input_ids.clone()
         target_ids[:, :-trg_len] = -100
-        ce = forward.token_ce(begin_loc, end_loc)
-        valid = target_ids[0, 1:] != -100  # the model's internal shift
-        nll += float(ce[valid].sum())
-        count += int(valid.sum())
-        loss = ce[valid].mean()  # what outputs.loss is
-        num_loss_tokens = int((target_ids != -100).sum()) - 1
-        guide_nll += float(loss) * num_loss_tokens
-        guide_n += num_loss_tokens
+        with torch.no_grad():
+            loss = float(model(input_ids, labels=target_ids).loss)
+        n_scored = int((target_ids[:, 1:] != -100).sum())
+        guide_n = int((target_ids != -100).sum()) - target_ids.size(0)
+        out.append(dict(begin=begin_loc, end=end_loc, nll=loss * n_scored, n_scored=n_scored,
+                        guide_n=guide_n))
         prev_end_loc = end_loc
         if end_loc == seq_len:
             break
-    return nll, count, guide_nll, guide_n
+    return out
 
 
-def test_strided_perplexity_matches_hf_guide_loop(tiny, slice_ids, data_mesh):
-    """Batches of 8 windows sharded over 8 simulated devices (last batch padded)."""
+def test_strided_perplexity_matches_hf_loss_window_by_window(tiny, slice_ids, data_mesh):
+    """Each window's NLL sum and scored-token count against HF's own `labels=` loss, for
+    strides 1024/512/256 over 20,000 tokens (so the last window is short for each);
+    batches of 8 windows sharded over 8 simulated devices (last batch padded)."""
     model, cfg, params = tiny
     ids = slice_ids
-    forward = _CachedForward(model, ids)
     mesh, rules = data_mesh
     for stride in (1024, 512, 256):
-        nll, count, guide_nll, guide_n = hf_guide_loop(forward, 1024, stride)
+        hf = hf_guide_loop(model, ids, 1024, stride)
         ours = ppl_lib.perplexity(cfg, params, ids, context_length=1024, stride=stride,
                                   batch_size=8, mesh=mesh, axis_rules=rules)
-        assert ours.token_count == count
+        assert hf[-1]["end"] - hf[-1]["begin"] < 1024 and hf[-1]["end"] == N_SLICE
+        assert ours.windows == len(hf) == len(ours.window_nll_sums)
+        assert list(ours.window_token_counts) == [w["n_scored"] for w in hf]
+        np.testing.assert_allclose(ours.window_nll_sums, [w["nll"] for w in hf], rtol=1e-4)
+        nll, count = sum(w["nll"] for w in hf), sum(w["n_scored"] for w in hf)
+        assert ours.token_count == count == sum(ours.window_token_counts)
         assert ours.token_count == (N_SLICE - ours.windows if stride == 1024 else N_SLICE - 1)
-        np.testing.assert_allclose(ours.nll_per_token, nll / count, rtol=1e-4)
+        np.testing.assert_allclose(ours.nll_sum, nll, rtol=1e-4)
         np.testing.assert_allclose(ours.perplexity, math.exp(nll / count), rtol=1e-4)
+        guide_nll = sum(w["nll"] / w["n_scored"] * w["guide_n"] for w in hf)
+        guide_n = sum(w["guide_n"] for w in hf)
         np.testing.assert_allclose(ours.guide_perplexity, math.exp(guide_nll / guide_n),
                                    rtol=1e-4)
         if stride == 1024:  # the guide's weighting is exact without overlap
             np.testing.assert_allclose(ours.guide_perplexity, ours.perplexity, rtol=1e-12)
+        else:  # ... and not with it: the comparison above can tell the two apart
+            assert guide_n < count
 
 
 def test_padded_batch_equals_unpadded(tiny, slice_ids, data_mesh):

@@ -21,6 +21,9 @@ What we return, precisely:
   for later windows of a smaller stride the mean really covers `trg_len` tokens, so the
   guide under-weights them slightly. Reported for comparison with the guide's 19.44 / 16.44.
 - `bits_per_byte = nll_sum / (ln 2 * byte_count)` when the byte count of the text is given.
+- `window_nll_sums` / `window_token_counts`: each window's summed NLL and number of scored
+  tokens, in window order (what HF's `outputs.loss * n_scored` and `n_scored` are per window;
+  `tests/test_evaluate.py` compares them window by window).
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class Windows:
     def __len__(self) -> int:
         return len(self.begin)
 
+    @property
+    def scored_counts(self) -> np.ndarray:
+        """[W] int, the number of targets each window scores (`end - score_start`)."""
+        return self.end - self.score_start
+
 
 @dataclasses.dataclass(frozen=True)
 class PerplexityResult:
@@ -76,6 +84,8 @@ class PerplexityResult:
     bits_per_byte: float | None = None
     word_count: int | None = None
     word_perplexity: float | None = None
+    window_nll_sums: tuple[float, ...] = dataclasses.field(default=(), repr=False)
+    window_token_counts: tuple[int, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def nll_per_token(self) -> float:
@@ -259,7 +269,7 @@ def perplexity(cfg: GPT2Config, params, token_ids, context_length: int = 1024,
 def summarize(sums: np.ndarray, windows: Windows, stride: int, byte_count: int | None = None,
               word_count: int | None = None) -> PerplexityResult:
     """Combines per-window NLL sums [W] into a `PerplexityResult`."""
-    counts = windows.end - windows.score_start
+    counts = windows.scored_counts
     nll_sum, token_count = float(np.sum(sums)), int(np.sum(counts))
     guide_nll = np.sum(sums / np.maximum(counts, 1) * windows.guide_count)
     guide_ppl = float(np.exp(guide_nll / max(int(np.sum(windows.guide_count)), 1)))
@@ -269,5 +279,6 @@ def summarize(sums: np.ndarray, windows: Windows, stride: int, byte_count: int |
         nll_sum=nll_sum, token_count=token_count, perplexity=math.exp(nll_sum / token_count),
         guide_perplexity=guide_ppl, windows=len(windows), context_length=windows.context_length,
         stride=stride, byte_count=byte_count, bits_per_byte=bpb, word_count=word_count,
-        word_perplexity=word_ppl,
+        word_perplexity=word_ppl, window_nll_sums=tuple(float(x) for x in sums),
+        window_token_counts=tuple(int(c) for c in counts),
     )
