@@ -9,6 +9,8 @@
 
 Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets),
 `shards` (token files written by `python run.py --mode=prepare`). See README `## Data`.
+Public data files by name (`dataset:NAME`): `resolve.data_file` (data dir, caches, the
+package, a checksummed download; `registry` pins the sources, `downloads` fetches).
 """
 
 from __future__ import annotations

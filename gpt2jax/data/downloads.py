@@ -60,7 +60,7 @@ def _stream(url: str, tmp: Path, desc: str, timeout: float) -> str:
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar:
             for block in iter(lambda: resp.read(CHUNK), b""):
                 out.write(block)
                 digest.update(block)
