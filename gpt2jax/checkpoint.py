@@ -38,11 +38,15 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).expanduser().resolve() / "checkpoints"
 
 
+def _val_loss(metrics: dict) -> float:
+    return metrics["val_loss"]
+
+
 def _policy(keep: int, keep_best: int):
     cm = ocp.checkpoint_managers
     policies = [cm.LatestN(n=keep)]
     if keep_best > 0:
-        policies.append(cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True,
+        policies.append(cm.BestN(get_metric_fn=_val_loss, reverse=True,
                                  n=keep_best, keep_checkpoints_without_metrics=False))
     return cm.AnyPreservationPolicy(policies)
 
@@ -64,6 +68,10 @@ class Checkpointer:
         self.directory = checkpoint_dir(workdir)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=_policy(keep, keep_best),
+            # best_fn makes Orbax write each save's metrics to disk (without it BestN ranks
+            # from memory only, and a resumed run forgets which checkpoint was best)
+            best_fn=_val_loss if keep_best > 0 else None,
+            best_mode="min",
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,  # delete what saves killed mid-write left behind
@@ -90,7 +98,11 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict, meta: dict,
              val_loss: float | None = None) -> None:
-        """Starts an (async) save of `state`, the data iterator state and `meta` at `step`."""
+        """Starts an (async) save of `state`, the data iterator state and `meta` at `step`.
+
+        val_loss: the validation loss of this step's own params (ranks it for keep_best);
+        None leaves the checkpoint out of the best ranking.
+        """
         metrics = None if val_loss is None else {"val_loss": float(val_loss)}
         self.manager.save(
             step,

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import data as data_lib
 from gpt2jax import sharding as sharding_lib
 from gpt2jax.errors import ConfigError, GPT2JaxError
-from gpt2jax.meter import Meter
+from gpt2jax.meter import Meter, peak_flops
 from gpt2jax.model import GPT2Config
 from gpt2jax.preemption import PreemptionGuard
 from gpt2jax.train import Trainer, TrainConfig, TrainState, model_flops_per_token
@@ -48,6 +47,7 @@ class Run:
         self.state: TrainState | None = None
         self.writer = None
         self.val_loss: float | None = None
+        self.val_step: int | None = None  # the step whose params gave val_loss
         self.num_steps = 0
 
 
@@ -235,7 +235,7 @@ def _num_steps(run: Run) -> int:
 def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
     tc, config = run.tc, run.config
     num_steps, trainer = run.num_steps, run.trainer
-    meter = Meter(run, model_flops_per_token(run.cfg, tc.block_size), _peak_flops(run))
+    meter = Meter(run, model_flops_per_token(run.cfg, tc.block_size), peak_flops(run))
     val_batches = _val_batches(run) if config.train.eval_every > 0 else []
     bar = _progress(config, start, num_steps)
     meta, every = _meta(run), config.checkpoint.save_every
@@ -258,7 +258,7 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
             if evaluate_now:
                 _evaluate(run, val_batches, step, meter)
             if save_now:
-                run.checkpointer.save(step, run.state, run.ds.train.state(), meta, run.val_loss)
+                _save(run, step, meta, val_batches, meter, preempted=False)
             if bar is not None:
                 bar.update(1)
             for hook in hooks:
@@ -269,7 +269,7 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
         if step > start and run.checkpointer.latest_step() != step:  # data ended / preempted
             if val_batches and not guard.stop_requested:
                 _evaluate(run, val_batches, step, meter)
-            run.checkpointer.save(step, run.state, run.ds.train.state(), meta, run.val_loss)
+            _save(run, step, meta, val_batches, meter, preempted=guard.stop_requested)
     finally:
         guard.uninstall()
         meter.close()
@@ -287,12 +287,18 @@ def _train(run: Run, start: int, hooks: Sequence[Hook]) -> dict:
     return {"step": step, "train_loss": meter.last_loss, "val_loss": run.val_loss}
 
 
-def _peak_flops(run: Run) -> float:
-    """Peak FLOP/s of the whole mesh: configured per device, else a measured matmul."""
-    per_device = run.config.train.peak_flops or measure_matmul_peak()
-    if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
-        return per_device
-    return per_device * len(run.trainer.mesh.devices.flat)
+def _save(run: Run, step: int, meta: dict, val_batches, meter: Meter, preempted: bool) -> None:
+    """Saves checkpoint `step`, ranked for keep_best only by a val loss of its own params.
+
+    With keep_best > 0 a save at a step without an evaluation evaluates first; a preemption
+    save does not (the grace period is short) and is saved without a metric: Orbax's BestN
+    leaves it out of the ranking, LatestN keeps it.
+    """
+    if (run.config.checkpoint.keep_best > 0 and val_batches and not preempted
+            and run.val_step != step):
+        _evaluate(run, val_batches, step, meter)
+    own = run.val_loss if run.val_step == step else None
+    run.checkpointer.save(step, run.state, run.ds.train.state(), meta, own)
 
 
 def _val_batches(run: Run) -> list[dict]:
@@ -332,7 +338,7 @@ def evaluate_batches(trainer: Trainer, params, batches: Sequence[dict]) -> dict:
 
 def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
     res = evaluate_batches(run.trainer, run.state.params, val_batches)
-    run.val_loss = res["loss"]
+    run.val_loss, run.val_step = res["loss"], step
     run.writer.add_scalar("val/loss", res["loss"], step)
     run.writer.add_scalar("val/accuracy", res["accuracy"], step)
     run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
@@ -383,16 +389,3 @@ def export_hf(run: Run) -> Path:
     target = save_pretrained(run.cfg, params, run.workdir / "hf", overwrite=True)
     data_lib.save_tokenizer(run.ds.tokenizer, target / "gpt2jax_tokenizer.json")
     return target
-
-
-def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
-    """Measured float32 matmul FLOP/s of one device (the MFU denominator when not configured)."""
-    x = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best

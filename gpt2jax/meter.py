@@ -3,7 +3,7 @@
 `Meter` buffers the device metrics of each step (no host sync per step) and, at a flush,
 fetches them together, checks them (`check_finite`) and writes them to `metrics.jsonl`,
 TensorBoard and the progress bar. The loop flushes before every evaluation and every save,
-so a non-finite state is never evaluated or saved.
+so a non-finite state is never evaluated or saved. Also the MFU denominator (`peak_flops`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 
 from gpt2jax.train import TrainingDivergedError
 
@@ -118,3 +119,24 @@ class Meter:
 
     def close(self) -> None:
         self.jsonl.close()
+
+
+def peak_flops(run) -> float:
+    """Peak FLOP/s of the whole mesh: configured per device, else a measured matmul."""
+    per_device = run.config.train.peak_flops or measure_matmul_peak()
+    if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
+        return per_device
+    return per_device * len(run.trainer.mesh.devices.flat)
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of one device (the MFU denominator when not configured)."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
