@@ -167,27 +167,59 @@ def apply_warpers(scores: jax.Array, settings: ScoreSettings, params: ScoreParam
     return scores
 
 
+# Extra candidates read past the k-th score, so that tokens tied with it fit in the short list.
+TIE_ROOM = 16
+
+
+def _sample_full(key: jax.Array, scores: jax.Array, settings: ScoreSettings,
+                 params: ScoreParams) -> jax.Array:
+    """Samples from scores [R, V] (already temperature-scaled and top-k filtered) -> [R]."""
+    if settings.use_top_p:
+        scores = top_p_filter(scores, params.top_p, settings.min_tokens_to_keep)
+    return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
+
+
+def _sample_short(key: jax.Array, values: jax.Array, indices: jax.Array, kth: jax.Array,
+                  settings: ScoreSettings, params: ScoreParams) -> jax.Array:
+    """Samples among the C best candidates values/indices [R, C] (descending) -> [R].
+
+    Exact when every token scoring >= kth [R, 1] is among them (all others have probability 0).
+    Top-p sees them in HF's ascending order, ties by token id as in `top_p_filter`.
+    """
+    values = jnp.where(values < kth, NEG_INF, values)
+    if settings.use_top_p:
+        values, indices = jax.lax.sort((values, indices), dimension=-1, num_keys=2)
+        keep = _top_p_keep_sorted(values, params.top_p, settings.min_tokens_to_keep)
+        values = jnp.where(keep, values, NEG_INF)
+    choice = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
 def sample_warped(key: jax.Array, scores: jax.Array, settings: ScoreSettings,
                   params: ScoreParams) -> jax.Array:
     """Samples one token per row from the warped distribution of `scores` [R, V] -> [R] int32.
 
-    With top_k on, only the k best candidates are sorted (top_p then acts inside them), which
-    gives the same distribution as warping the full vocabulary (all other tokens have
-    probability 0) at a fraction of the cost of sorting V.
+    HF's top-k keeps every token scoring >= the k-th score, ties included (bf16 logits tie
+    often). With top_k on, only the 2k + TIE_ROOM best are sorted (top_p then acts inside
+    them), the same distribution as warping the whole vocabulary at a fraction of the cost of
+    sorting V; when ties with the k-th score run past that short list, the full vocabulary is
+    warped instead.
     """
     scores = scores / params.temperature
     if settings.top_k <= 0:
-        if settings.use_top_p:
-            scores = top_p_filter(scores, params.top_p, settings.min_tokens_to_keep)
-        return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
-    k = min(max(settings.top_k, settings.min_tokens_to_keep), scores.shape[-1])
-    values, indices = jax.lax.top_k(scores, k)  # descending
-    if settings.use_top_p:
-        ascending = values[:, ::-1]
-        keep = _top_p_keep_sorted(ascending, params.top_p, settings.min_tokens_to_keep)[:, ::-1]
-        values = jnp.where(keep, values, NEG_INF)
-    choice = jax.random.categorical(key, values, axis=-1)
-    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        return _sample_full(key, scores, settings, params)
+    vocab = scores.shape[-1]
+    k = min(max(settings.top_k, settings.min_tokens_to_keep), vocab)
+    width = min(vocab, 2 * k + TIE_ROOM)
+    values, indices = jax.lax.top_k(scores, width)  # descending
+    kth = values[:, k - 1:k]
+    if width == vocab:
+        return _sample_short(key, values, indices, kth, settings, params)
+    return jax.lax.cond(
+        jnp.all(values[:, -1:] < kth),
+        lambda: _sample_short(key, values, indices, kth, settings, params),
+        lambda: _sample_full(key, jnp.where(scores < kth, NEG_INF, scores), settings, params),
+    )
 
 
 def select_tokens(key: jax.Array, scores: jax.Array, settings: ScoreSettings,

@@ -1,4 +1,5 @@
-"""gpt2jax.sampling == HF logits processors/warpers; sampled frequencies == filtered softmax."""
+"""gpt2jax.sampling == HF logits processors/warpers; sampled frequencies == filtered softmax;
+the support of `generate`'s samples == HF's top-k/top-p warpers on logits with ties."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,9 @@ from scipy import stats
 from transformers.generation import logits_process as hf_lp
 
 from gpt2jax import sampling
+from gpt2jax.generate import generate
 from gpt2jax.sampling import ScoreParams, ScoreSettings
+from test_generate import hf_tiny, to_gpt2jax
 
 
 def params(temperature=1.0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, ngram=1,
@@ -105,6 +108,77 @@ def test_sample_frequencies_match_filtered_softmax(temperature, top_k, top_p):
     assert p_value > 1e-3, (counts, expected)
 
 
+@pytest.mark.parametrize("ties", [3, 40])
+@pytest.mark.parametrize("cut_ties", [False, True])
+def test_top_k_ties_sampled_like_hf(ties, cut_ties):
+    """2 top tokens, then `ties` tokens tied at the k-th score (k=4): HF keeps them all. 3 ties
+    fit the short candidate list, 40 run past it (the whole-vocabulary path)."""
+    k, vocab = 4, 100
+    logits = np.random.default_rng(3).normal(size=(1, vocab)).astype(np.float32) - 4
+    logits[0, [7, 50]] = 3.0
+    logits[0, 10:10 + ties] = 1.0
+    assert (ties + 2 > 2 * k + sampling.TIE_ROOM) == (ties == 40)  # which path runs
+    top_p = 1.0
+    if cut_ties:  # 1 - top_p between the tied mass and it plus half a top token
+        probs = torch.softmax(torch.tensor(hf_warped(logits, 1.0, k, 1.0)), -1).numpy()[0]
+        top_p = float(1 - (probs[10] * ties + probs[7] / 2))
+    expected = np.isfinite(hf_warped(logits, 1.0, k, top_p)[0])
+    assert expected.sum() == (2 if cut_ties else 2 + ties)
+    settings = ScoreSettings(do_sample=True, top_k=k, use_top_p=cut_ties)
+    keys = jax.random.split(jax.random.key(1), 4000)
+    draw = jax.jit(jax.vmap(lambda key: sampling.select_tokens(
+        key, jnp.asarray(logits), settings, params(1.0, top_p))[0]))
+    counts = np.bincount(np.asarray(draw(keys)), minlength=vocab)
+    np.testing.assert_array_equal(counts > 0, expected)
+
+
 def test_greedy_is_first_argmax():
     scores = jnp.array([[0.0, 2.0, 2.0, 1.0]])
     assert int(sampling.select_tokens(jax.random.key(0), scores, ScoreSettings(), params())[0]) == 1
+
+
+@pytest.fixture(scope="module")
+def tied_model():
+    """A tiny HF GPT-2 whose 64 tokens come in 16 groups of 4 identical embeddings (the LM head
+    is tied), so every logit is tied with 3 others: (HF model, cfg, params, prompt [1, 5])."""
+    hf = hf_tiny(seed=4, vocab_size=64, n_positions=32)
+    with torch.no_grad():
+        wte = hf.transformer.wte.weight
+        wte.copy_(wte[::4].repeat_interleave(4, dim=0))
+    cfg, params = to_gpt2jax(hf)
+    return hf, cfg, params, np.array([[3, 17, 42, 8, 60]])
+
+
+def hf_support(hf, prompt, top_k: int, top_p: float) -> set:
+    """Tokens HF's TopK (then TopP) warpers leave finite on the model's next-token logits."""
+    with torch.no_grad():
+        logits = hf(torch.tensor(prompt)).logits[:, -1].numpy()
+    return set(np.flatnonzero(np.isfinite(hf_warped(logits, 1.0, top_k, top_p)[0])).tolist())
+
+
+def sampled_support(cfg, params, prompt, draws: int = 256, **kwargs) -> set:
+    """Distinct first tokens of `draws` samples through `generate`."""
+    out = generate(cfg, params, prompt, max_new_tokens=1, do_sample=True,
+                   num_return_sequences=draws, eos_token_id=None, pad_token_id=0, **kwargs)
+    return set(out[:, -1].tolist())
+
+
+def test_top_k_keeps_ties_like_hf_through_generate(tied_model):
+    hf, cfg, params, prompt = tied_model
+    support = hf_support(hf, prompt, 6, 1.0)
+    assert len(support) == 8  # the 6th best logit is tied with 2 more: HF keeps all 8
+    assert sampled_support(cfg, params, prompt, top_k=6) == support
+
+
+def test_top_k_then_top_p_matches_hf_order_through_generate(tied_model):
+    hf, cfg, params, prompt = tied_model
+    with torch.no_grad():
+        logits = hf(torch.tensor(prompt)).logits[:, -1].numpy()
+    probs = torch.softmax(torch.tensor(hf_warped(logits, 1.0, 6, 1.0)), -1).numpy()[0]
+    low, high = np.unique(probs[probs > 0])  # the two tied groups that top_k=6 keeps
+    # 1 - top_p between the lower group's mass and it plus half a higher token (no tie cut):
+    # HF drops exactly the lower group; top_p on the whole vocabulary first would keep it
+    for top_p in (1 - (4 * low + high / 2), 1 - low / 2):
+        support = hf_support(hf, prompt, 6, top_p)
+        assert len(support) == (4 if top_p < 1 - low else 8)
+        assert sampled_support(cfg, params, prompt, top_k=6, top_p=top_p) == support
