@@ -174,5 +174,7 @@ def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
     c.keep_best = 1                # plus this many with the lowest val loss (0 = none)
     c.async_save = True            # write in the background (device->host copy is synchronous)
     c.resume = True                # continue from the latest checkpoint in the workdir
+    c.restore_step = 0             # resume from this step instead (newer checkpoints are moved
+    #                                to <workdir>/checkpoints_set_aside/, never deleted); 0 = latest
     c.update(overrides)
     return c

@@ -13,11 +13,14 @@ model shape is refused with an error before anything is restored or overwritten.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from gpt2jax.errors import ConfigError, WeightsError
 from gpt2jax.model import GPT2Config
@@ -29,8 +32,15 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+SET_ASIDE = "checkpoints_set_aside"  # <workdir>/<this>/<step>: checkpoints rolled back over
+
+
 class CheckpointMismatchError(ConfigError):
     """The workdir holds a checkpoint of a different model; nothing was restored or written."""
+
+
+class CheckpointUnreadableError(WeightsError):
+    """A finalized checkpoint cannot be read (damaged files); it was left as it is."""
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -87,8 +97,56 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict:
         """The `meta` JSON of checkpoint `step`."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - TensorStore/JSON errors have no common type
+            raise self._unreadable(step, e) from e
         return dict(restored["meta"])
+
+    def _unreadable(self, step: int, error: Exception) -> CheckpointUnreadableError:
+        """The one-line error for a finalized checkpoint that cannot be read, with the way on."""
+        first = (str(error).strip().splitlines() or [""])[0]
+        first = first.split(" See full TensorStore details")[0]  # then a multi-line repr
+        reason = f"{type(error).__name__}: {first[:200]}"
+        older = [s for s in self.all_steps() if s < step]
+        path = self.directory / str(step)
+        way = (f"resume from the previous checkpoint with --config.checkpoint.restore_step="
+               f"{older[-1]} (the newer ones are then moved to {self.directory.parent / SET_ASIDE}"
+               "/, never deleted)" if older else
+               f"there is no older checkpoint: move {path} elsewhere to start afresh")
+        return CheckpointUnreadableError(
+            f"Checkpoint {path} cannot be read ({reason}); it was left as it is. To go on, "
+            f"{way}.")
+
+    def roll_back_to(self, step: int) -> list[int]:
+        """Makes checkpoint `step` the latest: every newer finalized checkpoint is moved, whole,
+        to `<workdir>/checkpoints_set_aside/<step>` (`.1`, `.2`... if taken), out of reach of
+        later saves and garbage collection; nothing is deleted. Returns the moved steps.
+
+        Raises ConfigError if there is no checkpoint `step`.
+        """
+        steps = self.all_steps()
+        if step not in steps:
+            raise ConfigError(f"checkpoint.restore_step={step}: no such checkpoint in "
+                              f"{self.directory} (finalized steps: {steps}).")
+        newer = [s for s in steps if s > step]
+        if newer and jax.process_index() == 0:  # one process moves, the others wait below
+            aside = self.directory.parent / SET_ASIDE
+            aside.mkdir(exist_ok=True)
+            for s in newer:
+                target, n = aside / str(s), 0
+                while target.exists():
+                    n += 1
+                    target = aside / f"{s}.{n}"
+                shutil.move(str(self.directory / str(s)), str(target))
+                logging.warning("checkpoint.restore_step=%d: moved checkpoint %d to %s.",
+                                step, s, target)
+        if newer:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("gpt2jax_roll_back")
+            self.manager.reload()
+        return newer
 
     def check_model(self, step: int, cfg: GPT2Config) -> dict:
         """Raises CheckpointMismatchError if checkpoint `step` holds another model; returns meta."""
@@ -119,15 +177,19 @@ class Checkpointer:
         """Restores (state, data_state, meta) of `step` into the shardings of `abstract_state`.
 
         abstract_state: the TrainState pytree of `jax.ShapeDtypeStruct`s with shardings.
+        Raises CheckpointUnreadableError (naming the previous step) if it cannot be read.
         """
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - TensorStore raises a bare Exception
+            raise self._unreadable(step, e) from e
         return restored["state"], dict(restored["data"]), dict(restored["meta"])
 
     def wait_until_finished(self) -> None:

@@ -160,6 +160,8 @@ def _runtime_overrides(config) -> dict:
 def _restore_or_init(run: Run, mesh, rules) -> int:
     """Resumes from the workdir's latest checkpoint, else loads `init_from`, else random init."""
     config, ckpt = run.config, run.checkpointer
+    if config.checkpoint.restore_step and config.checkpoint.resume:
+        ckpt.roll_back_to(config.checkpoint.restore_step)  # newer ones moved aside, not deleted
     latest = ckpt.latest_step() if config.checkpoint.resume else None
     if latest is None and ckpt.latest_step() is not None:
         raise ConfigError(f"{ckpt.directory} holds checkpoints but checkpoint.resume=False; "
@@ -345,8 +347,9 @@ def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
     meter.write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
     meter.jsonl.flush()
     logging.info("step %d: train loss %.4f, val loss %.4f", step, meter.last_loss, res["loss"])
-    print(f"step {step}: train loss {meter.last_loss:.4f}, val loss {res['loss']:.4f}",
-          flush=True)
+    if jax.process_index() == 0:  # the console's metrics, like the files, are process 0's
+        print(f"step {step}: train loss {meter.last_loss:.4f}, val loss {res['loss']:.4f}",
+              flush=True)
     if run.config.train.sample_tokens > 0:
         text = sample_text(run, step)
         if text is not None:

@@ -1,0 +1,72 @@
+"""A finalized checkpoint that cannot be read: one clear error naming it and the way on
+(`--config.checkpoint.restore_step=<previous>`), and the damaged checkpoint is never deleted
+or overwritten (resuming from the previous step moves it, byte for byte, out of Orbax's
+reach to `<workdir>/checkpoints_set_aside/`, so no later save or garbage collection can
+touch it)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import numpy as np
+import pytest
+
+from gpt2jax import checkpoint
+from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.loop import train_and_evaluate
+from test_checkpoint import _config, text  # noqa: F401
+
+
+def _digest(directory) -> dict[str, str]:
+    """relative path -> sha256 of every file below `directory`."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _flip_bytes_of_largest_array_file(step_dir) -> None:
+    """Inverts the first 64 bytes of the largest OCDBT data file of the `state` item (its
+    headers: TensorStore then fails to decode it; a flip inside a raw, incompressible zstd
+    block would change values silently, which no reader can notice without checksums)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[:64] = bytes(b ^ 0xFF for b in data[:64])
+    biggest.write_bytes(bytes(data))
+
+
+def _run_config(text):  # noqa: F811
+    c = _config(text, steps=4)
+    c.train.batch_size = 8  # the 8 simulated CPU devices of the test session
+    c.checkpoint.update(save_every=2, keep=3)
+    return c
+
+
+def test_unreadable_checkpoint_names_itself_and_the_way_on(tmp_path, text):  # noqa: F811
+    work = tmp_path / "w"
+    train_and_evaluate(_run_config(text), work)
+    ckpts = work / "checkpoints"
+    assert checkpoint.Checkpointer(work).all_steps() == [2, 4]
+    _flip_bytes_of_largest_array_file(ckpts / "4")
+    damaged = _digest(ckpts / "4")
+
+    with pytest.raises(checkpoint.CheckpointUnreadableError) as info:
+        train_and_evaluate(_run_config(text), work)  # the same command again
+    message = str(info.value)
+    assert isinstance(info.value, GPT2JaxError) and "\n" not in message, message
+    assert str(ckpts / "4") in message and "--config.checkpoint.restore_step=2" in message
+    assert _digest(ckpts / "4") == damaged  # untouched
+
+    c = _run_config(text)
+    c.checkpoint.restore_step = 2
+    res = train_and_evaluate(c, work)  # resumes from 2, saves a new 4
+    assert res["step"] == 4
+    aside = work / "checkpoints_set_aside" / "4"
+    assert _digest(aside) == damaged  # moved, byte for byte, never deleted
+    assert checkpoint.Checkpointer(work).all_steps() == [2, 4]
+    _, params, _ = checkpoint.load_params_for_inference(work)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+    c.checkpoint.restore_step = 3
+    with pytest.raises(ConfigError, match=r"restore_step=3.*\[2, 4\]"):
+        train_and_evaluate(c, work)
