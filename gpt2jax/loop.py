@@ -5,7 +5,8 @@ periodic evaluation on fixed validation batches (with an optional text sample), 
 checkpoints with automatic resume, NaN guard, and an HF export at the end.
 
 Workdir layout: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (one
-line per train step / eval), `tensorboard/` (event file), `checkpoints/<step>/`, `hf/`.
+line per train step / eval), `tensorboard/` (event file), `checkpoints/<step>/`, `hf/`, and
+`train.<process>.lock` while a run holds it (gpt2jax/workdir_lock.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gpt2jax.meter import Meter, peak_flops
 from gpt2jax.model import GPT2Config
 from gpt2jax.preemption import PreemptionGuard
 from gpt2jax.train import Trainer, TrainConfig, TrainState, model_flops_per_token
+from gpt2jax.workdir_lock import workdir_lock
 
 Hook = Callable[[int, "Run"], None]  # called after each step as hook(step, run)
 
@@ -65,11 +67,12 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) 
     """
     run = Run(config, Path(workdir).expanduser().resolve())
     with _no_new_dirs_on_user_error(run.workdir):
-        return _setup_and_train(run, config, hooks)
+        _make_workdir(run.workdir)
+        with workdir_lock(run.workdir):  # a second run on this workdir stops here
+            return _setup_and_train(run, config, hooks)
 
 
 def _setup_and_train(run: Run, config, hooks: Sequence[Hook]) -> dict:
-    _make_workdir(run.workdir)
     _check_block_size(run)
     mesh = sharding_lib.make_mesh(config.mesh)
     rules = sharding_lib.rules(config.mesh)
