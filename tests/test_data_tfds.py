@@ -1,20 +1,26 @@
 """TFDS source offline: `tfds.testing.mock_data`, and a dataset built locally from input.txt.
 
-The local builder writes ArrayRecord files and reads them with `tfds.data_source`, so
-neither step needs TensorFlow or network.
+The local builder writes ArrayRecord files (read by `tfds.data_source`: no TensorFlow) and
+TFRecord files, the `tfds build` default, which need TensorFlow both to write and to read
+(`tfds.load`): those tests need the `tfrecord` extra (`pip install -e ".[tfrecord]"`).
 """
 
 from __future__ import annotations
+
+import importlib.util
+import math
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
-from configs import common
+from configs import common, shakespeare_char
 from gpt2jax import data
 from gpt2jax.data import shards
 from gpt2jax.errors import DataError
+from gpt2jax.loop import train_and_evaluate
 
 
 class LocalTinyShakespeare(tfds.core.GeneratorBasedBuilder):
@@ -46,6 +52,27 @@ def local_tfds(data_dir, tmp_path_factory):
     builder = LocalTinyShakespeare(data_dir=str(root), file_format="array_record")
     builder.download_and_prepare()
     return root
+
+
+@pytest.fixture(scope="module")
+def tfrecord_tfds(data_dir, tmp_path_factory):
+    """The same dataset prepared as TFRecord (TFDS's default format), written by TensorFlow."""
+    assert importlib.util.find_spec("tensorflow"), (
+        "TFRecord datasets need TensorFlow: pip install -e '.[tfrecord]' (tensorflow-cpu)")
+    root = tmp_path_factory.mktemp("tfds_tfrecord")
+    LocalTinyShakespeare.SOURCE = str(data_dir / "tinyshakespeare" / "input.txt")
+    LocalTinyShakespeare(data_dir=str(root)).download_and_prepare()
+    files = sorted(p.name for p in (root / "local_tiny_shakespeare" / "1.0.0").iterdir())
+    assert [f for f in files if "tfrecord" in f] == [
+        f"local_tiny_shakespeare-{s}.tfrecord-00000-of-00001"
+        for s in ("test", "train", "validation")], files
+    return root
+
+
+def _splits(text: str) -> tuple[str, str]:
+    """tiny_shakespeare's train and validation text (90 % / 5 %)."""
+    i = int(len(text) * 0.9)
+    return text[:i], text[i:i + int((len(text) - i) * 0.5)]
 
 
 def _tfds_config(**kw):
@@ -97,3 +124,30 @@ def test_tfds_errors_name_dataset_and_split(local_tfds, tmp_path):
     with pytest.raises(DataError, match="no feature 'content'"):
         build(tfds_name="local_tiny_shakespeare", tfds_feature="content",
               data_dir=str(local_tfds))
+
+
+def test_tfrecord_dataset_reads_through_tensorflow_and_trains(tfrecord_tfds, data_dir, tmp_path):
+    train_text, val_text = _splits((data_dir / "tinyshakespeare" / "input.txt").read_text())
+    c = shakespeare_char.get_config("cpu")  # char vocabulary: exact text back, a tiny model
+    c.data.update(source="tfds", tfds_name="local_tiny_shakespeare", data_dir=str(tfrecord_tfds),
+                  prefetch=0)
+    ds = data.build_datasets(c.data, 32, 8, seed=0, process_index=0, process_count=1)
+    assert "tensorflow" in sys.modules  # read by tfds.load, not the TF-free data source
+    assert ds.tokenizer.decode(ds.train_stream.to_numpy()) == train_text
+    assert ds.tokenizer.decode(ds.val_stream.to_numpy()) == val_text
+
+    c.model.update(n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    c.train.update(batch_size=8, block_size=32, num_steps=3, lr_decay_steps=3, warmup_steps=1,
+                   log_every=1, eval_every=3, eval_batches=1, sample_tokens=0,
+                   export_hf=False, progress_bar=False)
+    c.checkpoint.update(save_every=3, keep=1, keep_best=0)
+    result = train_and_evaluate(c, tmp_path / "run")
+    assert result["step"] == 3 and math.isfinite(result["val_loss"])
+    assert data.load_tokenizer(tmp_path / "run" / "tokenizer.json").chars == ds.tokenizer.chars
+
+
+def test_tfrecord_without_tensorflow_says_how_to_read_it(tfrecord_tfds, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a machine without TF
+    cfg = _tfds_config(tfds_name="local_tiny_shakespeare", data_dir=str(tfrecord_tfds))
+    with pytest.raises(DataError, match="stored as TFRecord.*tensorflow-cpu.*array_record"):
+        data.build_datasets(cfg, 8, 2, seed=0, process_index=0, process_count=1)

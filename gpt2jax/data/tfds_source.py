@@ -29,6 +29,14 @@ def _as_text(value, what: str) -> str:
                     "config.data.tfds_feature to a Text feature (e.g. 'text').")
 
 
+def _has_array_record(info) -> bool:
+    """Whether a prepared dataset's files include ArrayRecord (`tfds.data_source` reads only
+    those; asking it for a TFRecord-only dataset fails with a file-format ValueError)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.core.FileFormat.ARRAY_RECORD in info.available_file_formats()
+
+
 def _open_source(name: str, split: str, data_dir: str, download: bool):
     """A random-access data source, or None when the data is prepared as TFRecord."""
     import tensorflow_datasets as tfds
@@ -39,12 +47,14 @@ def _open_source(name: str, split: str, data_dir: str, download: bool):
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"{what}: no such TFDS dataset; check config.data.tfds_name against "
                         "`tfds.list_builders()` (e.g. tiny_shakespeare, lm1b, c4/en).") from None
+    if builder.is_prepared() and not _has_array_record(builder.info):
+        return None  # TFRecord (the `tfds build` default): random access needs ArrayRecord
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=download,
                                 builder_kwargs={"file_format": "array_record"})
     except (NotImplementedError, KeyError):
         if builder.is_prepared():
-            return None  # prepared as TFRecord: random access needs ArrayRecord
+            return None  # prepared, but not readable by random access: try tfds.load
         raise DataError(
             f"{what}: the dataset is not prepared there. Prepare it with `tfds build "
             f"{name} --file_format=array_record --data_dir=DIR` and set "
