@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from etils import epath
+
+import tfds_local
 
 from configs import common, shakespeare_char
 from gpt2jax import data
@@ -23,34 +24,10 @@ from gpt2jax.errors import DataError
 from gpt2jax.loop import train_and_evaluate
 
 
-class LocalTinyShakespeare(tfds.core.GeneratorBasedBuilder):
-    """tiny_shakespeare's 90/5/5 character split, read from a local input.txt (no download)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    SOURCE = ""  # set before download_and_prepare
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
-
-    def _split_generators(self, dl_manager):
-        text = epath.Path(self.SOURCE).read_text()
-        i = int(len(text) * 0.9)
-        j = i + int((len(text) - i) * 0.5)
-        return {"train": self._generate_examples(text[:i]),
-                "validation": self._generate_examples(text[i:j]),
-                "test": self._generate_examples(text[j:])}
-
-    def _generate_examples(self, text):
-        yield 0, {"text": text}
-
-
 @pytest.fixture(scope="module")
 def local_tfds(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("tfds")
-    LocalTinyShakespeare.SOURCE = str(data_dir / "tinyshakespeare" / "input.txt")
-    builder = LocalTinyShakespeare(data_dir=str(root), file_format="array_record")
-    builder.download_and_prepare()
+    tfds_local.build(str(data_dir / "tinyshakespeare" / "input.txt"), str(root), "array_record")
     return root
 
 
@@ -60,19 +37,12 @@ def tfrecord_tfds(data_dir, tmp_path_factory):
     assert importlib.util.find_spec("tensorflow"), (
         "TFRecord datasets need TensorFlow: pip install -e '.[tfrecord]' (tensorflow-cpu)")
     root = tmp_path_factory.mktemp("tfds_tfrecord")
-    LocalTinyShakespeare.SOURCE = str(data_dir / "tinyshakespeare" / "input.txt")
-    LocalTinyShakespeare(data_dir=str(root)).download_and_prepare()
-    files = sorted(p.name for p in (root / "local_tiny_shakespeare" / "1.0.0").iterdir())
+    version = tfds_local.build(str(data_dir / "tinyshakespeare" / "input.txt"), str(root))
+    files = sorted(p.name for p in version.iterdir())
     assert [f for f in files if "tfrecord" in f] == [
         f"local_tiny_shakespeare-{s}.tfrecord-00000-of-00001"
         for s in ("test", "train", "validation")], files
     return root
-
-
-def _splits(text: str) -> tuple[str, str]:
-    """tiny_shakespeare's train and validation text (90 % / 5 %)."""
-    i = int(len(text) * 0.9)
-    return text[:i], text[i:i + int((len(text) - i) * 0.5)]
 
 
 def _tfds_config(**kw):
@@ -95,14 +65,12 @@ def test_mock_data_texts_joined_with_eot():
 
 
 def test_local_tfds_matches_the_text_file(local_tfds, data_dir, tokenizer, tmp_path):
-    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()
-    i = int(len(text) * 0.9)
-    j = i + int((len(text) - i) * 0.5)
+    parts = tfds_local.splits((data_dir / "tinyshakespeare" / "input.txt").read_text())
     cfg = _tfds_config(tfds_name="local_tiny_shakespeare", data_dir=str(local_tfds),
                        shards_dir=str(tmp_path))
     ds = data.build_datasets(cfg, 64, 4, seed=0, process_index=0, process_count=1)
-    np.testing.assert_array_equal(ds.train_stream.to_numpy(), tokenizer.encode_ordinary(text[:i]))
-    np.testing.assert_array_equal(ds.val_stream.to_numpy(), tokenizer.encode_ordinary(text[i:j]))
+    for stream, split in ((ds.train_stream, "train"), (ds.val_stream, "validation")):
+        np.testing.assert_array_equal(stream.to_numpy(), tokenizer.encode_ordinary(parts[split]))
     meta = shards.prepare_shards(cfg, progress=False)  # TFDS -> shards, as --mode=prepare
     assert meta["splits"]["val"]["origin"] == "tfds:local_tiny_shakespeare/validation"
     _, train, _, _ = shards.open_shards(str(tmp_path))
@@ -127,14 +95,14 @@ def test_tfds_errors_name_dataset_and_split(local_tfds, tmp_path):
 
 
 def test_tfrecord_dataset_reads_through_tensorflow_and_trains(tfrecord_tfds, data_dir, tmp_path):
-    train_text, val_text = _splits((data_dir / "tinyshakespeare" / "input.txt").read_text())
+    parts = tfds_local.splits((data_dir / "tinyshakespeare" / "input.txt").read_text())
     c = shakespeare_char.get_config("cpu")  # char vocabulary: exact text back, a tiny model
     c.data.update(source="tfds", tfds_name="local_tiny_shakespeare", data_dir=str(tfrecord_tfds),
                   prefetch=0)
     ds = data.build_datasets(c.data, 32, 8, seed=0, process_index=0, process_count=1)
     assert "tensorflow" in sys.modules  # read by tfds.load, not the TF-free data source
-    assert ds.tokenizer.decode(ds.train_stream.to_numpy()) == train_text
-    assert ds.tokenizer.decode(ds.val_stream.to_numpy()) == val_text
+    assert ds.tokenizer.decode(ds.train_stream.to_numpy()) == parts["train"]
+    assert ds.tokenizer.decode(ds.val_stream.to_numpy()) == parts["validation"]
 
     c.model.update(n_layer=1, n_head=2, n_embd=32, n_positions=32)
     c.train.update(batch_size=8, block_size=32, num_steps=3, lr_decay_steps=3, warmup_steps=1,
