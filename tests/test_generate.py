@@ -141,26 +141,47 @@ def test_greedy_matches_hf_124m_shape():
     assert_same(hf, cfg, params, ids, mask, max_new_tokens=40, do_sample=False)
 
 
-@pytest.mark.parametrize("num_beams", [2, 4, 5])
-def test_beam_search_grid_matches_hf(tiny, num_beams):
-    hf, cfg, params, ids, mask = tiny
-    ids, mask = ids[:3], mask[:3]
-    for length_penalty in (0.6, 1.0, 2.0):
-        for early_stopping in (True, False):
-            for num_return_sequences in (1, 3):
-                if num_return_sequences > num_beams:
-                    continue  # HF rejects it too (see test_bad_inputs)
-                assert_same(hf, cfg, params, ids, mask, max_new_tokens=12, num_beams=num_beams,
-                            length_penalty=length_penalty, early_stopping=early_stopping,
-                            num_return_sequences=num_return_sequences)
+EOS, PAD_SMALL = 5, 511  # ids of the 512-token model below
 
 
-def test_beam_search_early_stopping_never_matches_hf(tiny, frequent_eos):
-    hf, cfg, params, ids, mask = tiny
-    for length_penalty in (0.6, 2.0):
-        assert_same(hf, cfg, params, ids[:3], mask[:3], max_new_tokens=12, num_beams=4,
-                    early_stopping="never", length_penalty=length_penalty,
-                    eos_token_id=frequent_eos[4], num_return_sequences=2)
+@pytest.fixture(scope="module")
+def eos_model():
+    """A tiny random GPT-2 (512 tokens) that really ends hypotheses: EOS's embedding (tied LM
+    head) lies along ln_f's bias, so its logit is about 4 * (1.5 + N(0, 1)) per context,
+    likely in some contexts only. (cfg, params, hf, ids, mask) with 4 left-padded prompts."""
+    hf = hf_tiny(seed=5, vocab_size=512, n_positions=64, bos_token_id=EOS, eos_token_id=EOS)
+    with torch.no_grad():
+        direction = torch.randn(64, generator=torch.Generator().manual_seed(0))
+        direction /= direction.norm()
+        hf.transformer.ln_f.bias.copy_(1.5 * direction)
+        hf.transformer.wte.weight[EOS] = 4 * direction
+    ids, mask = left_padded((3, 7, 1, 5), vocab=500, seed=0)
+    ids[mask == 0] = PAD_SMALL
+    return (*to_gpt2jax(hf), hf, ids, mask)
+
+
+def ended_early(seqs: np.ndarray, prompt_width: int, new: int) -> np.ndarray:
+    """[N] bool: the hypothesis [N, T] emitted EOS before its `new`-th token."""
+    return (seqs[:, prompt_width:prompt_width + new - 1] == EOS).any(axis=1)
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_beam_search_grid_matches_hf(eos_model, num_beams):
+    """Sequences and scores == HF over early_stopping x length_penalty x num_return_sequences,
+    with hypotheses that finish early in every setting (one compile per num_beams)."""
+    cfg, params, hf, ids, mask = eos_model
+    outputs = set()
+    for early_stopping in (True, False, "never"):
+        for length_penalty in (0.5, 1.0, 2.0):
+            for num_return_sequences in (1, 2):
+                out = assert_same(hf, cfg, params, ids, mask, max_new_tokens=12,
+                                  num_beams=num_beams, eos_token_id=EOS, pad_token_id=PAD_SMALL,
+                                  length_penalty=length_penalty, early_stopping=early_stopping,
+                                  num_return_sequences=num_return_sequences)
+                outputs.add(out.tobytes() + bytes(out.shape))
+            # finished hypotheses compete with running ones in every setting
+            assert ended_early(out, ids.shape[1], 12).any(), (early_stopping, length_penalty)
+    assert len(outputs) > 6  # the switches change which hypotheses come back
 
 
 def _batch(tiny, num_beams):
