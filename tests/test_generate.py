@@ -13,7 +13,7 @@ import transformers
 
 import gpt2jax
 from gpt2jax import weights
-from gpt2jax.generate import TRACE_COUNT, generate
+from gpt2jax.generate import TRACE_COUNT, _greedy_jit, generate
 from gpt2jax.sharding import make_mesh, rules
 from configs import common
 
@@ -240,17 +240,18 @@ def test_sampling_deterministic_and_cold_limit_is_greedy(tiny):
 def test_one_bucket_compiles_once(tiny):
     _, cfg, params, _, _ = tiny
     ids, mask = left_padded((2, 5, 9, 11, 14), seed=7)
-    before = TRACE_COUNT["greedy"]
-    outputs = []
-    for row in range(5):
+    _greedy_jit.clear_cache()  # this test's buckets compile here, whichever tests ran before
+    traces = [TRACE_COUNT["greedy"]]
+    for row in range(5):  # prompts of 2..14 tokens: one bucket (16 columns)
         n = int(mask[row].sum())
-        prompt = ids[row:row + 1, -n:]
-        outputs.append(generate(cfg, params, prompt, max_new_tokens=9, pad_token_id=PAD))
-        assert outputs[-1].shape == (1, n + 9)
-    assert TRACE_COUNT["greedy"] - before <= 1  # 0 if an earlier test compiled this bucket
-    # and a prompt in the next bucket does compile
-    generate(cfg, params, np.ones((1, 20), np.int64), max_new_tokens=9, pad_token_id=PAD)
-    assert TRACE_COUNT["greedy"] - before >= 1
+        out = generate(cfg, params, ids[row:row + 1, -n:], max_new_tokens=9, pad_token_id=PAD)
+        assert out.shape == (1, n + 9)
+        traces.append(TRACE_COUNT["greedy"])
+    # prompts of 20 and 30 tokens: the next bucket (32 columns) compiles exactly once
+    for n in (20, 30):
+        generate(cfg, params, np.ones((1, n), np.int64), max_new_tokens=9, pad_token_id=PAD)
+        traces.append(TRACE_COUNT["greedy"])
+    assert np.diff(traces).tolist() == [1, 0, 0, 0, 0, 1, 0]
 
 
 def test_sharded_decode_equals_single_device(tiny):
