@@ -19,6 +19,9 @@ def main(config, args) -> dict:
     if not out_dir:
         raise ConfigError("--mode=prepare needs an output folder: set config.data.shards_dir "
                           "or --workdir.")
+    if "://" in out_dir:  # np.memmap and pathlib read and write local files only
+        raise ConfigError(f"Shards folder {out_dir} is not a local folder; write the shards to "
+                          "local disk, then copy them (e.g. `gcloud storage cp -r DIR gs://...`).")
     meta = prepare_shards(config.data, out_dir)
     tok = meta["tokenizer"]
     for split, info in meta["splits"].items():

@@ -12,6 +12,10 @@ def main(config, args) -> None:
     """Runs `gpt2jax.loop.train_and_evaluate(config, args.workdir)` and prints the result."""
     if not args.workdir:
         raise ConfigError("--mode=train needs --workdir=DIR (checkpoints, logs, the HF export).")
+    if "://" in args.workdir:  # pathlib would turn gs://b/x into a local folder gs:/b/x
+        raise ConfigError(f"--workdir={args.workdir} is not a local folder; the workdir is "
+                          "written with local paths: use a local disk (one host) or a folder "
+                          "every host mounts (e.g. the bucket through Cloud Storage FUSE).")
     from gpt2jax.loop import train_and_evaluate
 
     result = train_and_evaluate(config, args.workdir)
