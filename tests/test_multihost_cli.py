@@ -72,7 +72,7 @@ AUDIT = textwrap.dedent("""
 def _env(audit_dir: Path, audit_log: Path, root: Path) -> dict:
     """One CPU device per process unless --cpu_devices says otherwise (no test XLA_FLAGS)."""
     path = os.pathsep.join(p for p in (str(audit_dir), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path,
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path, PYTHONFAULTHANDLER="1",
                AUDIT_ROOT=str(root), AUDIT_LOG=str(audit_log))
     env.pop("XLA_FLAGS", None)
     return env
@@ -130,10 +130,16 @@ class Job:
             assert proc.returncode == 0, self.failure(name, proc)
 
     def kill(self) -> None:
+        """Stops what still runs: SIGABRT first, so that a hang leaves its Python stacks."""
         for _, proc in self.procs:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGABRT)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def _records(workdir: Path) -> list[dict]:
