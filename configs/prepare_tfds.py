@@ -1,12 +1,16 @@
 """A TFDS text dataset -> token shards: `--config=configs/prepare_tfds.py:NAME`.
 
-    python run.py --mode=prepare --config=configs/prepare_tfds.py:lm1b \
-        --config.data.data_dir=gs://my-bucket/tensorflow_datasets
+    tfds build tiny_shakespeare --data_dir=$HOME/tensorflow_datasets
+    python run.py --mode=prepare --config=configs/prepare_tfds.py:tiny_shakespeare \
+        --config.data.data_dir=$HOME/tensorflow_datasets
 
 Reads `NAME` (default tiny_shakespeare) splits train/validation, feature `text`, from
-`data_dir` (prepared in ArrayRecord format: no TensorFlow needed; TFRecord needs it) and
-writes GPT-2 token shards to data/NAME/. For tiny_shakespeare: 338,025 tokens in total
-(TFDS splits it 90/5/5, so train + validation hold 95 % of them).
+`data_dir` and writes GPT-2 token shards to data/NAME/ ('/' in NAME becomes '_'). A dataset
+prepared as ArrayRecord (`tfds build --file_format=array_record`) is read without
+TensorFlow, from a local data_dir only (ArrayRecord cannot open gs://); one prepared as
+TFRecord (the `tfds build` default), local or gs://, is read by tfds.load and needs
+TensorFlow: `pip install -e ".[tfrecord]"`. For tiny_shakespeare: train 301,966 + val 18,066
+tokens (TFDS splits the text 90/5/5; the test split is not written).
 """
 
 from __future__ import annotations
