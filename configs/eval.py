@@ -46,7 +46,7 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
     c.batch_size = 8               # windows / examples per forward pass (CPU: 1-2 is fastest)
     c.max_tokens = 0               # score only the first N tokens of a text (0 = all; smoke)
     c.max_examples = 0             # LAMBADA / generation: first N examples (0 = all)
-    c.last_word = True             # LAMBADA: also the last-word (greedy word) accuracy
+    c.last_word = True             # LAMBADA: also the last-word accuracy, plain + stop-word filter
     c.num_shots = 10               # translation: number of example pairs in the prompt
     c.source_lang = "en"           # translation: source field ("en" -> "fr", or "fr")
     c.target_lang = "fr"           # translation: target field

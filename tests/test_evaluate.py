@@ -21,6 +21,7 @@ tokenization, the windows and the LAMBADA splitting are the real ones; only the 
 from __future__ import annotations
 
 import math
+import string
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from configs import common
 from gpt2jax import sharding, weights
 from gpt2jax.eval import lambada as lambada_lib
 from gpt2jax.eval import perplexity as ppl_lib
+from gpt2jax.eval import stopwords
 from gpt2jax.eval import tasks
 from gpt2jax.model import GPT2Config, init_params
 
@@ -48,10 +50,14 @@ class CompactEncoding:
         self.enc = enc
         seen = sorted(set(ids) | {t for text in texts for t in enc.encode_ordinary(text)})
         self.to_compact = {t: i for i, t in enumerate(seen)}
+        self.from_compact = seen
         self.n_vocab = len(seen)
 
     def encode_ordinary(self, text: str) -> list[int]:
         return [self.to_compact[t] for t in self.enc.encode_ordinary(text)]
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([self.from_compact[i] for i in ids])
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +236,67 @@ def test_lambada_matches_transformers(tiny, compact, lambada_texts):
     assert ours["greedy_tokens"] == greedy  # every argmax at every target position
     assert ours["accuracy"] == acc
     np.testing.assert_allclose(ours["perplexity"], ppl, rtol=1e-4)
+
+
+def _word(text: str) -> str:
+    """The paper-style word of a continuation: first whitespace token if it starts a new
+    word, stripped of punctuation and curly quotes; "" otherwise."""
+    parts = text.split() if text[:1].isspace() else []
+    return parts[0].strip(string.punctuation + "\u201c\u201d\u2018\u2019") if parts else ""
+
+
+def _hf_last_words(model, enc, contexts, stop_words, top_k=10, new_tokens=6):
+    """With transformers: the greedy last word and the stop-word-filtered one per context
+    (candidates = HF's top-k first tokens, each completed by HF greedy `generate`)."""
+    gen = transformers.GenerationConfig(max_new_tokens=new_tokens - 1, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0)
+    plain, filtered = [], []
+    for ctx in contexts:
+        with torch.no_grad():
+            ranked = torch.topk(model(torch.tensor([ctx])).logits[0, -1], top_k).indices
+        chosen = ""
+        for rank, tok in enumerate(ranked.tolist()):
+            seq = torch.tensor([ctx + [tok]])
+            out = model.generate(seq, attention_mask=torch.ones_like(seq), generation_config=gen)
+            assert out.shape[1] == len(ctx) + new_tokens  # no early stop
+            word = _word(enc.decode(out[0, len(ctx):].tolist()))
+            if rank == 0:
+                plain.append(word)
+            if word and word.lower() not in stop_words:
+                chosen = word
+                break
+        filtered.append(chosen)
+    return plain, filtered
+
+
+def test_stopword_filtered_last_word_matches_transformers(tiny, compact, lambada_texts):
+    """The stop-word-filtered LAMBADA protocol, word by word against HF greedy decoding, with
+    NLTK's list and with a list made of the greedy words themselves (so the filter must fall
+    back to lower-ranked candidates for every example); then its accuracy on texts whose
+    last word is HF's filtered prediction."""
+    model, cfg, params = tiny
+    texts = lambada_texts[:12]
+    contexts = [lambada_lib.encode_example(compact, t)[0] for t in texts]
+    plain, _ = _hf_last_words(model, compact, contexts, stopwords.NLTK_ENGLISH, top_k=1)
+    assert lambada_lib.greedy_words(cfg, params, compact, contexts) == plain
+    own_words = frozenset(w.lower() for w in plain if w)
+    for stop_words in (stopwords.NLTK_ENGLISH, own_words):
+        hf_plain, hf_filtered = _hf_last_words(model, compact, contexts, stop_words)
+        ours = lambada_lib.stopword_filtered_words(cfg, params, compact, contexts, stop_words)
+        assert ours == hf_filtered and hf_plain == plain
+    assert all(not lambada_lib.admissible(w, own_words) for w in plain)
+    assert sum(f != p for f, p in zip(hf_filtered, plain)) >= len(texts) // 2
+    assert sum(bool(w) for w in hf_filtered) >= 3  # the filter found words to predict
+    # Targets: HF's filtered word ("zzz" where it found none), and for the first example a
+    # stop word, which the filtered protocol can never predict.
+    words = [w or "zzz" for w in hf_filtered]
+    words[0] = sorted(own_words)[0]
+    retargeted = [t.rsplit(" ", 1)[0] + " " + w for t, w in zip(texts, words)]
+    scores = lambada_lib.last_word_scores(cfg, params, compact, retargeted, contexts, 1024, 16,
+                                          own_words, 10)
+    assert scores["stopword_filtered_predictions"] == hf_filtered
+    assert scores["last_word_predictions"] == plain
+    assert scores["stopword_targets"] == 1
+    assert scores["stopword_filtered_accuracy"] == np.mean(
+        [i > 0 and bool(w) for i, w in enumerate(hf_filtered)]) > 0
+    assert scores["last_word_accuracy"] == np.mean([p == w for p, w in zip(plain, words)])

@@ -10,7 +10,8 @@ Protocols:
   - `detok`: the tokenized release (`wiki.test.tokens`, with `<unk>`) through the invertible
     WikiText detokenizer (`detokenize.py`).
 - `ptb`: Mikolov's PTB test file through the PTB detokenizer.
-- `lambada_openai`: lm-eval's protocol plus the last-word variant (`lambada.py`).
+- `lambada_openai`: lm-eval's protocol plus the last-word variant, without and with a
+  stop-word filter (`last_word`, `last_word_stopfilter`; `lambada.py`).
 - `enwik8` / `text8`: the last 5,000,000 bytes / characters of the file (the standard test
   split: 90M train, 5M valid, 5M test); bits per byte / per character.
 Word-level datasets also report `word_perplexity = exp(nll_sum / words)` with words = the
@@ -146,6 +147,10 @@ def _lambada(ctx) -> list[dict]:
     if "last_word_accuracy" in out:
         rows.append(dict(base, protocol="last_word", metric="acc",
                          value=100.0 * out["last_word_accuracy"]))
+    if "stopword_filtered_accuracy" in out:  # NLTK English stop words, see lambada.py
+        rows.append(dict(base, protocol="last_word_stopfilter", metric="acc",
+                         value=100.0 * out["stopword_filtered_accuracy"],
+                         stopword_targets=out["stopword_targets"]))
     return rows
 
 
