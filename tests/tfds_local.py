@@ -8,6 +8,8 @@ TFDS refuses to register a builder name twice.
 
 from __future__ import annotations
 
+import importlib.util
+
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -40,8 +42,12 @@ class LocalTinyShakespeare(tfds.core.GeneratorBasedBuilder):
 def build(source: str, data_dir: str, file_format: str | None = None) -> epath.Path:
     """Prepares `local_tiny_shakespeare` from `source` under `data_dir`; its version folder.
 
-    `file_format=None` is TFDS's default, TFRecord (written with TensorFlow).
+    `file_format=None` is TFDS's default, TFRecord, which TensorFlow writes: a test that needs
+    it fails (never skips) without the `tfrecord` extra.
     """
+    if file_format in (None, "tfrecord"):
+        assert importlib.util.find_spec("tensorflow"), (
+            "TFRecord datasets need TensorFlow: pip install -e '.[tfrecord]' (tensorflow-cpu)")
     LocalTinyShakespeare.SOURCE = source
     kwargs = {"file_format": file_format} if file_format else {}
     builder = LocalTinyShakespeare(data_dir=data_dir, **kwargs)
