@@ -20,6 +20,8 @@ import pytest
 import torch
 import transformers
 
+from gpt2jax.errors import WeightsError
+from gpt2jax.weights import load_pretrained
 from hub_stand_in import COMMIT, HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +142,9 @@ def test_a_transformers_cache_serves_gpt2_under_either_name(hub, tmp_path):
     _assert_logits(got["openai-community/gpt2"], model)
     assert len(server.requests) == seen
     assert set(_cached_files(cache)) == {"openai-community/gpt2"}  # nothing fetched twice
+
+
+def test_hub_name_without_huggingface_hub_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as without the `hub` extra
+    with pytest.raises(WeightsError, match=r"'gpt2'.*needs huggingface_hub.*\[hub\].*local path"):
+        load_pretrained("gpt2")
