@@ -9,9 +9,19 @@ HF guide reports 19.44 (stride 1024) and 16.44 (stride 512) for gpt2-large on Wi
 raw; lm-eval reports 32.56 % / 40.06 ppl on lambada_openai for gpt2 (124M). `init_from`
 brings its own config (HF folders, hub names, training workdirs); without it the model is
 a random init of `config.model` (smoke tests). See experiments/reproduce_gpt2/.
+
+lm-evaluation-harness tasks through the gpt2jax backend (`pip install -e ".[eval]"`):
+
+    python run.py --mode=eval --config=configs/eval.py:lm_eval --config.init_from=gpt2 \
+        --config.eval.tasks=lambada_openai,wikitext,hellaswag
+
+(lm-eval downloads its datasets from the hub; the `*_local` tasks of configs/lm_eval_tasks
+read the data folder offline). Expect lambada_openai acc 0.3256 / perplexity 40.06 for gpt2.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import ml_collections
 
@@ -31,6 +41,8 @@ TASK_FILES = {
     # {"en": ..., "fr": ...} per line; shots from a separate file of the same format
     "translate": dict(jsonl="wmt14_en_fr/test.jsonl", shots="wmt14_en_fr/shots.jsonl"),
 }
+
+LM_EVAL = "lm_eval"  # configs/eval.py:lm_eval, lm-evaluation-harness tasks (`tasks=...`)
 
 # Perplexity tasks default to the HF guide's stride 512; byte-level ones too.
 GENERATION_TASKS = ("summarize", "translate")
@@ -55,8 +67,28 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
     return c
 
 
+def lm_eval_config() -> ml_collections.ConfigDict:
+    """`config.eval` of `configs/eval.py:lm_eval`: lm-eval tasks on the gpt2jax backend."""
+    c = ml_collections.ConfigDict()
+    c.task = LM_EVAL
+    c.tasks = "lambada_openai_local,wikitext_local"  # comma-separated lm-eval task names
+    c.include_path = str(Path(__file__).parent / "lm_eval_tasks")  # more task YAMLs; "" = none
+    c.include_defaults = True      # also lm-eval's built-in tasks (lambada_openai, hellaswag...)
+    c.limit = 0                    # first N documents of each task (0 = all; smoke tests)
+    c.num_fewshot = -1             # few-shot examples (-1 = each task's default)
+    c.batch_size = 8               # rows per forward pass (rounded up to the data-parallel size)
+    c.max_length = 0               # context in tokens (0 = model.n_positions)
+    c.max_gen_toks = 256           # generate_until: new tokens at most (lm-eval's hf default)
+    c.progress = True              # show tqdm progress bars
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     task = arg or "wikitext2"
+    if task == LM_EVAL:
+        c = get_config("wikitext2")
+        c.eval = lm_eval_config()
+        return c
     if task not in TASK_FILES:
         from gpt2jax.errors import ConfigError
 

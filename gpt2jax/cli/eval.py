@@ -69,8 +69,32 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lm_eval_rows(config, progress: bool | None = None) -> list[dict]:
+    """`configs/eval.py:lm_eval`: lm-eval tasks on the gpt2jax backend; lm-eval's metrics
+    as result rows. Needs the optional `eval` extra (lm-eval)."""
+    from gpt2jax.eval import harness  # optional dependency: lm-eval
+
+    e = config.eval
+    data_dir = resolve_data_dir(config)
+    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None
+    cfg, params = load_model(config)
+    lm = harness.GPT2JaxLM(
+        cfg=cfg, params=params, batch_size=e.batch_size, max_length=e.max_length or None,
+        max_gen_toks=e.max_gen_toks, mesh=make_mesh(config.mesh),
+        axis_rules=sharding.rules(config.mesh), seed=config.seed,
+        tokenizer=tokenizer_file if tokenizer_file and tokenizer_file.is_file() else None,
+        progress=e.progress if progress is None else progress)
+    manager = harness.task_manager(e.include_path or None, data_dir, e.include_defaults)
+    results = harness.evaluate(lm, harness.task_names(e.tasks, manager), manager,
+                               limit=e.limit, num_fewshot=None if e.num_fewshot < 0 else
+                               e.num_fewshot)
+    return harness.result_rows(results)
+
+
 def evaluate_config(config, progress: bool | None = None) -> list[dict]:
     """Runs `config.eval.task` as the config says; returns the result rows."""
+    if config.eval.task == "lm_eval":
+        return lm_eval_rows(config, progress)
     tasks.check_task(config.eval.task)
     data_dir = resolve_data_dir(config)
     tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None

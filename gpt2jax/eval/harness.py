@@ -232,6 +232,18 @@ def task_manager(include_path: str | None = None, data_dir: str = "",
                        metadata={"data_dir": str(data_dir)} if data_dir else None)
 
 
+def task_names(tasks, manager: TaskManager) -> list[str]:
+    """Task names from "a,b" or a list, each checked against `manager`'s index."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+    names = [t for t in names if t]
+    unknown = [t for t in names if t not in manager.all_tasks]
+    if not names or unknown:
+        local = sorted(t for t in manager.all_tasks if t.endswith("_local"))
+        raise ConfigError(f"Unknown lm-eval tasks {unknown or tasks!r}; pass names that "
+                          f"lm-eval lists (`lm_eval ls tasks`) or local ones ({', '.join(local)}).")
+    return names
+
+
 def evaluate(lm, tasks, manager: TaskManager, *, limit: int | float | None = None,
              num_fewshot: int | None = None, gen_kwargs: dict | None = None,
              log_samples: bool = False, bootstrap_iters: int = 0, **kwargs) -> dict:
