@@ -1,0 +1,32 @@
+"""Imports every gpt2jax module after `pip install -e .` alone (no extras installed).
+
+A module may fail only with a ModuleNotFoundError that names an extra declared in setup.cfg
+(`pip install -e ".[eval]"`): an optional backend. Any other failure is a missing core
+dependency, and exits non-zero.
+"""
+
+import configparser
+import importlib
+import pkgutil
+import re
+import sys
+
+import gpt2jax
+
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+extras = set(cfg["options.extras_require"])
+problems = []
+for module in pkgutil.walk_packages(gpt2jax.__path__, "gpt2jax."):
+    try:
+        importlib.import_module(module.name)
+    except ModuleNotFoundError as e:
+        named = set(re.findall(r"\.\[(\w+)\]", str(e)))
+        if named and named <= extras:
+            print(f"CI: {module.name} needs the {sorted(named)} extra ({e.name} not installed)")
+        else:
+            problems.append(f"{module.name}: {e}")
+if problems:
+    sys.exit("CI: with only `pip install -e .` these modules do not import (declare the "
+             "package in setup.cfg, or name its extra in the error):\n" + "\n".join(problems))
+print("CI: every gpt2jax module imports with the core install")
