@@ -6,6 +6,8 @@ override what differs. One comment per field says what it means.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 
 # GPT-2 sizes from the released checkpoints (Radford et al. 2019, Table 2; HF config.json).
@@ -162,6 +164,14 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start
     c.export_hf = True             # at the end, write params to <workdir>/hf (HF safetensors)
     c.progress_bar = True          # tqdm progress bar with ETA on the console
+    # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard
+    # and metrics.jsonl (gpt2jax/eval/harness.py; needs `pip install -e ".[eval]"`)
+    c.lm_eval = ml_collections.ConfigDict()
+    c.lm_eval.tasks = ""           # comma-separated lm-eval task names; "" = none
+    c.lm_eval.limit = 0            # documents per task (0 = all)
+    c.lm_eval.batch_size = 8       # rows per forward pass
+    c.lm_eval.include_path = str(Path(__file__).parent / "lm_eval_tasks")  # local task YAMLs
+    c.lm_eval.data_dir = ""        # their data folder; "" = $GPT2JAX_DATA_DIR, cache, download
     c.update(overrides)
     return c
 
