@@ -349,10 +349,10 @@ def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
     run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
     meter.write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
     if run.config.train.lm_eval.tasks:  # lm-eval tasks: the optional eval extra
-        from gpt2jax.eval import harness
+        from gpt2jax.eval import harness_train
 
-        harness.log_training_metrics(run.cfg, run.state.params, run.config.train.lm_eval, step,
-                                     run.writer, meter.write)
+        harness_train.log_training_metrics(run.cfg, run.state.params, run.config.train.lm_eval,
+                                           step, run.writer, meter.write)
     meter.jsonl.flush()
     logging.info("step %d: train loss %.4f, val loss %.4f", step, meter.last_loss, res["loss"])
     if jax.process_index() == 0:  # the console's metrics, like the files, are process 0's

@@ -23,7 +23,6 @@ The model side (bucketed, sharded, compiled once per length bucket) is `harness_
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 try:
@@ -39,8 +38,6 @@ except ModuleNotFoundError as e:  # the optional `eval` extra
     raise ModuleNotFoundError(
         f"gpt2jax.eval.harness needs lm-eval ({e.name} is missing); install it with "
         "`pip install -e \".[eval]\"` (lm-eval==0.4.13).", name=e.name) from e
-import jax
-from absl import logging
 from tqdm.auto import tqdm
 
 from gpt2jax.checkpoint import load_params_for_inference
@@ -273,48 +270,3 @@ def result_rows(results: dict) -> list[dict]:
                          "metric": metric if filt == "none" else f"{metric}/{filt}",
                          "examples": count})
     return rows
-
-
-# -------------------------------------------------------------------- during training
-
-@functools.lru_cache(maxsize=4)
-def _manager_for(tasks: str, include_path: str, data_dir: str) -> TaskManager:
-    """A task index for `tasks`: the include_path alone when it holds them all (fast), else
-    with lm-eval's built-in tasks too. Kept across evaluations."""
-    local = task_manager(include_path or None, data_dir, include_defaults=False)
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if include_path and all(t in local.all_tasks for t in names):
-        return local
-    return task_manager(include_path or None, data_dir, include_defaults=True)
-
-
-def training_metrics(cfg: GPT2Config, params, lm_eval_config) -> dict[str, float]:
-    """lm-eval metrics of params in memory, for the training loop's evaluations.
-
-    Args:
-      cfg, params: the model being trained (params may be sharded: jit follows them).
-      lm_eval_config: `config.train.lm_eval` (tasks, limit, batch_size, include_path,
-        data_dir).
-    Returns:
-      {"lm_eval/<task>/<metric>": value}; {} on a multi-host run (not supported there).
-    """
-    c = lm_eval_config
-    if jax.process_count() > 1:
-        logging.warning("train.lm_eval.tasks: skipped on a multi-host run (single host only).")
-        return {}
-    manager = _manager_for(c.tasks, c.include_path, str(c.data_dir))
-    lm = GPT2JaxLM(cfg=cfg, params=params, batch_size=c.batch_size, progress=False)
-    results = evaluate(lm, task_names(c.tasks, manager), manager, limit=c.limit)
-    return {f"lm_eval/{r['task']}/{r['metric']}": r["value"] for r in result_rows(results)}
-
-
-def log_training_metrics(cfg: GPT2Config, params, lm_eval_config, step: int, writer,
-                         write_record) -> dict[str, float]:
-    """`training_metrics` written as TensorBoard scalars (`writer.add_scalar`) and one
-    metrics.jsonl record (`write_record({"step": step, ...})`); returns them."""
-    metrics = training_metrics(cfg, params, lm_eval_config)
-    for name, value in metrics.items():
-        writer.add_scalar(name, value, step)
-    if metrics:
-        write_record({"step": step, **metrics})
-    return metrics
