@@ -10,7 +10,8 @@ token budget and the batch are rounded up the same way, and everything HF treats
 (temperature, top_p, penalties, length_penalty, early_stopping, EOS/pad ids, the exact number
 of new tokens) is a traced value. So prompts whose lengths fall in the same bucket reuse one
 compiled executable. Extra bucket columns are masked out of attention, of the repetition
-penalty and of n-gram matching, so the tokens equal HF's on the unpadded batch.
+penalty and of n-gram matching, so the tokens equal HF's on the unpadded batch. Left padding
+shared by every row is cut first and put back in the result (`droppable_columns`).
 
 Shapes: B batch (bucketed), P prompt columns (bucketed), N new-token columns, L = P + N,
 V vocabulary.
@@ -29,7 +30,7 @@ from flax import linen as nn
 
 from gpt2jax import sampling
 from gpt2jax.errors import ConfigError
-from gpt2jax.generation_args import (GenerationArgs, droppable_columns, make_args,  # noqa: F401
+from gpt2jax.generation_args import (GenerationArgs, droppable_columns, make_args,
                                      new_token_count, prepare_inputs)
 from gpt2jax.model import GPT2, GPT2Config, init_cache
 from gpt2jax.sampling import ScoreParams, ScoreSettings
@@ -285,10 +286,8 @@ def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
         raise ConfigError(
             f"{length} prompt columns (after cutting the padding shared by all rows) + "
             f"{new_tokens} new tokens exceed the model context of {cfg.n_positions} positions"
-            + ("; no_repeat_ngram_size needs the padding's n-grams, so strip the left padding "
-               "(or pad to the longest prompt)" if args.no_repeat_ngram_size else "")
-            + "; lower max_new_tokens/max_length."
-        )
+            + ("; no_repeat_ngram_size needs the padding's n-grams, so pad to the longest "
+               "prompt" if args.no_repeat_ngram_size else "") + "; or lower max_new_tokens.")
     prompt_len = bucket(length)
     if prompt_len + new_tokens > cfg.n_positions:
         prompt_len = length  # no room for bucket padding near the context limit

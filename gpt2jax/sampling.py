@@ -211,7 +211,9 @@ def sample_warped(key: jax.Array, scores: jax.Array, settings: ScoreSettings,
     vocab = scores.shape[-1]
     k = min(max(settings.top_k, settings.min_tokens_to_keep), vocab)
     width = min(vocab, 2 * k + TIE_ROOM)
-    values, indices = jax.lax.top_k(scores, width)  # descending
+    # The barrier keeps XLA (CPU) from turning top_k into a full sort of V once its values are
+    # compared with their own k-th entry (measured: 6 rows x 40 tokens, 0.5 s -> 8 s).
+    values, indices = jax.lax.optimization_barrier(jax.lax.top_k(scores, width))  # descending
     kth = values[:, k - 1:k]
     if width == vocab:
         return _sample_short(key, values, indices, kth, settings, params)
