@@ -11,9 +11,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gpt2jax import distributed
+from gpt2jax.parallel import distributed
 from gpt2jax.cli import MODES, CliArgs, run_mode
-from gpt2jax.config_check import parse_flags
+from gpt2jax.cli.config_check import parse_flags
 from gpt2jax.errors import GPT2JaxError
 
 _CONFIG = config_flags.DEFINE_config_file(

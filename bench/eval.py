@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt2jax.eval import perplexity as ppl_lib  # noqa: E402
 from gpt2jax.eval.tasks import wikitext_hf_join  # noqa: E402
-from gpt2jax.model import GPT2Config, init_params  # noqa: E402
-from gpt2jax.tokenizer import get_tokenizer  # noqa: E402
-from gpt2jax.weights import config_to_hf, params_to_hf_state_dict  # noqa: E402
+from gpt2jax.nn.model import GPT2Config, init_params  # noqa: E402
+from gpt2jax.data.bpe import get_tokenizer  # noqa: E402
+from gpt2jax.weights.pretrained import config_to_hf, params_to_hf_state_dict  # noqa: E402
 
 
 def hf_model(cfg: GPT2Config, params):

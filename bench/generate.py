@@ -25,8 +25,8 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from gpt2jax import weights  # noqa: E402
-from gpt2jax.generate import TRACE_COUNT, generate  # noqa: E402
+from gpt2jax.weights import pretrained as weights  # noqa: E402
+from gpt2jax.generation.generate import TRACE_COUNT, generate  # noqa: E402
 
 CASES = [
     ("greedy b1", dict(num_beams=1), 1, 128),

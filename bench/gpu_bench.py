@@ -5,7 +5,7 @@
 
 Training: GPT-2 124M, bf16 compute with fp32 params, AdamW, batch x 1024 tokens, dropout 0,
 with `attention_impl` = xla and cudnn (`jax.nn.dot_product_attention`), through
-`gpt2jax.train.Trainer`. MFU = model FLOPs/s (6N + 12 L E T per token) over (a) the bf16
+`gpt2jax.training.step.Trainer`. MFU = model FLOPs/s (6N + 12 L E T per token) over (a) the bf16
 matmul peak measured in this run and (b) the nominal dense bf16 peak of the device if known.
 Decode: `gpt2jax.generate` greedy, batch 1 and 8, 256 new tokens. Memory: XLA's per-device
 bytes of the compiled train step for each remat policy. Every part runs in its own try block:
@@ -91,14 +91,14 @@ N_LAYER = 12  # 124M; --n_layer shrinks it for a smoke run on CPU
 
 
 def _model_cfg(impl: str, remat: str = "none"):
-    from gpt2jax.model import GPT2Config
+    from gpt2jax.nn.model import GPT2Config
 
     return GPT2Config(dtype="bfloat16", attention_impl=impl, remat=remat, n_layer=N_LAYER,
                       embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
 
 
 def _train_config(batch: int, block: int):
-    from gpt2jax.train import TrainConfig
+    from gpt2jax.training.step import TrainConfig
 
     return TrainConfig(batch_size=batch, grad_accum_steps=1, block_size=block, num_steps=100,
                        learning_rate=6e-4, min_learning_rate=6e-5, warmup_steps=10,
@@ -111,8 +111,8 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict) -> d
     import jax
     import numpy as np
 
-    from gpt2jax import sharding
-    from gpt2jax.train import Trainer, model_flops_per_token
+    from gpt2jax.parallel import sharding
+    from gpt2jax.training.step import Trainer, model_flops_per_token
     from configs import common
 
     cfg, tc = _model_cfg(impl), _train_config(batch, block)
@@ -156,7 +156,7 @@ def bench_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
     import numpy as np
 
     import gpt2jax
-    from gpt2jax.model import init_params
+    from gpt2jax.nn.model import init_params
 
     cfg = _model_cfg("xla")
     params = init_params(cfg, jax.random.key(0))
@@ -179,9 +179,9 @@ def bench_remat_memory(batch: int, block: int) -> dict:
     import jax.numpy as jnp
 
     from configs import common
-    from gpt2jax import sharding
-    from gpt2jax.model import init_params
-    from gpt2jax.train import TrainState, make_optimizer, make_train_step
+    from gpt2jax.parallel import sharding
+    from gpt2jax.nn.model import init_params
+    from gpt2jax.training.step import TrainState, make_optimizer, make_train_step
 
     tc = _train_config(batch, block)
     tx = make_optimizer(tc)

@@ -95,8 +95,9 @@ def bench_jax(s: dict, steps: int, devices: int = 1) -> tuple[float, int]:
     from ml_collections import ConfigDict
 
     from configs import common
-    from gpt2jax import sharding, train
-    from gpt2jax.model import GPT2Config
+    from gpt2jax.parallel import sharding
+    from gpt2jax.training import step as train
+    from gpt2jax.nn.model import GPT2Config
 
     cfg = GPT2Config(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"],
                      vocab_size=s["vocab_size"], n_positions=max(s["block"], 64),
@@ -130,11 +131,11 @@ def main() -> None:
                    help="also time gpt2jax data-parallel over this many CPU devices (run.py "
                         "--cpu_devices); <= 1 skips that row")
     args = p.parse_args()
-    from gpt2jax import distributed
+    from gpt2jax.parallel import distributed
 
     distributed.set_cpu_devices(max(args.cpu_devices, 1))
-    from gpt2jax.model import GPT2Config
-    from gpt2jax.train import model_flops_per_token
+    from gpt2jax.nn.model import GPT2Config
+    from gpt2jax.training.step import model_flops_per_token
 
     peak = matmul_peak()
     print(f"matmul fp32 peak: numpy {peak['numpy'] / 1e9:.1f} GFLOP/s, "

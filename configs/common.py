@@ -36,7 +36,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.param_dtype = "float32"      # parameter storage dtype (keep float32 to train)
     c.attention_impl = "einsum"    # einsum | xla | cudnn (GPU) | pallas
     c.remat = "none"               # rematerialisation: none | full | dots_saveable
-    # Attention variants (gpt2jax/attention.py); these defaults are exact GPT-2.
+    # Attention variants (gpt2jax/nn/attention.py); these defaults are exact GPT-2.
     c.n_kv_heads = 0               # key/value heads: 0 = GPT-2 fused c_attn; 1 = MQA; k = GQA
     c.position = "learned"         # positions: learned (wpe) | rope | alibi | none
     c.rope_theta = 10000.0         # RoPE base (position="rope" only)
@@ -86,7 +86,7 @@ def mesh_config() -> ml_collections.ConfigDict:
     c.dcn_data = 1                 # data-parallel size across slices (the usual choice)
     c.dcn_fsdp = 1                 # fsdp size across slices (params gathered over DCN: slow)
     c.dcn_tensor = 1               # tensor-parallel size across slices (rarely sensible)
-    # logical axis -> mesh axes; None = replicated. Names match gpt2jax.model.
+    # logical axis -> mesh axes; None = replicated. Names match gpt2jax.nn.model.
     c.rules = (
         ("batch", ("data", "fsdp")),
         ("length", None),
@@ -135,7 +135,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
-    """`config.train`: optimisation and the training loop (gpt2jax.train / gpt2jax.loop).
+    """`config.train`: optimisation and the training loop (training.step / training.loop).
 
     Defaults are nanoGPT's GPT-2 124M OpenWebText recipe (train.py defaults).
     """
@@ -177,7 +177,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
-    """`config.checkpoint`: Orbax checkpoints in `<workdir>/checkpoints` (gpt2jax.checkpoint)."""
+    """`config.checkpoint`: Orbax checkpoints in `<workdir>/checkpoints` (training.checkpoint)."""
     c = ml_collections.ConfigDict()
     c.save_every = 1000            # steps between (async) checkpoints; the last step always saves
     c.keep = 3                     # most recent checkpoints kept

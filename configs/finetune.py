@@ -3,7 +3,7 @@
     python run.py --mode=train --config=configs/finetune.py --config.init_from=gpt2 \
         --config.data.train_file=train.txt --workdir=/tmp/ft
 
-`init_from` is an HF directory / weights file / hub name (see gpt2jax.weights.load_pretrained);
+`init_from` is an HF directory / weights file / hub name (see gpt2jax.load_pretrained);
 the model's shape comes from it (config.model only sets dropout/dtype/attention/remat).
 3 epochs over all 128-token windows of the file (GPT-2 BPE), batch 16, AdamW lr 5e-5 with
 cosine decay to 0 over the run, a checkpoint every 500 steps (keep 2 + the best by val loss,

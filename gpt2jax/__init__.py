@@ -5,38 +5,32 @@ The public API, what a notebook imports:
     import gpt2jax
     cfg, params = gpt2jax.load_pretrained("path/to/hf_dir")
     logits = gpt2jax.GPT2(cfg).apply({"params": params}, ids)   # [B, T, V]
+    out = gpt2jax.generate(cfg, params, ids, max_new_tokens=20)
+
+Packages, one concern each (arrows point down): `nn` the network, `weights` formats in and
+out, `data` text to batches and tokenizers, `generation` HF-style decoding, `parallel` mesh and
+placement, `training` step/loop/checkpoints, `eval` perplexity and benchmarks, `cli` the modes
+of `run.py`.
 """
 
-from gpt2jax.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
-from gpt2jax.tokenizer import get_tokenizer
+from gpt2jax.data.bpe import get_tokenizer
+from gpt2jax.eval.perplexity import PerplexityResult, perplexity
+from gpt2jax.generation.generate import GenerateOutput, generate
+from gpt2jax.nn.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
+from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
 
 __all__ = [
     "GPT2",
     "ConfigError",
     "GPT2Config",
+    "GenerateOutput",
+    "PerplexityResult",
+    "generate",
     "get_tokenizer",
     "init_cache",
     "init_params",
+    "load_pretrained",
     "param_count",
+    "perplexity",
+    "save_pretrained",
 ]
-
-try:  # modules that land issue by issue; the names above are always there
-    from gpt2jax.weights import load_pretrained, save_pretrained  # noqa: F401
-
-    __all__ += ["load_pretrained", "save_pretrained"]
-except ImportError:  # pragma: no cover
-    pass
-
-try:  # generation (issue 3): `gpt2jax.generate(cfg, params, input_ids, **hf_kwargs)`
-    from gpt2jax.generate import GenerateOutput, generate  # noqa: F401
-
-    __all__ += ["GenerateOutput", "generate"]
-except ImportError:  # pragma: no cover
-    pass
-
-try:  # evaluation (issue 6): `gpt2jax.perplexity(cfg, params, token_ids, stride=512)`
-    from gpt2jax.eval.perplexity import PerplexityResult, perplexity  # noqa: F401
-
-    __all__ += ["PerplexityResult", "perplexity"]
-except ImportError:  # pragma: no cover
-    pass

@@ -67,8 +67,8 @@ def main() -> None:
     setup_env(args)
     import jax
 
-    from gpt2jax import sharding
-    from gpt2jax.model import GPT2Config
+    from gpt2jax.parallel import sharding
+    from gpt2jax.nn.model import GPT2Config
 
     t0 = time.perf_counter()
     config = load_config(args.config)
@@ -111,9 +111,9 @@ def lower_step(cfg, args: argparse.Namespace):
     import jax.numpy as jnp
 
     from configs import common
-    from gpt2jax import sharding
-    from gpt2jax.model import init_params
-    from gpt2jax.train import TrainConfig, TrainState, make_optimizer, make_train_step
+    from gpt2jax.parallel import sharding
+    from gpt2jax.nn.model import init_params
+    from gpt2jax.training.step import TrainConfig, TrainState, make_optimizer, make_train_step
 
     tc = TrainConfig.from_config(common.train_config(
         batch_size=args.batch, grad_accum_steps=1, block_size=args.block))

@@ -47,9 +47,9 @@ def global_batch(step: int):
 def build(num_processes: int, devices=None):
     """(model config, Trainer, mesh, rules) on a 4-device mesh of (data 2, fsdp 2)."""
     from configs import common
-    from gpt2jax import sharding
-    from gpt2jax.model import GPT2Config
-    from gpt2jax.train import TrainConfig, Trainer
+    from gpt2jax.parallel import sharding
+    from gpt2jax.nn.model import GPT2Config
+    from gpt2jax.training.step import TrainConfig, Trainer
 
     cfg = GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=32, n_layer=2, n_head=4,
                      embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -71,7 +71,7 @@ def host_batch(step: int, mesh, axis_rules) -> dict:
     """This process's rows of the global batch of `step`."""
     import numpy as np
 
-    from gpt2jax import sharding
+    from gpt2jax.parallel import sharding
 
     rows = global_batch(step)[sharding.host_batch_rows(mesh, axis_rules, GLOBAL_BATCH)]
     return {"inputs": rows[:, :-1].astype(np.int32), "targets": rows[:, 1:].astype(np.int32),
@@ -85,7 +85,7 @@ def _log(msg: str) -> None:
 def main() -> None:
     args = parse()
     faulthandler.dump_traceback_later(args.dump_after_s, exit=False)
-    from gpt2jax import distributed
+    from gpt2jax.parallel import distributed
 
     distributed.initialize(distributed.ProcessFlags(
         f"127.0.0.1:{args.port}" if args.num_processes > 1 else None,
@@ -94,7 +94,8 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from gpt2jax import checkpoint, sharding
+    from gpt2jax.training import checkpoint
+    from gpt2jax.parallel import sharding
 
     cfg, trainer, mesh, axis_rules = build(args.num_processes)
     assert jax.device_count() == 4, jax.device_count()

@@ -13,12 +13,12 @@ from flax import linen as nn
 from jax.sharding import AxisType, Mesh
 
 from configs import common
-from gpt2jax import attention as attn_lib
-from gpt2jax import positions as pos_lib
-from gpt2jax import sharding
+from gpt2jax.nn import attention as attn_lib
+from gpt2jax.nn import positions as pos_lib
+from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
-from gpt2jax.model import GPT2, GPT2Config, init_cache, init_params, kv_cache_bytes_per_token
-from gpt2jax.model import logical_axes
+from gpt2jax.nn.model import GPT2, GPT2Config, init_cache, init_params, kv_cache_bytes_per_token
+from gpt2jax.nn.model import logical_axes
 
 TINY = dict(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
             embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -71,7 +71,7 @@ def _decode(cfg, params, ids, mask, positions, prompt_len):
 
 
 def _sharded_loss(cfg, params, batch):
-    """The loss on a (data=2, fsdp=2, tensor=2) mesh of 8 CPU devices (as gpt2jax.train does:
+    """The loss on a (data=2, fsdp=2, tensor=2) mesh of 8 CPU devices (as training.step does:
     Auto axes, shardings on jit's inputs, logical rules active while tracing)."""
     mesh_cfg = common.mesh_config()
     mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = 2, 2, 2

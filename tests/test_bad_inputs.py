@@ -97,7 +97,7 @@ def tree_paths(root: Path) -> set[str]:
 
 
 def tiny_model_config(**overrides):
-    from gpt2jax.model import GPT2Config
+    from gpt2jax.nn.model import GPT2Config
 
     fields = dict(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
     fields.update(overrides)
@@ -108,8 +108,8 @@ def save_tiny(directory: Path, **overrides) -> Path:
     """A valid tiny HF-layout model (config.json + model.safetensors) in `directory`."""
     import jax
 
-    from gpt2jax.model import init_params
-    from gpt2jax.weights import save_pretrained
+    from gpt2jax.nn.model import init_params
+    from gpt2jax.weights.pretrained import save_pretrained
 
     cfg = tiny_model_config(**overrides)
     return save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(0)), directory)
@@ -125,7 +125,7 @@ def rewrite_safetensors(path: Path, edit: Callable[[dict], None]) -> None:
 
 
 def load(path, **kw):
-    from gpt2jax.weights import load_pretrained
+    from gpt2jax.weights.pretrained import load_pretrained
 
     return lambda: load_pretrained(path, **kw)
 
@@ -154,7 +154,7 @@ def _malicious_pickle(path: Path, victim: Path) -> None:
       ("unknown config key", "model.n_layr", "did you mean", "n_layer"))
 def _(work):
     from configs import gpt2
-    from gpt2jax.config_check import check_config
+    from gpt2jax.cli.config_check import check_config
 
     config = gpt2.get_config("small")
     config.model.n_layr = 2
@@ -165,7 +165,7 @@ def _(work):
       ("model.n_layer", "must be a int", "got str"))
 def _(work):
     from configs import gpt2
-    from gpt2jax.config_check import check_config
+    from gpt2jax.cli.config_check import check_config
 
     import ml_collections
 
@@ -199,14 +199,14 @@ def _(work):
 @case("mesh-device-mismatch-api", "api", "mesh data=3 on 8 devices",
       ("8 are available", "product is 8"))
 def _(work):
-    from gpt2jax.sharding import mesh_shape
+    from gpt2jax.parallel.sharding import mesh_shape
 
     return lambda: mesh_shape(3, 1, 1, num_devices=8)
 
 
 @case("mesh-two-wildcards", "api", "mesh data=-1, fsdp=-1", ("only one mesh axis may be -1",))
 def _(work):
-    from gpt2jax.sharding import mesh_shape
+    from gpt2jax.parallel.sharding import mesh_shape
 
     return lambda: mesh_shape(-1, -1, 1, num_devices=8)
 
@@ -338,8 +338,8 @@ def _(work):
 def _(work):
     import jax
 
-    from gpt2jax.model import init_params
-    from gpt2jax.weights import save_pretrained
+    from gpt2jax.nn.model import init_params
+    from gpt2jax.weights.pretrained import save_pretrained
 
     model = save_tiny(work / "model")
     cfg = tiny_model_config()
@@ -353,7 +353,7 @@ def _(work):
 @case("tokenizer-wrong-hash", "api", "ranks file with one rank changed",
       ("sha256", "not the gpt-2 ranks", "original gpt2.tiktoken"))
 def _(work):
-    from gpt2jax.tokenizer import load_ranks
+    from gpt2jax.data.bpe import load_ranks
 
     src = Path(os.environ["GPT2JAX_DATA_DIR"]) / "gpt2" / "gpt2.tiktoken"
     lines = src.read_bytes().splitlines(keepends=True)
@@ -365,7 +365,7 @@ def _(work):
 @case("tokenizer-missing", "api", "ranks file path that does not exist",
       ("does not exist", "gpt2.tiktoken", "GPT2JAX_TIKTOKEN_RANKS"))
 def _(work):
-    from gpt2jax.tokenizer import get_tokenizer
+    from gpt2jax.data.bpe import get_tokenizer
 
     return lambda: get_tokenizer(work / "missing.tiktoken")
 
@@ -440,13 +440,13 @@ def _(work):
 def tiny_params():
     import jax
 
-    from gpt2jax.model import init_params
+    from gpt2jax.nn.model import init_params
 
     return init_params(tiny_model_config(), jax.random.PRNGKey(0))
 
 
 def gen(ids=((1, 2, 3),), **kwargs):
-    from gpt2jax.generate import generate
+    from gpt2jax.generation.generate import generate
 
     return lambda: generate(tiny_model_config(), tiny_params(), list(ids), **kwargs)
 
@@ -504,7 +504,7 @@ def train_cfg(work, **train):
 
 
 def train(config, workdir):
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     return lambda: train_and_evaluate(config, workdir)
 
@@ -513,7 +513,7 @@ def fake_checkpoint(workdir: Path, **model) -> None:
     """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it."""
     import jax.numpy as jnp
 
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training.checkpoint import Checkpointer
 
     ck = Checkpointer(workdir, keep=3, keep_best=0, async_save=False)
     ck.save(3, {"params": {"wte": jnp.zeros((4, 4))}}, {"position": 0},
@@ -723,8 +723,8 @@ ZYGOTE = textwrap.dedent(
     sys.path.insert(0, os.getcwd())
     import run
     from absl import app
-    from gpt2jax.config_check import parse_flags
-    for name in ("jax", "gpt2jax.model", "gpt2jax.weights", "gpt2jax.cli.generate",
+    from gpt2jax.cli.config_check import parse_flags
+    for name in ("jax", "gpt2jax.nn.model", "gpt2jax.weights.pretrained", "gpt2jax.cli.generate",
                  "gpt2jax.cli.train", "gpt2jax.cli.eval", "gpt2jax.cli.prepare"):
         try:
             __import__(name)

@@ -1,7 +1,7 @@
 """Best-checkpoint ranking: a checkpoint is ranked (Orbax `BestN`, `keep_best`) only by a
 validation loss measured on its own parameters.
 
-Policy (gpt2jax/loop.py): with `keep_best > 0` a save at a step without an evaluation
+Policy (gpt2jax/training/loop.py): with `keep_best > 0` a save at a step without an evaluation
 evaluates first; a preemption save (SIGTERM: no time for an eval) is left out of the ranking
 (saved without metrics; `LatestN` keeps it).
 """
@@ -15,8 +15,8 @@ import signal
 import jax
 import pytest
 
-from gpt2jax import checkpoint
-from gpt2jax.loop import train_and_evaluate
+from gpt2jax.training import checkpoint
+from gpt2jax.training.loop import train_and_evaluate
 from test_checkpoint import _config, text  # noqa: F401
 
 

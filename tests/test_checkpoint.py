@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from gpt2jax import checkpoint
+from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ RUNNER = textwrap.dedent("""
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from configs import shakespeare_char
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     text, workdir, mode = sys.argv[1:4]
     c = shakespeare_char.get_config("cpu")
@@ -121,7 +121,7 @@ def _config(text, steps=4, **model):
 
 
 def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     workdir = runs[1]
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -135,8 +135,8 @@ def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
     assert len(tok["chars"]) == tok["vocab_size"] == 58  # characters of the 20k-char slice
     ck = checkpoint.Checkpointer(workdir)
     from configs import common
-    from gpt2jax import sharding
-    from gpt2jax.train import TrainConfig, Trainer
+    from gpt2jax.parallel import sharding
+    from gpt2jax.training.step import TrainConfig, Trainer
 
     c = _config(text)
     mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=1, tensor=1)),

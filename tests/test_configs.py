@@ -18,7 +18,7 @@ import pytest
 from flax import linen as nn
 
 from gpt2jax import GPT2Config, init_params
-from gpt2jax.weights import WeightsError, check_gpt2_layout
+from gpt2jax.weights.pretrained import WeightsError, check_gpt2_layout
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 HELPERS = {"__init__", "common"}  # modules of configs/ that are not config files

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import checkpoint
+from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError, GPT2JaxError
-from gpt2jax.loop import train_and_evaluate
+from gpt2jax.training.loop import train_and_evaluate
 from test_checkpoint import _config, text  # noqa: F401
 
 

@@ -1,7 +1,7 @@
 """Crash safety of training: SIGKILL at random moments, SIGTERM preemption, partial checkpoints.
 
 A "zygote" subprocess imports jax + gpt2jax once, then forks one child per training run; a
-child runs `gpt2jax.loop.train_and_evaluate` on a tiny char-level model (2 simulated CPU
+child runs `gpt2jax.training.loop.train_and_evaluate` on a tiny char-level model (2 simulated CPU
 devices, a checkpoint every 2 steps, asynchronous Orbax saves) with a hook that appends
 `step sha256(params)` to a log after every step. The zygote kills children at seeded random
 moments (after a random number of steps plus a random delay; every other kill waits until
@@ -88,7 +88,7 @@ def params_hash(params) -> str:
 def _child(job: dict) -> int:
     """Runs one training job in a forked child; returns its exit status."""
     from gpt2jax.errors import GPT2JaxError
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     log = open(job["log"], "a", buffering=1)
 
@@ -195,7 +195,7 @@ def zygote_main() -> None:
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    import gpt2jax.loop  # noqa: F401  (imported once, before any fork)
+    import gpt2jax.training.loop  # noqa: F401  (imported once, before any fork)
     import tensorboardX  # noqa: F401  (the loop imports it lazily; it pulls in torch: seconds)
 
     for line in sys.stdin:
@@ -302,7 +302,7 @@ def _plant_unfinalized_newer_checkpoint(work: Path, latest: int, fake_step: int)
     biggest = max((p for p in fake.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
 
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training.checkpoint import Checkpointer
 
     ck = Checkpointer(work, keep=3, keep_best=0)
     try:

@@ -20,7 +20,7 @@ from configs import common, shakespeare_char
 from gpt2jax import data
 from gpt2jax.data import shards
 from gpt2jax.errors import DataError
-from gpt2jax.loop import train_and_evaluate
+from gpt2jax.training.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")

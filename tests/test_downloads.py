@@ -22,7 +22,7 @@ import tiktoken.registry
 from configs import common
 from gpt2jax.data import downloads, registry, resolve, sources
 from gpt2jax.errors import DataError
-from gpt2jax.tokenizer import get_tokenizer
+from gpt2jax.data.bpe import get_tokenizer
 
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
 

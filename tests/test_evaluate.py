@@ -32,12 +32,13 @@ import transformers
 
 import gpt2jax
 from configs import common
-from gpt2jax import sharding, weights
+from gpt2jax.parallel import sharding
+from gpt2jax.weights import pretrained as weights
 from gpt2jax.eval import lambada as lambada_lib
 from gpt2jax.eval import perplexity as ppl_lib
 from gpt2jax.eval import stopwords
 from gpt2jax.eval import tasks
-from gpt2jax.model import GPT2Config, init_params
+from gpt2jax.nn.model import GPT2Config, init_params
 
 N_SLICE = 20_000
 N_LAMBADA = 50

@@ -155,7 +155,7 @@ def test_vocab_mismatch_model_vs_tokenizer(data_dir):
     with pytest.raises(ConfigError, match="vocab_size=50304 but the tokenizer has 50257"):
         eval_cli.evaluate_config(config)
     from gpt2jax.eval.perplexity import check_tokens
-    from gpt2jax.model import GPT2Config
+    from gpt2jax.nn.model import GPT2Config
 
     with pytest.raises(ConfigError, match="does not match the model"):
         check_tokens(GPT2Config(vocab_size=100, n_layer=1, n_embd=8, n_head=2), [5, 100])

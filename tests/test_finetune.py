@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import checkpoint
-from gpt2jax.model import GPT2, GPT2Config, init_params
-from gpt2jax.weights import save_pretrained
+from gpt2jax.training import checkpoint
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params
+from gpt2jax.weights.pretrained import save_pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALARS = {"train/loss", "val/loss", "train/learning_rate", "train/grad_norm",

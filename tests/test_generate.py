@@ -12,9 +12,9 @@ import torch
 import transformers
 
 import gpt2jax
-from gpt2jax import weights
-from gpt2jax.generate import TRACE_COUNT, _greedy_jit, generate
-from gpt2jax.sharding import make_mesh, rules
+from gpt2jax.weights import pretrained as weights
+from gpt2jax.generation.generate import TRACE_COUNT, _greedy_jit, generate
+from gpt2jax.parallel.sharding import make_mesh, rules
 from configs import common
 
 PAD = 50256

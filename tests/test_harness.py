@@ -30,7 +30,7 @@ from lm_eval.models.utils import postprocess_generated_text
 
 from gpt2jax.eval import harness, lambada as lambada_lib
 from gpt2jax.eval.harness_data import wikitext_pages
-from gpt2jax.tokenizer import EOT_ID, EOT_TOKEN
+from gpt2jax.data.bpe import EOT_ID, EOT_TOKEN
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "lm_eval_tasks"
 TASKS = ["lambada_openai_local", "wikitext_local", "multiple_choice_local", "completion_local"]
 N_POS, MAX_GEN, BATCH = 64, 12, 4

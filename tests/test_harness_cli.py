@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from lm_eval.api.registry import get_model
 
-from gpt2jax.checkpoint import Checkpointer, load_params_for_inference
+from gpt2jax.training.checkpoint import Checkpointer, load_params_for_inference
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval import harness, harness_core
 from gpt2jax.eval.harness_data import wikitext_pages
-from gpt2jax.model import GPT2Config, init_params
-from gpt2jax.weights import save_pretrained
+from gpt2jax.nn.model import GPT2Config, init_params
+from gpt2jax.weights.pretrained import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "configs" / "lm_eval_tasks"

@@ -13,7 +13,7 @@ from tensorboardX.proto import event_pb2
 
 from configs import shakespeare_char
 from gpt2jax.eval import harness
-from gpt2jax.loop import train_and_evaluate
+from gpt2jax.training.loop import train_and_evaluate
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "lm_eval_tasks"
 

@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from gpt2jax.errors import WeightsError
-from gpt2jax.weights import load_pretrained
+from gpt2jax.weights.pretrained import load_pretrained
 from hub_stand_in import COMMIT, HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ import json, sys
 import numpy as np
 from gpt2jax import GPT2
 from gpt2jax.errors import WeightsError
-from gpt2jax.weights import load_pretrained
+from gpt2jax.weights.pretrained import load_pretrained
 out = {}
 for name in sys.argv[2:]:
     try:

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from configs import common
-from gpt2jax import sharding
-from gpt2jax.model import GPT2, GPT2Config, init_params
+from gpt2jax.parallel import sharding
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,9 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import distributed, sharding
+from gpt2jax.parallel import distributed
+
+from gpt2jax.parallel import sharding
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multihost_worker.py"

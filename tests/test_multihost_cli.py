@@ -33,7 +33,7 @@ NUM_STEPS = 30
 SIGNAL_AFTER_STEP = 3   # SIGTERM once process 0 has logged this step
 PHASE_TIMEOUT_S = 300   # a hang fails the test instead of blocking CI
 PROCESS0_FILES = ("config.json", "tokenizer.json", "shardings.txt", "metrics.jsonl",
-                  "tensorboard", "hf")  # gpt2jax/loop.py's workdir layout, checkpoints aside
+                  "tensorboard", "hf")  # training/loop.py workdir layout, checkpoints aside
 TINY = [  # a 2-layer char model, batch 4 x 32 tokens; every step logged; no sample text
     "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
     "--config.model.n_positions=32", "--config.train.block_size=32",

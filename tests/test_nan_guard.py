@@ -16,7 +16,7 @@ from test_crash_safety import params_hash, read_log, text_file, zygote  # noqa: 
 
 def test_huge_learning_rate_stops_naming_the_step_and_keeps_last_good_checkpoint(
         zygote, text_file, tmp_path, record_property):  # noqa: F811
-    from gpt2jax.checkpoint import load_params_for_inference
+    from gpt2jax.training.checkpoint import load_params_for_inference
 
     work, log = tmp_path / "run", tmp_path / "log"
     res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=10,
@@ -42,7 +42,7 @@ def test_non_finite_update_is_never_saved_and_error_names_the_good_checkpoint(
     """learning_rate=inf: every step's loss is finite (it is measured before the update) but
     the update makes the params inf/NaN. The step's `update_finite` must stop the run before
     that state is saved (save_every=1), naming the step and the last finite checkpoint."""
-    from gpt2jax.checkpoint import load_params_for_inference
+    from gpt2jax.training.checkpoint import load_params_for_inference
 
     work, log = tmp_path / "run", tmp_path / "log"
     res = zygote.run(workdir=str(work), log=str(log), text=text_file, num_steps=3, save_every=1)

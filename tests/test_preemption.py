@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2jax.preemption import PreemptionGuard
+from gpt2jax.training.preemption import PreemptionGuard
 
 
 def test_sigterm_sets_flag_and_handlers_are_restored():
@@ -59,7 +59,7 @@ def test_multihost_installs_no_handler_and_follows_sync_point():
 
 
 def test_single_process_sync_point_is_false_without_distributed():
-    from gpt2jax.preemption import _distributed_client_active, _sync_point_reached
+    from gpt2jax.training.preemption import _distributed_client_active, _sync_point_reached
 
     assert not _distributed_client_active()
     assert _sync_point_reached(3) is False
@@ -81,7 +81,7 @@ WORKER = textwrap.dedent(
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=pid)
     from jax.experimental import multihost_utils
-    from gpt2jax.preemption import PreemptionGuard
+    from gpt2jax.training.preemption import PreemptionGuard
     guard = PreemptionGuard().install()
     stopped = None
     for step in range(1, 3000):

@@ -21,7 +21,7 @@ def test_pickle_never_runs_without_flag_and_weights_only_with_it(tmp_path):
     """Without `allow_pickle` the file is refused unread; with it, torch's weights_only
     unpickler still refuses to call arbitrary functions. Either way no code runs."""
     from gpt2jax.errors import WeightsError
-    from gpt2jax.weights import load_pretrained
+    from gpt2jax.weights.pretrained import load_pretrained
 
     victim = tmp_path / "pwned"
     _malicious_pickle(tmp_path / "pytorch_model.bin", victim)
@@ -126,7 +126,7 @@ def test_no_unsafe_deserialisation_in_the_repository():
     or evals data outside the reviewed sites; torch.load only with weights_only=True (and
     weights.py reaches it only behind allow_pickle, see the first test)."""
     files = list(_python_files())
-    assert REPO / "gpt2jax" / "weights_formats.py" in files and len(files) > 50
+    assert REPO / "gpt2jax" / "weights" / "formats.py" in files and len(files) > 50
     offenders, reviewed_seen = {}, set()
     for path in files:
         rel = path.relative_to(REPO).as_posix()
@@ -144,7 +144,7 @@ def test_safe_roundtrip_keeps_the_safetensors_promises(tmp_path):
     header within the 100 MB bound, contiguous data offsets covering the whole buffer."""
     import numpy as np
 
-    from gpt2jax.weights import load_pretrained, params_to_hf_state_dict
+    from gpt2jax.weights.pretrained import load_pretrained, params_to_hf_state_dict
 
     model = save_tiny(tmp_path / "model")
     data = (model / "model.safetensors").read_bytes()
@@ -159,7 +159,7 @@ def test_safe_roundtrip_keeps_the_safetensors_promises(tmp_path):
     assert cfg == tiny_model_config()
     import jax
 
-    from gpt2jax.model import init_params
+    from gpt2jax.nn.model import init_params
 
     want = params_to_hf_state_dict(init_params(cfg, jax.random.PRNGKey(0)), cfg)
     got = params_to_hf_state_dict(params, cfg)

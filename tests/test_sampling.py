@@ -1,4 +1,4 @@
-"""gpt2jax.sampling == HF logits processors/warpers; sampled frequencies == filtered softmax;
+"""generation.sampling == HF logits processors/warpers; sampled frequencies == filtered softmax;
 the support of `generate`'s samples == HF's top-k/top-p warpers on logits with ties."""
 
 import jax
@@ -9,9 +9,9 @@ import torch
 from scipy import stats
 from transformers.generation import logits_process as hf_lp
 
-from gpt2jax import sampling
-from gpt2jax.generate import generate
-from gpt2jax.sampling import ScoreParams, ScoreSettings
+from gpt2jax.generation import sampling
+from gpt2jax.generation.generate import generate
+from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from test_generate import hf_tiny, to_gpt2jax
 
 

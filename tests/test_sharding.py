@@ -17,8 +17,8 @@ import pytest
 from jax.sharding import NamedSharding
 
 from configs import common
-from gpt2jax import sharding
-from gpt2jax.model import GPT2, GPT2Config, init_params
+from gpt2jax.parallel import sharding
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 
 CFG = GPT2Config(vocab_size=256, n_positions=32, n_embd=64, n_layer=2, n_head=4,
                  embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -96,7 +96,7 @@ def _batch(rng, rows, length, vocab):
 
 
 def test_sharded_train_step_equals_single_device():
-    from gpt2jax.train import TrainConfig, Trainer
+    from gpt2jax.training.step import TrainConfig, Trainer
 
     tc = TrainConfig.from_config(common.train_config(
         batch_size=8, grad_accum_steps=1, block_size=16, num_steps=3, warmup_steps=0,
@@ -193,7 +193,7 @@ def test_cpu_devices_split_the_host_and_bad_values_are_refused():
     import subprocess
     import sys
 
-    from gpt2jax import distributed
+    from gpt2jax.parallel import distributed
     from gpt2jax.errors import ConfigError
 
     code = ("from gpt2jax import distributed; distributed.set_cpu_devices(3); "

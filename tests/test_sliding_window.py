@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import gpt2jax
-from gpt2jax.model import GPT2, GPT2Config, init_cache, init_params
+from gpt2jax.nn.model import GPT2, GPT2Config, init_cache, init_params
 
 T = 10  # the padded batch width; rows hold 10, 9, 8 real tokens
 TINY = dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,

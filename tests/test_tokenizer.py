@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import transformers
 
-from gpt2jax import tokenizer as tok
-from gpt2jax.tokenizer import EOT_ID, TokenizerError, encode_batch, get_tokenizer
+from gpt2jax.data import bpe as tok
+from gpt2jax.data.bpe import EOT_ID, TokenizerError, encode_batch, get_tokenizer
 
 import pytest
 

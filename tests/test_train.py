@@ -12,9 +12,10 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import common, shakespeare_char
-from gpt2jax import sharding, train
+from gpt2jax.parallel import sharding
+from gpt2jax.training import step as train
 from gpt2jax.errors import ConfigError
-from gpt2jax.model import GPT2Config
+from gpt2jax.nn.model import GPT2Config
 
 CFG = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
                  embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -175,7 +176,7 @@ def text_file(tmp_path, data_dir):
 
 
 def test_mesh_not_matching_devices(tmp_path, text_file):
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     c = tiny_char_config(text_file)
     c.mesh.update(data=3, fsdp=1, tensor=1)
@@ -184,7 +185,7 @@ def test_mesh_not_matching_devices(tmp_path, text_file):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
-    from gpt2jax.loop import train_and_evaluate
+    from gpt2jax.training.loop import train_and_evaluate
 
     def poison(step, run):
         if step == 2:  # after step 2's checkpoint: make step 3 produce NaN
@@ -195,6 +196,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
     c.mesh.update(data=-1)
     with pytest.raises(train.TrainingDivergedError, match="at step 3"):
         train_and_evaluate(c, tmp_path / "w", hooks=[poison])
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training.checkpoint import Checkpointer
 
     assert Checkpointer(tmp_path / "w").all_steps() == [2]

@@ -19,7 +19,7 @@ from flax import serialization
 from safetensors.numpy import load_file, save_file
 
 from gpt2jax import GPT2, GPT2Config, init_params, load_pretrained, param_count, save_pretrained
-from gpt2jax import weights
+from gpt2jax.weights import pretrained as weights
 from gpt2jax.errors import ConfigError, WeightsError
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64)

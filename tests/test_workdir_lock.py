@@ -1,4 +1,4 @@
-"""One training run per workdir (gpt2jax/workdir_lock.py): a second run is refused at start
+"""One training run per workdir (gpt2jax/training/workdir_lock.py): a second run is refused at start
 with one line naming the owner (host, pid), the first run does not notice; a lock left by a
 dead process is taken over; the processes of one multi-host run each lock their own index."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt2jax import checkpoint
+from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError
-from gpt2jax.loop import train_and_evaluate
-from gpt2jax.workdir_lock import WorkdirLockedError, acquire, lock_path, release
+from gpt2jax.training.loop import train_and_evaluate
+from gpt2jax.training.workdir_lock import WorkdirLockedError, acquire, lock_path, release
 from test_checkpoint import _config, text  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@
         --workdir=/tmp/attention_smoke        # CI: 2 variants x 2 seeds, a few steps
 
 Every variant trains with the same data, budget (steps x batch x block) and seeds; the
-runner (`gpt2jax/cli/sweep.py`) calls `gpt2jax.loop.train_and_evaluate` once per
+runner (`gpt2jax/cli/sweep.py`) calls `gpt2jax.training.loop.train_and_evaluate` once per
 (variant, seed) in `<workdir>/<variant>/seed_<s>` and writes `results.json`, `results.md`
 and two PNGs to `results_dir` (default sweep: this folder; smoke: the workdir). Expected
 (default, idle 2-core CPU: ~26 min, 18 runs of ~85 s): see README.md in this folder.

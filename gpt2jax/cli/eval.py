@@ -13,10 +13,12 @@ from pathlib import Path
 
 import jax
 
-from gpt2jax import sharding
+from gpt2jax.parallel import sharding
 from gpt2jax.eval import tasks
-from gpt2jax.model import GPT2Config, init_params
-from gpt2jax.tokenizer import get_tokenizer
+from gpt2jax.nn.model import GPT2Config, init_params
+from gpt2jax.data.bpe import get_tokenizer
+from gpt2jax.training.checkpoint import load_params_for_inference
+from gpt2jax.weights.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,11 +35,9 @@ def load_model(config) -> tuple[GPT2Config, dict]:
         return cfg, init_params(cfg, jax.random.key(config.seed))
     overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
     if (Path(source) / "checkpoints").is_dir():
-        from gpt2jax.checkpoint import load_params_for_inference
 
         cfg, params, _ = load_params_for_inference(source, **overrides)
         return cfg, params
-    from gpt2jax.weights import load_pretrained
 
     return load_pretrained(source, **overrides)
 

@@ -23,9 +23,13 @@ import jax
 import numpy as np
 
 from gpt2jax.errors import ConfigError
-from gpt2jax.generate import generate, make_args
-from gpt2jax.model import GPT2Config, init_params
-from gpt2jax.tokenizer import get_tokenizer
+from gpt2jax.generation.generate import generate, make_args
+from gpt2jax.nn.model import GPT2Config, init_params
+from gpt2jax.data.bpe import get_tokenizer
+from gpt2jax.data.tokenizers import tokenizer_from_json
+from gpt2jax.parallel import sharding
+from gpt2jax.training.checkpoint import load_params_for_inference
+from gpt2jax.weights.pretrained import load_pretrained
 
 
 def read_prompts(args) -> list[str]:
@@ -58,12 +62,10 @@ def load_model(config) -> tuple[GPT2Config, dict, object]:
     """
     overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
     if config.init_from and (Path(config.init_from) / "checkpoints").is_dir():
-        from gpt2jax.checkpoint import load_params_for_inference
 
         cfg, params, meta = load_params_for_inference(config.init_from, **overrides)
         return cfg, params, _run_tokenizer(meta)
     if config.init_from:
-        from gpt2jax.weights import load_pretrained
 
         cfg, params = load_pretrained(config.init_from, **overrides)
         return cfg, params, get_tokenizer()
@@ -92,7 +94,6 @@ def _run_tokenizer(meta: dict):
     """The tokenizer a training run saved; GPT-2 BPE when the run saved none."""
     if not meta or meta.get("name") == "gpt2":
         return get_tokenizer()
-    from gpt2jax.data.tokenizers import tokenizer_from_json
 
     return _LibraryTokenizer(tokenizer_from_json(meta))
 
@@ -144,7 +145,6 @@ class TerminalStreamer:
 def _mesh_kwargs(config) -> dict:
     if jax.device_count() == 1:
         return {}
-    from gpt2jax import sharding
 
     return dict(mesh=sharding.make_mesh(config.mesh), axis_rules=sharding.rules(config.mesh))
 

@@ -2,7 +2,7 @@
 
 A sweep config (e.g. `experiments/attention_ablation/sweep.py`) holds `base` (a full
 `--mode=train` config), `variants` (name -> nested override of `base`), `seeds`,
-`baseline`, `only` and `results_dir`. Each run calls `gpt2jax.loop.train_and_evaluate`
+`baseline`, `only` and `results_dir`. Each run calls `gpt2jax.training.loop.train_and_evaluate`
 in `<workdir>/<variant>/seed_<s>`; a finished run leaves `sweep_result.json` there and is
 not trained again (an interrupted sweep resumes where it stopped). Outputs in
 `results_dir` ("" = the workdir): `results.json`, `results.md`, `val_loss.png`,
@@ -23,7 +23,8 @@ import jax
 import ml_collections
 
 from gpt2jax.errors import ConfigError
-from gpt2jax.model import GPT2Config, kv_cache_bytes_per_token, param_count
+from gpt2jax.nn.model import GPT2Config, kv_cache_bytes_per_token, param_count
+from gpt2jax.training.loop import train_and_evaluate
 
 RESULT_FILE = "sweep_result.json"
 
@@ -99,7 +100,6 @@ def _read_metrics(path: Path) -> tuple[list, list]:
 
 def run_one(name: str, seed: int, config, workdir: Path) -> dict:
     """Trains one (variant, seed) in `workdir` unless it finished before; returns its record."""
-    from gpt2jax.loop import train_and_evaluate
 
     done = workdir / RESULT_FILE
     if done.is_file():

@@ -1,22 +1,23 @@
 """`python run.py --mode=train --config=configs/FILE.py[:ARG] --workdir=DIR`: train or fine-tune.
 
-Resumes automatically when DIR holds a checkpoint; see gpt2jax/loop.py for the workdir layout.
+Resumes automatically when DIR holds a checkpoint; see gpt2jax/training/loop.py for the
+workdir layout.
 """
 
 from __future__ import annotations
 
 from gpt2jax.errors import ConfigError
+from gpt2jax.training.loop import train_and_evaluate
 
 
 def main(config, args) -> None:
-    """Runs `gpt2jax.loop.train_and_evaluate(config, args.workdir)` and prints the result."""
+    """Runs `training.loop.train_and_evaluate(config, args.workdir)` and prints the result."""
     if not args.workdir:
         raise ConfigError("--mode=train needs --workdir=DIR (checkpoints, logs, the HF export).")
     if "://" in args.workdir:  # pathlib would turn gs://b/x into a local folder gs:/b/x
         raise ConfigError(f"--workdir={args.workdir} is not a local folder; the workdir is "
                           "written with local paths: use a local disk (one host) or a folder "
                           "every host mounts (e.g. the bucket through Cloud Storage FUSE).")
-    from gpt2jax.loop import train_and_evaluate
 
     result = train_and_evaluate(config, args.workdir)
     val = result["val_loss"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-# `import ... as` (not `from gpt2jax.tokenizer import`): gpt2jax.tokenizer imports
+# `import ... as` (not `from gpt2jax.data.bpe import`): gpt2jax.data.bpe imports
 # gpt2jax.data.resolve, so either package may be the one being initialised first.
-from gpt2jax import tokenizer as bpe
+from gpt2jax.data import bpe as bpe
 from gpt2jax.errors import ConfigError, DataError
 
 TOKENIZERS = ("gpt2", "char")

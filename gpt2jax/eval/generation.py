@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from gpt2jax.errors import DataError
 from gpt2jax.eval import text_metrics
-from gpt2jax.tokenizer import EOT_ID
+from gpt2jax.eval.files import data_file
+from gpt2jax.generation.generate import generate
+from gpt2jax.data.bpe import EOT_ID
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
@@ -67,7 +69,6 @@ def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def generate_texts(ctx, prompts: list[list[int]]) -> list[str]:
     """Generates from token prompts in batches with `config.generate`; returns new text."""
-    from gpt2jax.generate import generate
 
     kwargs = {k: v for k, v in ctx.generate_config.items()}
     texts = []
@@ -123,7 +124,6 @@ def _translate(ctx, path: Path, shots_path: Path) -> list[dict]:
 
 def run(ctx) -> list[dict]:
     """Runs the `summarize` or `translate` task of a `tasks.TaskContext`."""
-    from gpt2jax.eval.tasks import data_file
 
     files = ctx.ecfg.files
     if ctx.task == "summarize":

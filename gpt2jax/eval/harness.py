@@ -40,12 +40,12 @@ except ModuleNotFoundError as e:  # the optional `eval` extra
         "`pip install -e \".[eval]\"` (lm-eval==0.4.13).", name=e.name) from e
 from tqdm.auto import tqdm
 
-from gpt2jax.checkpoint import load_params_for_inference
+from gpt2jax.training.checkpoint import load_params_for_inference
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval.harness_core import Scorer
-from gpt2jax.model import GPT2Config, param_count
-from gpt2jax.tokenizer import EOT_ID, get_tokenizer
-from gpt2jax.weights import load_pretrained
+from gpt2jax.nn.model import GPT2Config, param_count
+from gpt2jax.data.bpe import EOT_ID, get_tokenizer
+from gpt2jax.weights.pretrained import load_pretrained
 
 # HF generate arguments that lm-eval tasks pass in generation_kwargs and gpt2jax.generate takes.
 GENERATE_ARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2jax import sharding as shard_lib
+from gpt2jax.parallel import sharding as shard_lib
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval.perplexity import token_nll
-from gpt2jax.generate import generate
-from gpt2jax.model import GPT2, GPT2Config, logical_axes
+from gpt2jax.generation.generate import generate
+from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
 
 MIN_BUCKET = 16
 # (cfg, batch, length) of every compiled scoring function, in order (tests count compiles).

@@ -11,7 +11,7 @@ from absl import logging
 
 from gpt2jax.eval.harness import (GPT2JaxLM, TaskManager, evaluate, result_rows, task_manager,
                                   task_names)
-from gpt2jax.model import GPT2Config
+from gpt2jax.nn.model import GPT2Config
 
 
 @functools.lru_cache(maxsize=4)

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from gpt2jax.errors import DataError
 from gpt2jax.eval.perplexity import token_nll
 from gpt2jax.eval.stopwords import NLTK_ENGLISH
-from gpt2jax.model import GPT2, GPT2Config
+from gpt2jax.nn.model import GPT2, GPT2Config
 
 MIN_BUCKET = 64
 STOPWORD_TOP_K = 10  # candidate first tokens the stop-word filter may go through

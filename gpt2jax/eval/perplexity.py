@@ -39,9 +39,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from gpt2jax import sharding as shard_lib
+from gpt2jax.parallel import sharding as shard_lib
 from gpt2jax.errors import ConfigError, DataError
-from gpt2jax.model import GPT2, GPT2Config, logical_axes
+from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
 
 
 @dataclasses.dataclass(frozen=True)

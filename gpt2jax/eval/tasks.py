@@ -27,24 +27,14 @@ from typing import Callable
 
 import numpy as np
 
-from gpt2jax.data import resolve
-from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.errors import ConfigError
 from gpt2jax.eval import detokenize as detok_lib
+from gpt2jax.eval import generation
 from gpt2jax.eval import lambada as lambada_lib
+from gpt2jax.eval.files import data_file
 from gpt2jax.eval.perplexity import PerplexityResult, perplexity
 
 CHAR_SPLIT = 5_000_000  # enwik8 / text8 test split: the last 5M bytes / characters
-
-
-def data_file(data_dir: str | os.PathLike, relative: str, task: str) -> Path:
-    """The path of a task's data file, found by `gpt2jax.data.resolve.data_file`: in
-    `data_dir` when one is given, else $GPT2JAX_DATA_DIR, the cache or a checksummed download.
-    Errors are one line naming the task and the file."""
-    try:
-        return resolve.data_file(relative, data_dir)
-    except DataError as e:
-        raise type(e)(f"Task {task!r} needs the file {relative!r}: {e} Or override its "
-                      "path with --config.eval.files.<name>=PATH.") from None
 
 
 def read_text(path: Path) -> str:
@@ -155,7 +145,6 @@ def _lambada(ctx) -> list[dict]:
 
 
 def _generation(ctx) -> list[dict]:
-    from gpt2jax.eval import generation  # needs gpt2jax.generate
 
     return generation.run(ctx)
 

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from gpt2jax.errors import ConfigError
-from gpt2jax.model import GPT2Config
+from gpt2jax.nn.model import GPT2Config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from gpt2jax import attention as attn_lib
-from gpt2jax import sharding
+from gpt2jax.nn import attention as attn_lib
+from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
 Dtype = Any

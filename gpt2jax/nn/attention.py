@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from gpt2jax import positions as pos_lib
-from gpt2jax import sharding
+from gpt2jax.nn import positions as pos_lib
+from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
 AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]

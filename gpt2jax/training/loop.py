@@ -4,9 +4,8 @@ Data -> sharded `train_step` -> metrics (console + tqdm, TensorBoard, `metrics.j
 periodic evaluation on fixed validation batches (with an optional text sample), Orbax
 checkpoints with automatic resume, NaN guard, and an HF export at the end.
 
-Workdir layout: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (one
-line per train step / eval), `tensorboard/` (event file), `checkpoints/<step>/`, `hf/`, and
-`train.<process>.lock` while a run holds it (gpt2jax/workdir_lock.py).
+Workdir: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (a line per step
+/ eval), `tensorboard/`, `checkpoints/<step>/`, `hf/`, `train.<process>.lock` while running.
 """
 
 from __future__ import annotations
@@ -23,15 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import data as data_lib
-from gpt2jax import sharding as sharding_lib
 from gpt2jax.errors import ConfigError, GPT2JaxError
-from gpt2jax.meter import Meter, peak_flops
-from gpt2jax.model import GPT2Config
-from gpt2jax.preemption import PreemptionGuard
-from gpt2jax.train import Trainer, TrainConfig, TrainState, model_flops_per_token
-from gpt2jax.workdir_lock import workdir_lock
+from gpt2jax.generation.generate import generate
+from gpt2jax.nn.model import GPT2Config
+from gpt2jax.parallel import sharding as sharding_lib
+from gpt2jax.training import checkpoint as ckpt_lib
+from gpt2jax.training.meter import Meter, peak_flops
+from gpt2jax.training.preemption import PreemptionGuard
+from gpt2jax.training.step import Trainer, TrainConfig, TrainState, model_flops_per_token
+from gpt2jax.training.workdir_lock import workdir_lock
+from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
 
 Hook = Callable[[int, "Run"], None]  # called after each step as hook(step, run)
 
@@ -176,7 +177,6 @@ def _restore_or_init(run: Run, mesh, rules) -> int:
             run.cfg = GPT2Config(**dict(meta["model"], **_runtime_overrides(config)))
         ckpt.check_model(latest, run.cfg)
     elif config.init_from:
-        from gpt2jax.weights import load_pretrained
 
         run.cfg, pretrained = load_pretrained(config.init_from, **_runtime_overrides(config))
         if run.tc.block_size > run.cfg.n_positions:
@@ -348,8 +348,8 @@ def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
     run.writer.add_scalar("val/accuracy", res["accuracy"], step)
     run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
     meter.write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
-    if run.config.train.lm_eval.tasks:  # lm-eval tasks: the optional eval extra
-        from gpt2jax.eval import harness_train
+    if run.config.train.lm_eval.tasks:
+        from gpt2jax.eval import harness_train  # optional dependency: lm-eval (eval extra)
 
         harness_train.log_training_metrics(run.cfg, run.state.params, run.config.train.lm_eval,
                                            step, run.writer, meter.write)
@@ -373,7 +373,6 @@ def sample_text(run: Run, step: int) -> str | None:
     if jax.process_count() > 1:
         return None  # samples are a single-host convenience
     try:
-        from gpt2jax.generate import generate
 
         params = jax.device_get(run.state.params)
         out = generate(run.cfg, params, np.asarray([ids], np.int32), max_new_tokens=new,
@@ -387,7 +386,6 @@ def sample_text(run: Run, step: int) -> str | None:
 
 def export_hf(run: Run) -> Path:
     """Writes the params to `<workdir>/hf` (HF GPT2LMHeadModel layout) + the tokenizer."""
-    from gpt2jax.weights import save_pretrained
 
     params = run.state.params
     if jax.process_count() > 1:  # gather the shards of every host, write on process 0

@@ -17,10 +17,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gpt2jax import sampling
-from gpt2jax.generate import (TRACE_COUNT, Plan, Runtime, key_mask, model_step,
-                              prompt_positions, repeat_rows, valid_positions)
-from gpt2jax.model import GPT2Config
+from gpt2jax.generation import sampling
+from gpt2jax.generation.plan import (TRACE_COUNT, Plan, Runtime, key_mask, model_step,
+                                     prompt_positions, repeat_rows, valid_positions)
+from gpt2jax.nn.model import GPT2Config
 
 _BIG_NEG = -1.0e9  # HF's "very large negative value" for excluded beams
 

@@ -35,6 +35,7 @@ import threading
 import types
 from typing import Callable, Iterable
 
+import jax
 from absl import logging
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,11 +43,7 @@ DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def _distributed_client_active() -> bool:
     """True when `jax.distributed.initialize` has connected this process to a coordinator."""
-    try:
-        from jax._src import distributed
-    except ImportError:  # pragma: no cover - private module moved
-        return False
-    return getattr(distributed.global_state, "client", None) is not None
+    return jax.distributed.is_initialized()
 
 
 def _sync_point_reached(step: int) -> bool:

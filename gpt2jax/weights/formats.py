@@ -1,6 +1,6 @@
 """Reading GPT-2 weight files and hub downloads into HF PyTorch-layout numpy state dicts.
 
-The formats behind `gpt2jax.weights.load_pretrained`: safetensors (single or sharded), HF
+The formats behind `gpt2jax.weights.pretrained.load_pretrained`: safetensors (single or sharded), HF
 Flax msgpack, PyTorch `.bin` (opt-in pickle), OpenAI's TF checkpoint, and hub names. Every
 reader returns `{name: np.ndarray}` with HF `GPT2LMHeadModel` names (Conv1D weights [in, out]);
 checking them against a config is `weights.py`'s job.
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gpt2jax import hub
+from gpt2jax.weights import hub
 from gpt2jax.errors import WeightsError
 
 StateDict = dict[str, np.ndarray]

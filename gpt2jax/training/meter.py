@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from gpt2jax.train import TrainingDivergedError
+from gpt2jax.training.step import TrainingDivergedError
 
 
 def check_finite(step: int, metrics: dict, checkpointer) -> None:

@@ -23,7 +23,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from gpt2jax.errors import ConfigError, WeightsError
-from gpt2jax.model import GPT2Config
+from gpt2jax.nn.model import GPT2Config
+from gpt2jax.nn.model import init_params
 
 ITEMS = ("state", "data", "meta")
 # GPT2Config fields that may change between a run and its resume (no effect on shapes).
@@ -256,7 +257,6 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
 
 
 def _abstract_params(cfg: GPT2Config):
-    from gpt2jax.model import init_params
 
     def fn():
         return init_params(cfg, jax.random.PRNGKey(0))

@@ -30,9 +30,9 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from gpt2jax import sharding as sharding_lib
+from gpt2jax.parallel import sharding as sharding_lib
 from gpt2jax.errors import ConfigError, GPT2JaxError
-from gpt2jax.model import GPT2, GPT2Config, init_params
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 
 Schedule = Literal["cosine", "constant"]
 
