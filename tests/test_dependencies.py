@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 OWN = {"gpt2jax", "configs", "tests", "bench", "experiments", "run", "conftest"}
 # Imported inside a function behind an ImportError whose message says what to install, and
-# needed by no test: OpenAI's TF checkpoints and TFRecord datasets.
+# installed for the tests as tensorflow-cpu (the test extra): OpenAI TF checkpoints, TFRecord.
 OPTIONAL = {"tensorflow"}
 
 
