@@ -196,7 +196,7 @@ def test_cpu_devices_split_the_host_and_bad_values_are_refused():
     from gpt2jax.parallel import distributed
     from gpt2jax.errors import ConfigError
 
-    code = ("from gpt2jax import distributed; distributed.set_cpu_devices(3); "
+    code = ("from gpt2jax.parallel import distributed; distributed.set_cpu_devices(3); "
             "import jax; print(jax.device_count())")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
