@@ -180,6 +180,7 @@ def bench_remat_memory(batch: int, block: int) -> dict:
 
     from configs import common
     from gpt2jax.parallel import sharding
+    from gpt2jax.parallel.placement import Placement
     from gpt2jax.nn.model import init_params
     from gpt2jax.training.step import TrainState, make_optimizer, make_train_step
 
@@ -196,8 +197,9 @@ def bench_remat_memory(batch: int, block: int) -> dict:
             return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                               opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
 
-        state, state_sh = sharding.abstract_state(init_fn, mesh, axis_rules, jax.random.key(0))
-        bsh = sharding.batch_sharding(mesh, axis_rules)
+        place = Placement(mesh, axis_rules)
+        state, state_sh = place.abstract(init_fn, jax.random.key(0))
+        bsh = place.batch_sharding()
         batch_sds = {n: jax.ShapeDtypeStruct((batch, block), d, sharding=bsh) for n, d in
                      (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
         step = jax.jit(make_train_step(cfg, tc, tx), donate_argnums=(0,))

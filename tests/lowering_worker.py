@@ -112,6 +112,7 @@ def lower_step(cfg, args: argparse.Namespace):
 
     from configs import common
     from gpt2jax.parallel import sharding
+    from gpt2jax.parallel.placement import Placement
     from gpt2jax.nn.model import init_params
     from gpt2jax.training.step import TrainConfig, TrainState, make_optimizer, make_train_step
 
@@ -127,12 +128,13 @@ def lower_step(cfg, args: argparse.Namespace):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.PRNGKey(0))
 
-    state, state_sh = sharding.abstract_state(init_fn, mesh, axis_rules, jax.random.PRNGKey(0))
-    batch_sh = sharding.batch_sharding(mesh, axis_rules)
+    place = Placement(mesh, axis_rules)
+    state, state_sh = place.abstract(init_fn, jax.random.PRNGKey(0))
+    batch_sh = place.batch_sharding()
     batch = {n: jax.ShapeDtypeStruct((args.batch, args.block), d, sharding=batch_sh)
              for n, d in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
     step = jax.jit(make_train_step(cfg, tc, tx), in_shardings=(state_sh, batch_sh),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+                   out_shardings=(state_sh, place.replicated()), donate_argnums=(0,))
     with sharding.mesh_rules(mesh, axis_rules):
         lowered = step.lower(state, batch)
     return lowered, state, mesh

@@ -71,9 +71,9 @@ def host_batch(step: int, mesh, axis_rules) -> dict:
     """This process's rows of the global batch of `step`."""
     import numpy as np
 
-    from gpt2jax.parallel import sharding
+    from gpt2jax.parallel.placement import Placement
 
-    rows = global_batch(step)[sharding.host_batch_rows(mesh, axis_rules, GLOBAL_BATCH)]
+    rows = global_batch(step)[Placement(mesh, axis_rules).host_batch_rows(GLOBAL_BATCH)]
     return {"inputs": rows[:, :-1].astype(np.int32), "targets": rows[:, 1:].astype(np.int32),
             "weights": np.ones((rows.shape[0], BLOCK), np.float32)}
 
@@ -109,7 +109,7 @@ def main() -> None:
         print(sharding.format_sharding_table(trainer.state_sharding.params, state.params))
     losses = {}
     for step in range(args.start, args.stop):
-        batch = sharding.put_batch(host_batch(step, mesh, axis_rules), mesh, axis_rules)
+        batch = trainer.placement.put_batch(host_batch(step, mesh, axis_rules))
         assert batch["inputs"].shape == (GLOBAL_BATCH, BLOCK)
         _log(f"step {step}")
         state, metrics = trainer.train_step(state, batch)
@@ -120,7 +120,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({
         "losses": losses, "process_count": jax.process_count(),
         "local_devices": jax.local_device_count(), "mesh": dict(mesh.shape),
-        "rows": str(sharding.host_batch_rows(mesh, axis_rules, GLOBAL_BATCH))}))
+        "rows": str(trainer.placement.host_batch_rows(GLOBAL_BATCH))}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from configs import common
 from gpt2jax.nn import attention as attn_lib
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.parallel import sharding
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError
 from gpt2jax.nn.model import GPT2, GPT2Config, init_cache, init_params, kv_cache_bytes_per_token
 from gpt2jax.nn.model import logical_axes
@@ -78,13 +79,14 @@ def _sharded_loss(cfg, params, batch):
     mesh = sharding.make_mesh(mesh_cfg)
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 3)
     rules = sharding.rules(mesh_cfg)
-    param_sh = sharding.logical_to_sharding(logical_axes(cfg), mesh, rules)
-    batch_sh = sharding.batch_sharding(mesh, rules)
+    place = Placement(mesh, rules)
+    param_sh = place.shardings(logical_axes(cfg), params)
+    batch_sh = place.batch_sharding()
     assert tuple(param_sh["h_0"]["mlp"]["c_fc"]["kernel"].spec) == ("fsdp", "tensor")
     with nn.logical_axis_rules(rules):
         fn = jax.jit(lambda p, i, m, q: _loss(cfg, p, i, m, q)[0],
                      in_shardings=(param_sh, batch_sh, batch_sh, batch_sh))
-        return fn(jax.device_put(params, param_sh), *batch)
+        return fn(place.put_params(params, logical_axes(cfg)), *batch)
 
 
 def _train(cfg, params, batch, steps=5):

@@ -22,7 +22,6 @@ import pytest
 
 from gpt2jax.parallel import distributed
 
-from gpt2jax.parallel import sharding
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multihost_worker.py"
@@ -76,7 +75,7 @@ def _single_process_losses(steps: int) -> list[float]:
     state = trainer.init(0)
     losses = []
     for step in range(steps):
-        batch = sharding.put_batch(worker.host_batch(step, mesh, axis_rules), mesh, axis_rules)
+        batch = trainer.placement.put_batch(worker.host_batch(step, mesh, axis_rules))
         state, metrics = trainer.train_step(state, batch)
         losses.append(float(metrics["loss_sum"]) / float(metrics["weight_sum"]))
     return losses

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding
 
 from configs import common
 from gpt2jax.parallel import sharding
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 
 CFG = GPT2Config(vocab_size=256, n_positions=32, n_embd=64, n_layer=2, n_head=4,
@@ -49,7 +50,7 @@ def _leaf(tree, path: str):
 
 def test_fsdp_every_leaf_is_named_sharding_and_big_matrices_split():
     mesh, axis_rules = _mesh(fsdp=8)
-    state, shardings = sharding.shard_init(_init_fn(CFG), mesh, axis_rules, jax.random.key(0))
+    state, shardings = Placement(mesh, axis_rules).init(_init_fn(CFG), jax.random.key(0))
     leaves = jax.tree.leaves(state)
     assert leaves and all(isinstance(x.sharding, NamedSharding) for x in leaves)
     assert all(isinstance(s, NamedSharding) for s in jax.tree.leaves(shardings))
@@ -75,8 +76,8 @@ def test_fsdp_every_leaf_is_named_sharding_and_big_matrices_split():
 
 def test_tensor_parallel_splits_heads_mlp_vocab_and_replicates_uneven_vocab():
     mesh, axis_rules = _mesh(data=2, tensor=4)
-    abstract, shardings = sharding.abstract_state(
-        lambda r: init_params(CFG, r, boxed=True), mesh, axis_rules, jax.random.key(0))
+    abstract, shardings = Placement(mesh, axis_rules).abstract(
+        lambda r: init_params(CFG, r, boxed=True), jax.random.key(0))
     shard = lambda p: _leaf(shardings, p).shard_shape(_leaf(abstract, p).shape)
     assert shard("h_0/attn/c_attn/kernel") == (64, 3, 1, 16)
     assert shard("h_0/attn/c_proj/kernel") == (1, 16, 64)
@@ -84,8 +85,8 @@ def test_tensor_parallel_splits_heads_mlp_vocab_and_replicates_uneven_vocab():
     assert shard("wte/embedding") == (64, 64)
     # GPT-2's vocabulary (50257) does not divide by 4: that dimension stays whole.
     odd = CFG.replace(vocab_size=50257)
-    abstract, shardings = sharding.abstract_state(
-        lambda r: init_params(odd, r, boxed=True), *_mesh(fsdp=2, tensor=4), jax.random.key(0))
+    abstract, shardings = Placement(*_mesh(fsdp=2, tensor=4)).abstract(
+        lambda r: init_params(odd, r, boxed=True), jax.random.key(0))
     assert shardings["wte"]["embedding"].shard_shape((50257, 64)) == (50257, 32)
 
 
@@ -107,7 +108,7 @@ def test_sharded_train_step_equals_single_device():
         state = trainer.init(0)
         losses = []
         for step in range(3):
-            batch = sharding.put_batch(_batch(step, 8, 16, CFG.vocab_size), mesh, axis_rules)
+            batch = Placement(mesh, axis_rules).put_batch(_batch(step, 8, 16, CFG.vocab_size))
             state, metrics = trainer.train_step(state, batch)
             losses.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
         results.append((losses, jax.device_get(state.params)))
@@ -125,8 +126,8 @@ def test_sharded_generation_equals_single_device():
     prompts = np.random.default_rng(0).integers(0, CFG.vocab_size, (4, 6)).astype(np.int32)
     single = gpt2jax.generate(CFG, params, prompts, max_new_tokens=8)
     mesh, axis_rules = _mesh(data=2, tensor=4)
-    state, _ = sharding.shard_init(functools.partial(init_params, CFG, boxed=True), mesh,
-                                   axis_rules, jax.random.key(1))
+    state, _ = Placement(mesh, axis_rules).init(functools.partial(init_params, CFG, boxed=True),
+                                                jax.random.key(1))
     sharded = gpt2jax.generate(CFG, state, prompts, mesh=mesh, axis_rules=axis_rules,
                                max_new_tokens=8)
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
@@ -137,8 +138,9 @@ def test_sharded_generation_equals_single_device():
 
 def test_put_batch_shards_rows_over_data_axes():
     mesh, axis_rules = _mesh(data=4, fsdp=2)
-    assert sharding.host_batch_rows(mesh, axis_rules, 16) == slice(0, 16)
-    batch = sharding.put_batch({"x": np.arange(16 * 3).reshape(16, 3)}, mesh, axis_rules)
+    place = Placement(mesh, axis_rules)
+    assert place.host_batch_rows(16) == slice(0, 16)
+    batch = place.put_batch({"x": np.arange(16 * 3).reshape(16, 3)})
     assert batch["x"].shape == (16, 3)
     assert batch["x"].sharding.shard_shape((16, 3)) == (2, 3)
     np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(48).reshape(16, 3))
@@ -159,8 +161,8 @@ def test_tensor_parallel_not_dividing_heads_is_refused():
     cfg = CFG.replace(n_head=2, n_embd=64)
     mesh, axis_rules = _mesh(data=2, tensor=4)
     with pytest.raises(sharding.MeshError, match=r"'heads' \(n_head\), size 2.*mesh.tensor"):
-        sharding.abstract_state(lambda r: init_params(cfg, r, boxed=True), mesh, axis_rules,
-                                jax.random.key(0))
+        Placement(mesh, axis_rules).abstract(lambda r: init_params(cfg, r, boxed=True),
+                                             jax.random.key(0))
 
 
 def test_activation_constraints_take_effect_inside_mesh_rules():

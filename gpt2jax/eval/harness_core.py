@@ -16,15 +16,13 @@ attention is causal, and the padded positions are not scored.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2jax.parallel import sharding as shard_lib
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval.perplexity import token_nll
 from gpt2jax.generation.generate import generate
@@ -85,15 +83,6 @@ def _score_fn(cfg: GPT2Config):
     return jax.jit(score)
 
 
-def data_parallel_size(mesh, axis_rules) -> int:
-    """How many ways the `batch` logical axis is split on `mesh` (1 without a mesh)."""
-    if mesh is None:
-        return 1
-    axes = dict(axis_rules).get("batch") or ()
-    axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 class Scorer:
     """Scores (context, continuation) token pairs in fixed-shape, bucketed batches.
 
@@ -114,19 +103,10 @@ class Scorer:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer.")
         self.cfg, self.max_length, self.min_bucket = cfg, max_length, min_bucket
         self.mesh, self.axis_rules = mesh, tuple(axis_rules)
-        dp = data_parallel_size(mesh, self.axis_rules)
+        self.placement = Placement(mesh, self.axis_rules)
+        dp = self.placement.data_parallel_size
         self.batch_size = -(-batch_size // dp) * dp
-        self.batch_sharding = None
-        if mesh is not None:
-            specs = shard_lib.logical_to_sharding(logical_axes(cfg), mesh, self.axis_rules)
-            params = jax.device_put(params, specs)
-            self.batch_sharding = shard_lib.batch_sharding(mesh, self.axis_rules, ndim=2)
-        self.params = params
-
-    def _context(self):
-        if self.mesh is None:
-            return contextlib.nullcontext()
-        return shard_lib.mesh_rules(self.mesh, self.axis_rules)
+        self.params = self.placement.put_params(params, logical_axes(cfg))
 
     def score(self, pairs) -> list[tuple[float, bool]]:
         """(log-likelihood, is-greedy) of up to `batch_size` (context, continuation) pairs;
@@ -136,9 +116,8 @@ class Scorer:
         longest = max(min(len(c) + len(t), self.max_length + 1) - 1 for c, t in pairs)
         length = bucket_length(longest, self.max_length, self.min_bucket)
         arrays = pack(pairs, length, self.max_length, self.batch_size)
-        if self.batch_sharding is not None:
-            arrays = jax.device_put(arrays, self.batch_sharding)
-        with self._context():
+        arrays = self.placement.put_batch(arrays, local=False)
+        with self.placement.context():
             logprob, greedy = jax.device_get(_score_fn(self.cfg)(self.params, *arrays))
         return [(float(logprob[i]), bool(greedy[i])) for i in range(len(pairs))]
 

@@ -28,7 +28,6 @@ What we return, precisely:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -39,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from gpt2jax.parallel import sharding as shard_lib
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, DataError
 from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
 
@@ -171,23 +170,6 @@ def _window_nll_fn(cfg: GPT2Config):
     return jax.jit(window_nll)
 
 
-def _place(cfg: GPT2Config, params, mesh: Mesh | None, axis_rules):
-    """Puts params on the mesh (logical-axis shardings) and returns a batch sharding."""
-    if mesh is None:
-        return params, None
-    param_shardings = shard_lib.logical_to_sharding(logical_axes(cfg), mesh, axis_rules)
-    params = jax.device_put(params, param_shardings)
-    return params, shard_lib.batch_sharding(mesh, axis_rules, ndim=2)
-
-
-def _data_parallel_size(mesh: Mesh | None, axis_rules) -> int:
-    if mesh is None:
-        return 1
-    axes = dict(axis_rules).get("batch") or ()
-    axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 def check_tokens(cfg: GPT2Config, token_ids: np.ndarray) -> np.ndarray:
     """Validates token ids [n] against the model vocabulary; returns them as int64."""
     token_ids = np.asarray(token_ids)
@@ -211,8 +193,9 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
     Every batch has the same shape [batch_size, context_length] (the last one is padded
     with empty rows), so the forward pass compiles once.
     """
-    params, batch_sharding = _place(cfg, params, mesh, axis_rules)
-    dp = _data_parallel_size(mesh, axis_rules)
+    place = Placement(mesh, axis_rules)
+    params = place.put_params(params, logical_axes(cfg))
+    dp = place.data_parallel_size
     batch_size = -(-batch_size // dp) * dp  # a multiple of the data-parallel size
     fn = _window_nll_fn(cfg)
     n = len(windows)
@@ -222,11 +205,8 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         rows = np.arange(start, start + batch_size)
         rows[rows >= n] = -1
         arrays = window_batch(token_ids, windows, rows)
-        if batch_sharding is not None:
-            arrays = jax.device_put(arrays, batch_sharding)
-        context = (contextlib.nullcontext() if mesh is None
-                   else shard_lib.mesh_rules(mesh, tuple(axis_rules)))
-        with context:
+        arrays = place.put_batch(arrays, local=False)
+        with place.context():
             sums = np.asarray(fn(params, *arrays), np.float64)
         valid = rows >= 0
         out[rows[valid]] = sums[valid]

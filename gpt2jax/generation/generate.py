@@ -19,14 +19,12 @@ V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from gpt2jax.errors import ConfigError
 from gpt2jax.generation import beam_search, sampling
@@ -38,7 +36,7 @@ from gpt2jax.generation.plan import (TRACE_COUNT, DecodeState, Plan, Runtime,  #
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from gpt2jax.nn import model as model_lib
 from gpt2jax.nn.model import GPT2Config, init_cache
-from gpt2jax.parallel import sharding
+from gpt2jax.parallel.placement import Placement
 
 _STREAM_SINK: list[Callable[[int, np.ndarray], None] | None] = [None]
 
@@ -165,9 +163,10 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
                                       streamer is not None and args.num_beams == 1)
     rt = _runtime(args, new_tokens, plan.prompt_len - ids.shape[1])
     cache = init_cache(cfg, plan.batch, plan.total_len)
-    if mesh is not None:
-        params, prompt, pmask = _place(cfg, params, (prompt, pmask), mesh, axis_rules)
-    with _mesh_context(mesh, axis_rules):
+    place = Placement(mesh, axis_rules)
+    params = place.put_params(params, model_lib.logical_axes(cfg))
+    prompt, pmask = place.put_batch((prompt, pmask), local=False)
+    with place.context():
         if args.num_beams > 1:
             out = _run_beams(cfg, plan, params, cache, prompt, pmask, real, rt, args, ids.shape)
         else:
@@ -193,7 +192,7 @@ def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
     if prompt_len + new_tokens > cfg.n_positions:
         prompt_len = length  # no room for bucket padding near the context limit
     new_len = min(bucket(new_tokens), cfg.n_positions - prompt_len)
-    batch = batch_bucket(rows, _data_parallel_size(mesh, axis_rules))
+    batch = batch_bucket(rows, Placement(mesh, axis_rules).data_parallel_size)
     offset = prompt_len - length
     fill = args.pad_id if 0 <= args.pad_id < cfg.vocab_size else 0
     prompt = np.full((batch, prompt_len), fill, np.int32)
@@ -229,44 +228,6 @@ def _runtime(args: GenerationArgs, new_tokens: int, offset: int) -> Runtime:
             ngram_size=jnp.int32(max(args.no_repeat_ngram_size, 1)),
         ),
     )
-
-
-def _data_parallel_size(mesh, axis_rules) -> int:
-    if mesh is None:
-        return 1
-    spec = nn.logical_to_mesh_axes(("batch",), tuple(axis_rules))[0]
-    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    return int(np.prod([mesh.shape[n] for n in names]))
-
-
-def _place(cfg, params, batch_arrays, mesh, axis_rules):
-    """Puts params on the mesh by their logical axes (dims that do not divide stay
-    replicated) and the batch arrays on the data axes."""
-
-    specs = sharding.logical_to_sharding(model_lib.logical_axes(cfg), mesh, tuple(axis_rules))
-
-    def fit(x, s):
-        parts = [a if a is None or x.shape[i] % _axis_size(mesh, a) == 0 else None
-                 for i, a in enumerate(tuple(s.spec) + (None,) * (x.ndim - len(s.spec)))]
-        spec = jax.sharding.PartitionSpec(*parts)
-        return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
-
-    params = jax.tree.map(fit, params, specs)
-    batch_sh = sharding.batch_sharding(mesh, tuple(axis_rules))
-    return (params,) + tuple(jax.device_put(a, batch_sh) for a in batch_arrays)
-
-
-def _axis_size(mesh, axes) -> int:
-    names = (axes,) if isinstance(axes, str) else tuple(axes)
-    return int(np.prod([mesh.shape[n] for n in names]))
-
-
-def _mesh_context(mesh, axis_rules):
-    """`with`: the logical-axis rules and the mesh while tracing (`sharding.mesh_rules`)."""
-    if mesh is None:
-        return contextlib.nullcontext()
-
-    return sharding.mesh_rules(mesh, tuple(axis_rules))
 
 
 def _run_greedy(cfg, plan, params, cache, prompt, pmask, real, rt, shape,

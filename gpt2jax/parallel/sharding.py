@@ -11,12 +11,13 @@ across slices (data-centre network); `data`/`fsdp`/`tensor` are then the sizes i
 slice (ICI). JAX's `mesh_utils.create_hybrid_device_mesh` lays the devices out; processes act
 as slices where the devices carry no `slice_index` (GPU nodes, CPU tests).
 
-Typical flow (abstract shapes first, nothing allocated until `jax.jit` runs the init):
+Placing parameters, state and batches on a mesh is `placement.Placement`'s job (one rule for
+dimensions the mesh does not divide); this module builds meshes, maps logical names while
+tracing (`mesh_rules`, `constrain`) and reports shardings and memory:
 
     mesh = make_mesh(config.mesh)
-    state, shardings = shard_init(init_fn, mesh, rules(config.mesh), rng)
-    print(format_sharding_table(shardings.params, state.params))
-    batch = put_batch(host_batch, mesh, rules(config.mesh))
+    state, shardings = Placement(mesh, rules(config.mesh)).init(init_fn, rng)
+    print(format_sharding_table(shardings["params"], state["params"]))
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,9 +38,6 @@ from gpt2jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DCN_FIELDS = ("dcn_data", "dcn_fsdp", "dcn_tensor")
-# Logical axes that fall back to replication when the mesh does not divide them (GPT-2's
-# vocabulary, 50257 = 29 * 1733, divides by almost nothing). Any other uneven axis is an error.
-REPLICATE_IF_UNEVEN = ("vocab",)
 
 PyTree = Any
 
@@ -184,151 +182,25 @@ def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
         return x
     spec = list(nn.logical_to_mesh_axes(logical_axes, axis_rules))
     for dim, axes in enumerate(spec):
-        if axes is not None and x.shape[dim] % _axes_size(mesh, axes):
+        if axes is not None and x.shape[dim] % axes_size(mesh, axes):
             spec[dim] = PartitionSpec.UNCONSTRAINED
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
-# ----------------------------------------------------------------------------- shardings
+# ----------------------------------------------------------------------------- helpers
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh, axis_rules):
-    """Maps a pytree of logical `PartitionSpec`s to `NamedSharding`s on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, axis_rules)
-
-
-def batch_sharding(mesh: Mesh, axis_rules, ndim: int = 2) -> NamedSharding:
-    """Sharding for a host batch [batch, length, ...]: batch over the data-like axes."""
-    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), axis_rules)
-    return NamedSharding(mesh, spec)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """A sharding that keeps a full copy on every device of `mesh`."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def _axes_size(mesh: Mesh, axes) -> int:
+def axes_size(mesh: Mesh, axes) -> int:
+    """How many ways mesh axes `axes` (a name, a tuple of names, or None) split a dimension."""
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
     return math.prod(mesh.shape[a] for a in axes)
 
 
-def _fit_spec(path: str, logical: PartitionSpec, shape: tuple, mesh: Mesh, axis_rules):
-    """Mesh PartitionSpec for one array; uneven `vocab`-like dims replicate, others raise."""
-    mesh_spec = list(nn.logical_to_mesh_axes(logical, axis_rules)) if len(logical) else []
-    mesh_spec += [None] * (len(shape) - len(mesh_spec))
-    for dim, axes in enumerate(mesh_spec):
-        size = _axes_size(mesh, axes)
-        if shape[dim] % size == 0:
-            continue
-        name = logical[dim] if dim < len(logical) else None
-        if name in REPLICATE_IF_UNEVEN:
-            mesh_spec[dim] = None
-            continue
-        hint = " (n_head)" if name == "heads" else ""
-        raise MeshError(
-            f"{path}: dimension {dim} ({name!r}{hint}, size {shape[dim]}) cannot be split "
-            f"{size} ways over mesh axes {axes}; choose mesh sizes that divide it (e.g. "
-            f"mesh.tensor must divide model.n_head) or change the rules in config.mesh.rules."
-        )
-    return PartitionSpec(*mesh_spec)
-
-
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """"h_0/attn/c_attn/kernel" for a pytree key path."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def state_shardings(abstract_state: PyTree, mesh: Mesh, axis_rules) -> PyTree:
-    """`NamedSharding`s for a state given by abstract shapes, from its logical axis boxes.
-
-    Args:
-      abstract_state: the output of `jax.eval_shape(init_fn, ...)`; leaves boxed in
-        `nn.Partitioned` / `nn.LogicallyPartitioned` get sharded by their logical names,
-        other leaves (step counters, ...) are replicated.
-      mesh: the device mesh.
-      axis_rules: logical -> mesh rules (`rules(config.mesh)`).
-    Returns:
-      A pytree like `nn.unbox(abstract_state)` with a `NamedSharding` at every leaf. A
-      dimension that the mesh does not divide raises `MeshError`, except `vocab`, which is
-      replicated instead.
-    """
-    logical = nn.get_partition_spec(abstract_state)
-    shapes = nn.unbox(abstract_state)
-    is_spec = lambda x: isinstance(x, PartitionSpec)
-    flat_specs, treedef = jax.tree_util.tree_flatten(logical, is_leaf=is_spec)
-    flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
-    if len(flat_specs) != len(flat_shapes):
-        raise ValueError("abstract_state has leaves that are neither arrays nor boxed arrays.")
-    out = [
-        NamedSharding(mesh, _fit_spec(_path_str(p), spec, tuple(s.shape), mesh, axis_rules))
-        for spec, (p, s) in zip(flat_specs, flat_shapes)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
-    """ShapeDtypeStructs carrying `shardings`: inputs for `jit(...).lower()` without arrays."""
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        nn.unbox(abstract), shardings,
-    )
-
-
-def abstract_state(init_fn: Callable, mesh: Mesh, axis_rules, *args) -> tuple[PyTree, PyTree]:
-    """(sharded ShapeDtypeStructs, shardings) of `init_fn(*args)`; nothing is allocated."""
-    boxed = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(boxed, mesh, axis_rules)
-    return with_shardings(boxed, shardings), shardings
-
-
-def shard_init(init_fn: Callable, mesh: Mesh, axis_rules, *args) -> tuple[PyTree, PyTree]:
-    """Runs `init_fn(*args)` directly into its shardings (no full copy on any device).
-
-    `jax.eval_shape` -> `nn.get_partition_spec` -> `nn.logical_to_mesh_sharding` ->
-    `jax.jit(init_fn, out_shardings=...)`. Returns (unboxed state, its shardings).
-    """
-    boxed = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(boxed, mesh, axis_rules)
-    init = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)
-    with mesh_rules(mesh, axis_rules):
-        state = init(*args)
-    return state, shardings
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def host_batch_rows(mesh: Mesh, axis_rules, global_batch_size: int) -> slice:
-    """The rows of the global batch [global_batch_size, ...] that this process must load.
-
-    Processes whose devices hold replicas of the same rows get the same slice.
-    """
-    sharding = batch_sharding(mesh, axis_rules, 1)
-    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
-    rows = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
-    start, stop = rows[0][0], rows[-1][1]
-    covered = sum(b - a for a, b in rows)
-    if covered != stop - start:
-        raise MeshError(
-            f"This process's devices hold non-contiguous rows {rows} of the batch; build the "
-            "mesh with make_mesh() so that each process owns one contiguous block."
-        )
-    return slice(start, stop)
-
-
-def put_batch(host_batch: PyTree, mesh: Mesh, axis_rules) -> PyTree:
-    """Assembles per-process arrays [local_batch, ...] into global arrays on the mesh.
-
-    Each process passes its own rows (see `host_batch_rows`); the result is a pytree of
-    `jax.Array`s [global_batch, ...] sharded over the batch axes.
-    """
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, axis_rules, x.ndim), x)
-
-    return jax.tree.map(put, host_batch)
 
 
 # ----------------------------------------------------------------------------- reports
@@ -346,7 +218,7 @@ def format_sharding_table(params_shardings: PyTree, params: PyTree | None = None
     """A table with one row per parameter: path, shape, mesh spec, per-device shard, bytes.
 
     Args:
-      params_shardings: pytree of `NamedSharding` (e.g. from `state_shardings`).
+      params_shardings: pytree of `NamedSharding` (e.g. from `Placement.state_shardings`).
       params: matching arrays or ShapeDtypeStructs, for shapes and bytes (optional).
     Returns:
       The table as a string, with totals per device at the bottom.
@@ -365,7 +237,7 @@ def format_sharding_table(params_shardings: PyTree, params: PyTree | None = None
             per_device += math.prod(shard_shape) * itemsize
             shape, shard = str(tuple(array.shape)), str(tuple(shard_shape))
             nbytes = _human(math.prod(shard_shape) * itemsize)
-        lines.append(f"{_path_str(path):<40} {shape:<20} {spec:<34} {shard:<20} {nbytes}")
+        lines.append(f"{path_str(path):<40} {shape:<20} {spec:<34} {shard:<20} {nbytes}")
     if params is not None:
         lines.append(f"total {_human(total)}; per device {_human(per_device)}")
     return "\n".join(lines)

@@ -318,7 +318,7 @@ def _val_batches(run: Run) -> list[dict]:
 
 
 def _to_global(run: Run, batch: dict) -> dict:
-    return data_lib.to_global(batch, run.trainer.mesh, run.trainer.batch_sharding)
+    return run.trainer.placement.put_batch(batch)  # this process's rows -> global arrays
 
 
 def _progress(config, start: int, total: int):

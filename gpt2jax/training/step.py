@@ -30,9 +30,9 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from gpt2jax.parallel import sharding as sharding_lib
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, GPT2JaxError
-from gpt2jax.nn.model import GPT2, GPT2Config, init_params
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes
 
 Schedule = Literal["cosine", "constant"]
 
@@ -284,13 +284,14 @@ class Trainer:
     def __init__(self, cfg: GPT2Config, tc: TrainConfig, mesh: Mesh, rules: tuple):
         self.cfg, self.tc, self.rules = cfg, tc, rules
         self.mesh = auto_mesh(mesh)
+        self.placement = Placement(self.mesh, rules)
         self.tx = make_optimizer(tc)
         self._check_batch()
-        self.batch_sharding = sharding_lib.batch_sharding(self.mesh, rules)
+        self.batch_sharding = self.placement.batch_sharding()
         batch_axes = self.batch_sharding.spec[0]
         micro_spec = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
         self.state_sharding = self._state_sharding()
-        metric_sharding = sharding_lib.replicated(self.mesh)
+        metric_sharding = self.placement.replicated()
         batch_shardings = {n: self.batch_sharding for n in ("inputs", "targets", "weights")}
         self._train_step = jax.jit(
             make_train_step(cfg, tc, self.tx, micro_spec),
@@ -306,9 +307,7 @@ class Trainer:
 
     @property
     def data_parallel_size(self) -> int:
-        spec = sharding_lib.batch_sharding(self.mesh, self.rules).spec[0]
-        axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
-        return int(np.prod([self.mesh.shape[a] for a in axes]))
+        return self.placement.data_parallel_size
 
     def _check_batch(self) -> None:
         dp = self.data_parallel_size
@@ -336,18 +335,17 @@ class Trainer:
     def _state_sharding(self) -> TrainState:
         boxed = jax.eval_shape(functools.partial(self._init_fn, boxed=True), jax.random.PRNGKey(0))
         # logical specs -> NamedShardings; an uneven vocab dim is replicated (e.g. 65 chars)
-        return sharding_lib.state_shardings(boxed, self.mesh, self.rules)
+        return self.placement.state_shardings(boxed)
 
     def init(self, seed: int) -> TrainState:
         """A fresh state, created directly in its sharding (no host copy of the params)."""
-        fn = jax.jit(functools.partial(self._init_fn, boxed=False),
-                     out_shardings=self.state_sharding)
-        # No mesh context here: flax's DenseGeneral init would constrain its flat kernel.
-        return fn(jax.random.PRNGKey(seed))
+        state, _ = self.placement.init(functools.partial(self._init_fn, boxed=True),
+                                       jax.random.PRNGKey(seed))
+        return state
 
     def state_from_params(self, params, seed: int) -> TrainState:
         """A fresh optimizer state around given params (fine-tuning), placed on the mesh."""
-        params = jax.device_put(params, self.state_sharding.params)
+        params = self.placement.put_params(params, logical_axes(self.cfg))
         _, state_rng = jax.random.split(jax.random.PRNGKey(seed))
         fn = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p),
                                           state_rng),
@@ -356,7 +354,7 @@ class Trainer:
 
     def context(self):
         """The logical-axis rules and the mesh, active while tracing (`sharding.mesh_rules`)."""
-        return sharding_lib.mesh_rules(self.mesh, self.rules)
+        return self.placement.context()
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer update (the input state is donated). Returns (state, metrics)."""
@@ -369,9 +367,10 @@ class Trainer:
             return self._eval_step(params, batch)
 
     def put_batch(self, batch: dict) -> dict:
-        """A host (numpy) global batch -> jax.Arrays sharded on the batch axis (one process)."""
-        return {n: jax.device_put(np.asarray(batch[n]), self.batch_sharding)
-                for n in ("inputs", "targets", "weights")}
+        """A host (numpy) global batch -> jax.Arrays sharded on the batch axis (the whole
+        batch; with several processes each passes the same one)."""
+        arrays = {n: batch[n] for n in ("inputs", "targets", "weights")}
+        return self.placement.put_batch(arrays, local=False)
 
     def compile_count(self) -> int:
         """How many times train_step was compiled (1 in a healthy loop)."""
