@@ -16,6 +16,9 @@ of `run.py`.
 from gpt2jax.data.bpe import get_tokenizer
 from gpt2jax.eval.perplexity import PerplexityResult, perplexity
 from gpt2jax.generation.generate import GenerateOutput, generate
+from gpt2jax.interp.cache import hook_names, run_with_cache, run_with_hooks
+from gpt2jax.interp.tools import activation_patching, head_ablation, logit_difference, logit_lens
+from gpt2jax.nn.hooks import ModelOutput
 from gpt2jax.nn.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
 from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
 
@@ -24,13 +27,21 @@ __all__ = [
     "ConfigError",
     "GPT2Config",
     "GenerateOutput",
+    "ModelOutput",
     "PerplexityResult",
+    "activation_patching",
     "generate",
     "get_tokenizer",
+    "head_ablation",
+    "hook_names",
     "init_cache",
     "init_params",
     "load_pretrained",
+    "logit_difference",
+    "logit_lens",
     "param_count",
     "perplexity",
+    "run_with_cache",
+    "run_with_hooks",
     "save_pretrained",
 ]

@@ -25,12 +25,14 @@ Shapes: B batch, T query length, S key length, E embed, H heads, K kv heads, D h
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from gpt2jax.nn import hooks
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
@@ -95,13 +97,15 @@ def _mask_value(dtype) -> float:
 
 
 def einsum_attention(q, k, v, mask, bias=None, dropout_rate=0.0, dropout_rng=None,
-                     dtype=jnp.float32):
+                     dtype=jnp.float32, hook=None):
     """Reference attention, grouped-query aware.
 
     Args:
       q: [B, T, H, D]; k, v: [B, S, K, D] with K dividing H (head h reads kv head h // (H/K)).
       mask: [B, 1, T, S] bool (True = attend).
       bias: additive [B, H, T, S] float (ALiBi) or None.
+      hook: hook(name, value) applied to the scores and the pattern [B, H, T, S] (hooks.py),
+        or None (no hooks: the masked value is finfo.min, as before hooks existed).
     Returns:
       [B, T, H, D] in `dtype`.
     """
@@ -112,14 +116,29 @@ def einsum_attention(q, k, v, mask, bias=None, dropout_rate=0.0, dropout_rng=Non
     scores = scores.reshape(b, h, t, k.shape[1])
     if bias is not None:
         scores = scores + bias
-    scores = jnp.where(mask, scores, _mask_value(jnp.float32))
-    probs = jax.nn.softmax(scores, axis=-1)
+    if hook is None:
+        scores = jnp.where(mask, scores, _mask_value(jnp.float32))
+        probs = jax.nn.softmax(scores, axis=-1)
+    else:
+        probs = _hooked_softmax(scores, mask, hook)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     probs = probs.reshape(b, kv, h // kv, t, k.shape[1]).astype(dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
     return out.reshape(b, t, h, d)
+
+
+def _hooked_softmax(scores, mask, hook):
+    """TransformerLens's attention: scores masked with -inf (hook_attn_scores), softmax with
+    fully masked rows set to 0 (hook_pattern). [B, H, T, S] -> [B, H, T, S] float32."""
+    scores = hook("attn.hook_attn_scores", jnp.where(mask, scores, -jnp.inf))
+    dead = jnp.isneginf(scores)
+    # A fully masked row (a left-padding query) would be NaN: softmax a finite row instead,
+    # so gradients stay finite, then zero what was masked.
+    safe = jnp.where(dead.all(-1, keepdims=True), 0.0, scores)
+    probs = jnp.where(dead, 0.0, jax.nn.softmax(safe, axis=-1))
+    return hook("attn.hook_pattern", probs)
 
 
 def _repeat_kv(x, num_heads: int):
@@ -261,9 +280,11 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q = _head_norm(cfg, "q_norm")(q).astype(cfg.compute_dtype)
             k = _head_norm(cfg, "k_norm")(k).astype(cfg.compute_dtype)
+        q, k, v = (hooks.hook(self, f"attn.hook_{n}", a) for n, a in zip("qkv", (q, k, v)))
         if cfg.position == "rope":
-            q = pos_lib.apply_rope(q, positions, cfg.rope_theta)
-            k = pos_lib.apply_rope(k, positions, cfg.rope_theta)
+            q, k = (hooks.hook(self, f"attn.hook_rot_{n}",
+                               pos_lib.apply_rope(a, positions, cfg.rope_theta))
+                    for n, a in (("q", q), ("k", k)))
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         length = x.shape[1]
         k_positions = positions
@@ -279,8 +300,13 @@ class Attention(nn.Module):
         impl = "einsum" if decode and cfg.attention_impl == "pallas" else cfg.attention_impl
         dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
-        out = dot_product_attention(q, k, v, mask, bias, impl, dropout_rate, dropout_rng,
-                                    cfg.compute_dtype, key_mask)  # [B, T, H, D]
+        if hooks.wants(*hooks.SCORE_HOOKS):  # the reference path, which forms the scores
+            out = einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng,
+                                   cfg.compute_dtype, functools.partial(hooks.hook, self))
+        else:
+            out = dot_product_attention(q, k, v, mask, bias, impl, dropout_rate, dropout_rng,
+                                        cfg.compute_dtype, key_mask)  # [B, T, H, D]
+        out = hooks.hook(self, "attn.hook_z", out)
         out = _dense(cfg, cfg.n_embd, ("heads", "head_dim", "embed"), "c_proj",
                      cfg.initializer_range / (2 * cfg.n_layer) ** 0.5, axis=(-2, -1))(out)
         return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax.nn import attention as attn_lib
+from gpt2jax.nn import hooks
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
@@ -199,8 +200,8 @@ class MLP(nn.Module):
             bias_init=_zeros(("mlp",)),
             name="c_fc",
         )(x)
-        h = sharding.constrain(h, ("batch", "length", "mlp"))
-        h = nn.gelu(h, approximate=True)
+        h = hooks.hook(self, "mlp.hook_pre", sharding.constrain(h, ("batch", "length", "mlp")))
+        h = hooks.hook(self, "mlp.hook_post", nn.gelu(h, approximate=True))
         h = nn.Dense(
             cfg.n_embd,
             dtype=cfg.compute_dtype,
@@ -219,19 +220,30 @@ class Block(nn.Module):
     cfg: GPT2Config
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index):
+    def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index,
+                 layer=None):
+        """`layer`: this block's index for hooks only (int or traced; None = from the name)."""
         cfg = self.cfg
         ln_1, ln_2 = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
         attn, mlp = Attention(cfg, name="attn"), MLP(cfg, name="mlp")
-        if cfg.norm_position == "pre":
-            h = ln_1(x).astype(cfg.compute_dtype)
-            x = x + attn(h, key_mask, positions, deterministic, decode, cache_index)
-            h = ln_2(x).astype(cfg.compute_dtype)
-            x = x + mlp(h, deterministic)
-        else:
-            h = x + attn(x, key_mask, positions, deterministic, decode, cache_index)
-            x = ln_1(h).astype(cfg.compute_dtype)
-            x = ln_2(x + mlp(x, deterministic)).astype(cfg.compute_dtype)
+        hook = functools.partial(hooks.hook, self)  # identity unless hooks are active
+        with hooks.in_layer(self, layer):
+            x = hook("hook_resid_pre", x)
+            if cfg.norm_position == "pre":
+                h = hook("ln1.hook_normalized", ln_1(x)).astype(cfg.compute_dtype)
+                a = hook("hook_attn_out", attn(h, key_mask, positions, deterministic, decode,
+                                               cache_index))
+                x = hook("hook_resid_mid", x + a)
+                h = hook("ln2.hook_normalized", ln_2(x)).astype(cfg.compute_dtype)
+                x = hook("hook_resid_post", x + hook("hook_mlp_out", mlp(h, deterministic)))
+            else:
+                a = hook("hook_attn_out", attn(x, key_mask, positions, deterministic, decode,
+                                               cache_index))
+                x = hook("ln1.hook_normalized", ln_1(hook("hook_resid_mid", x + a)))
+                x = x.astype(cfg.compute_dtype)
+                m = hook("hook_mlp_out", mlp(x, deterministic))
+                x = hook("ln2.hook_normalized", ln_2(x + m)).astype(cfg.compute_dtype)
+                x = hook("hook_resid_post", x)
         return sharding.constrain(x, ("batch", "length", "embed"))
 
 
@@ -290,13 +302,13 @@ class GPT2(nn.Module):
             dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
             embedding_init=_init(cfg, ("vocab", "embed")), name="wte",
         )
-        x = wte(input_ids)
+        x = hooks.hook(self, "hook_embed", wte(input_ids))
         if cfg.position == "learned":
-            x = x + nn.Embed(
+            x = x + hooks.hook(self, "hook_pos_embed", nn.Embed(
                 cfg.n_positions, cfg.n_embd,
                 dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
                 embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
-            )(position_ids)
+            )(position_ids))
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
@@ -306,9 +318,20 @@ class GPT2(nn.Module):
             x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic, decode,
                                           cache_index)
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
-            x = layer_norm(cfg, "ln_f")(x).astype(cfg.compute_dtype)
+            x = hooks.hook(self, "ln_final.hook_normalized", layer_norm(cfg, "ln_f")(x))
+            x = x.astype(cfg.compute_dtype)
         logits = wte.attend(x)
         return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def apply(self, variables, *args, output_hidden_states: bool = False,
+              output_attentions: bool = False, **kwargs):
+        """`nn.Module.apply`; with output_hidden_states / output_attentions it returns HF's
+        fields as a `hooks.ModelOutput` (see hooks.py), else exactly what it always did."""
+        if not (output_hidden_states or output_attentions):
+            return super().apply(variables, *args, **kwargs)
+        mutable = kwargs.pop("mutable", False)
+        run = functools.partial(super().apply, variables, *args, **kwargs)
+        return hooks.hf_outputs(self.cfg, run, output_hidden_states, output_attentions, mutable)
 
 
 def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
