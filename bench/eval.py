@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt2jax.eval import perplexity as ppl_lib  # noqa: E402
 from gpt2jax.eval.tasks import wikitext_hf_join  # noqa: E402
 from gpt2jax.nn.model import GPT2Config, init_params  # noqa: E402
-from gpt2jax.data.bpe import get_tokenizer  # noqa: E402
+from gpt2jax.data.bpe import get_encoding  # noqa: E402
 from gpt2jax.weights.pretrained import config_to_hf, params_to_hf_state_dict  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main() -> None:
                         "the reference)")
     args = p.parse_args()
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
-    enc = get_tokenizer(data / "gpt2" / "gpt2.tiktoken")
+    enc = get_encoding(data / "gpt2" / "gpt2.tiktoken")
     length = 1024
     text = wikitext_hf_join(data / "wikitext-2-raw" / "wiki.test.raw")
     ids = np.asarray(enc.encode_ordinary(text)[: args.windows * length], np.int64)

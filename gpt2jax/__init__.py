@@ -13,7 +13,7 @@ placement, `training` step/loop/checkpoints, `eval` perplexity and benchmarks, `
 of `run.py`.
 """
 
-from gpt2jax.data.bpe import get_tokenizer
+from gpt2jax.data.tokenizers import get_tokenizer
 from gpt2jax.eval.perplexity import PerplexityResult, perplexity
 from gpt2jax.generation.generate import GenerateOutput, generate
 from gpt2jax.interp.cache import hook_names, run_with_cache, run_with_hooks

@@ -34,6 +34,6 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(data_dir):
-    from gpt2jax.data.bpe import get_tokenizer
+    from gpt2jax.data.bpe import get_encoding
 
-    return get_tokenizer(data_dir / "gpt2" / "gpt2.tiktoken")
+    return get_encoding(data_dir / "gpt2" / "gpt2.tiktoken")

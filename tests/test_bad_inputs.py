@@ -365,9 +365,9 @@ def _(work):
 @case("tokenizer-missing", "api", "ranks file path that does not exist",
       ("does not exist", "gpt2.tiktoken", "GPT2JAX_TIKTOKEN_RANKS"))
 def _(work):
-    from gpt2jax.data.bpe import get_tokenizer
+    from gpt2jax.data.bpe import get_encoding
 
-    return lambda: get_tokenizer(work / "missing.tiktoken")
+    return lambda: get_encoding(work / "missing.tiktoken")
 
 
 # ----------------------------------------------------------------------------- data: API

@@ -22,7 +22,7 @@ import tiktoken.registry
 from configs import common
 from gpt2jax.data import downloads, registry, resolve, sources
 from gpt2jax.errors import DataError
-from gpt2jax.data.bpe import get_tokenizer
+from gpt2jax.data.bpe import get_encoding
 
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -115,11 +115,11 @@ def test_good_download_then_cache_without_server(fresh, server, data_dir, monkey
 
 
 def test_tokenizer_downloads_the_bpe_ranks_once(fresh, server):
-    enc = get_tokenizer()
+    enc = get_encoding()
     assert enc.encode_ordinary("Hello world") == [15496, 995]
     assert server.requests == ["/gpt2/gpt2.tiktoken"]
     server.stop()
-    assert get_tokenizer().encode_ordinary(" The quick") == [383, 2068]
+    assert get_encoding().encode_ordinary(" The quick") == [383, 2068]
 
 
 def test_tokenizer_reads_tiktoken_own_cache_first(fresh, data_dir, tmp_path):
@@ -129,7 +129,7 @@ def test_tokenizer_reads_tiktoken_own_cache_first(fresh, data_dir, tmp_path):
     key = hashlib.sha1(url.encode()).hexdigest()
     (tmp_path / "tiktoken").mkdir()
     (tmp_path / "tiktoken" / key).write_bytes((data_dir / "gpt2" / "gpt2.tiktoken").read_bytes())
-    assert get_tokenizer().encode_ordinary("Hello world") == [15496, 995]
+    assert get_encoding().encode_ordinary("Hello world") == [15496, 995]
     assert cached_files(fresh) == []
 
 
@@ -142,7 +142,7 @@ def test_tokenizer_reads_tiktoken_gpt2_encoding_from_its_cache(
     for name in ("gpt2/encoder.json", "gpt2/vocab.bpe"):
         key = hashlib.sha1(registry.FILES[name].url.encode()).hexdigest()
         (tmp_path / "tiktoken" / key).write_bytes((data_dir / name).read_bytes())
-    enc = get_tokenizer()
+    enc = get_encoding()
     assert enc.name == "gpt2" and enc.encode_ordinary("Hello world") == [15496, 995]
     assert cached_files(fresh) == []
 

@@ -52,9 +52,9 @@ class CompactEncoding:
         seen = sorted(set(ids) | {t for text in texts for t in enc.encode_ordinary(text)})
         self.to_compact = {t: i for i, t in enumerate(seen)}
         self.from_compact = seen
-        self.n_vocab = len(seen)
+        self.vocab_size = len(seen)
 
-    def encode_ordinary(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         return [self.to_compact[t] for t in self.enc.encode_ordinary(text)]
 
     def decode(self, ids) -> str:
@@ -82,11 +82,11 @@ def tiny(compact):
     """A 2-layer, 64-wide GPT-2 with 1024 positions, in HF and ours, same random weights."""
     torch.manual_seed(0)
     hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
-                                     vocab_size=compact.n_vocab, bos_token_id=0, eos_token_id=0,
+                                     vocab_size=compact.vocab_size, bos_token_id=0, eos_token_id=0,
                                      attn_implementation="eager")
     model = transformers.GPT2LMHeadModel(hf_cfg).eval()
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
-                     vocab_size=compact.n_vocab, embd_pdrop=0.0, attn_pdrop=0.0,
+                     vocab_size=compact.vocab_size, embd_pdrop=0.0, attn_pdrop=0.0,
                      resid_pdrop=0.0)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     params = jax.tree.map(jnp.asarray, weights.hf_state_dict_to_params(state, cfg))
@@ -215,8 +215,8 @@ def _hf_lambada(model, enc, texts):
     correct, lls, greedy = [], [], []
     for text in texts:
         context, word = text.rsplit(" ", 1)
-        whole = enc.encode_ordinary(context + " " + word)
-        ctx = enc.encode_ordinary(context)
+        whole = enc.encode(context + " " + word)
+        ctx = enc.encode(context)
         cont = whole[len(ctx):]
         inp = torch.tensor([(ctx + cont)[-1025:][:-1]])
         with torch.no_grad():

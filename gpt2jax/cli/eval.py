@@ -2,7 +2,9 @@
 [--config.data_dir=DIR] [--output_json=FILE | --workdir=DIR]`: evaluate one task.
 
 Prints a table of result rows and writes them as JSON (to --output_json, else
-WORKDIR/eval_TASK.json when --workdir is given).
+WORKDIR/eval_TASK.json when --workdir is given). The model, and the tokenizer it is
+evaluated with, come from `gpt2jax.weights.loader` (a training workdir brings its own
+tokenizer: a char model is scored on characters).
 """
 
 from __future__ import annotations
@@ -15,31 +17,9 @@ import jax
 
 from gpt2jax.parallel import sharding
 from gpt2jax.eval import tasks
-from gpt2jax.nn.model import GPT2Config, init_params
-from gpt2jax.data.bpe import get_tokenizer
-from gpt2jax.training.checkpoint import load_params_for_inference
-from gpt2jax.weights.pretrained import load_pretrained
+from gpt2jax.weights.loader import model_for_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def load_model(config) -> tuple[GPT2Config, dict]:
-    """(cfg, params) from `config.init_from` (HF dir/file/hub name, or a training workdir),
-    else a random init of `config.model` with `config.seed` (for smoke tests).
-
-    As in generation, `config.model.dtype` and `config.model.attention_impl` apply to loaded
-    models too (evaluation defaults to the `xla` kernel, see configs/eval.py)."""
-    source = config.init_from
-    if not source:
-        cfg = GPT2Config.from_config(config.model)
-        return cfg, init_params(cfg, jax.random.key(config.seed))
-    overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
-    if (Path(source) / "checkpoints").is_dir():
-
-        cfg, params, _ = load_params_for_inference(source, **overrides)
-        return cfg, params
-
-    return load_pretrained(source, **overrides)
 
 
 def make_mesh(mesh_config):
@@ -56,6 +36,13 @@ def resolve_data_dir(config) -> str:
     """The explicit data folder, or "" (files then come from gpt2jax.data.resolve's search:
     $GPT2JAX_DATA_DIR, the cache, a checksummed download)."""
     return config.data_dir
+
+
+def ranks_file(config) -> str:
+    """`DATA_DIR/gpt2/gpt2.tiktoken` when `config.data_dir` holds it, else "" (searched)."""
+    data_dir = resolve_data_dir(config)
+    path = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None
+    return str(path) if path and path.is_file() else ""
 
 
 def format_table(rows: list[dict]) -> str:
@@ -76,13 +63,11 @@ def lm_eval_rows(config, progress: bool | None = None) -> list[dict]:
 
     e = config.eval
     data_dir = resolve_data_dir(config)
-    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None
-    cfg, params = load_model(config)
+    cfg, params, tokenizer = model_for_config(config, ranks_file(config))
     lm = harness.GPT2JaxLM(
         cfg=cfg, params=params, batch_size=e.batch_size, max_length=e.max_length or None,
         max_gen_toks=e.max_gen_toks, mesh=make_mesh(config.mesh),
-        axis_rules=sharding.rules(config.mesh), seed=config.seed,
-        tokenizer=tokenizer_file if tokenizer_file and tokenizer_file.is_file() else None,
+        axis_rules=sharding.rules(config.mesh), seed=config.seed, tokenizer=tokenizer,
         progress=e.progress if progress is None else progress)
     manager = harness.task_manager(e.include_path or None, data_dir, e.include_defaults)
     results = harness.evaluate(lm, harness.task_names(e.tasks, manager), manager,
@@ -97,12 +82,10 @@ def evaluate_config(config, progress: bool | None = None) -> list[dict]:
         return lm_eval_rows(config, progress)
     tasks.check_task(config.eval.task)
     data_dir = resolve_data_dir(config)
-    tokenizer_file = Path(data_dir) / "gpt2" / "gpt2.tiktoken" if data_dir else None
-    enc = get_tokenizer(tokenizer_file if tokenizer_file and tokenizer_file.is_file() else None)
-    cfg, params = load_model(config)
+    cfg, params, tokenizer = model_for_config(config, ranks_file(config))
     mesh = make_mesh(config.mesh)
     ctx = tasks.TaskContext(
-        config.eval.task, cfg, params, enc, config.eval, data_dir, mesh=mesh,
+        config.eval.task, cfg, params, tokenizer, config.eval, data_dir, mesh=mesh,
         axis_rules=sharding.rules(config.mesh),
         progress=config.eval.progress if progress is None else progress,
         generate_config=config.generate, seed=config.seed,

@@ -4,11 +4,13 @@
         --prompt="The quick brown fox jumps over the" --config.generate.num_beams=5 \
         --config.generate.no_repeat_ngram_size=2
 
-`--config.init_from` is an HF directory / weights file / hub name, or "" for a random model
-from `config.model` and `config.seed` (smoke tests). `--prompt_file` holds one prompt per
-line (batched, left-padded). Greedy/sampled text of a single prompt is streamed to the
-terminal as it is produced: a `jax.debug.callback` inside the compiled loop (a separately
-compiled variant; the non-streaming path has no host round trip). `--output_json` writes
+`--config.init_from` is an HF directory / weights file / hub name, a training workdir (its
+latest checkpoint and the tokenizer it trained with, e.g. characters), or "" for a random
+model from `config.model` and `config.seed` (smoke tests); see `gpt2jax.weights.loader`.
+`--prompt_file` holds one prompt per line (batched, left-padded). Greedy/sampled text of a
+single prompt is streamed to the terminal as it is produced: a `jax.debug.callback` inside
+the compiled loop (a separately compiled variant; the non-streaming path has no host round
+trip). `--output_json` writes
 prompts, completions, token ids and beam scores.
 """
 
@@ -22,14 +24,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from gpt2jax.data.tokenizers import Tokenizer
 from gpt2jax.errors import ConfigError
 from gpt2jax.generation.generate import generate, make_args
-from gpt2jax.nn.model import GPT2Config, init_params
-from gpt2jax.data.bpe import get_tokenizer
-from gpt2jax.data.tokenizers import tokenizer_from_json
 from gpt2jax.parallel import sharding
-from gpt2jax.training.checkpoint import load_params_for_inference
-from gpt2jax.weights.pretrained import load_pretrained
+from gpt2jax.weights.loader import model_for_config
 
 
 def read_prompts(args) -> list[str]:
@@ -54,50 +53,6 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def load_model(config) -> tuple[GPT2Config, dict, object]:
-    """(cfg, params, tokenizer) from config.init_from, or a random model from config.model.
-
-    `init_from` may be a training workdir (holding `checkpoints/`): its latest checkpoint and
-    the tokenizer the run trained with (e.g. the character vocabulary) are used.
-    """
-    overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl)
-    if config.init_from and (Path(config.init_from) / "checkpoints").is_dir():
-
-        cfg, params, meta = load_params_for_inference(config.init_from, **overrides)
-        return cfg, params, _run_tokenizer(meta)
-    if config.init_from:
-
-        cfg, params = load_pretrained(config.init_from, **overrides)
-        return cfg, params, get_tokenizer()
-    cfg = GPT2Config.from_config(config.model)
-    return cfg, init_params(cfg, jax.random.key(config.seed)), get_tokenizer()
-
-
-class _LibraryTokenizer:
-    """Gives a `gpt2jax.data` tokenizer (e.g. char-level) the tiktoken calls used here."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str, allowed_special="all") -> list[int]:
-        del allowed_special
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids) -> str:
-        return self.tokenizer.decode(ids)
-
-    def decode_single_token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.decode([token]).encode("utf-8")
-
-
-def _run_tokenizer(meta: dict):
-    """The tokenizer a training run saved; GPT-2 BPE when the run saved none."""
-    if not meta or meta.get("name") == "gpt2":
-        return get_tokenizer()
-
-    return _LibraryTokenizer(tokenizer_from_json(meta))
-
-
 def generate_kwargs(config) -> dict:
     """config.generate as HF keyword arguments (unset max_new_tokens left out)."""
     kwargs = {k: v for k, v in config.generate.items()}
@@ -106,9 +61,9 @@ def generate_kwargs(config) -> dict:
     return kwargs
 
 
-def encode_batch(tokenizer, prompts: list[str], pad_id: int):
-    """Left-padded ids and mask [B, longest]."""
-    encoded = [tokenizer.encode(p, allowed_special="all") for p in prompts]
+def encode_batch(tokenizer: Tokenizer, prompts: list[str], pad_id: int):
+    """Left-padded ids and mask [B, longest]; `<|endoftext|>` in a prompt is the EOT id."""
+    encoded = [tokenizer.encode(p, special=True) for p in prompts]
     width = max(len(e) for e in encoded)
     ids = np.full((len(encoded), width), pad_id, np.int64)
     mask = np.zeros_like(ids)
@@ -121,7 +76,7 @@ def encode_batch(tokenizer, prompts: list[str], pad_id: int):
 class TerminalStreamer:
     """Writes the text of row 0 as tokens arrive (UTF-8 safe across token boundaries)."""
 
-    def __init__(self, tokenizer, eos_ids: tuple[int, ...], out=None):
+    def __init__(self, tokenizer: Tokenizer, eos_ids: tuple[int, ...], out=None):
         self.tokenizer, self.eos_ids = tokenizer, set(eos_ids)
         self.out = sys.stdout if out is None else out
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -132,7 +87,7 @@ class TerminalStreamer:
         if self.stopped or token in self.eos_ids:
             self.stopped = True
             return
-        piece = self.tokenizer.decode_single_token_bytes(token)
+        piece = self.tokenizer.token_bytes(token)
         self.out.write(self.decoder.decode(piece))
         self.out.flush()
 
@@ -154,7 +109,7 @@ def main(config, args) -> list[dict]:
     prompts = read_prompts(args)
     kwargs = generate_kwargs(config)
     gen_args = make_args(**kwargs)
-    cfg, params, tokenizer = load_model(config)
+    cfg, params, tokenizer = model_for_config(config)
     ids, mask = encode_batch(tokenizer, prompts, gen_args.pad_id)
     stream = len(prompts) == 1 and gen_args.num_beams == 1 and gen_args.num_return_sequences == 1
     streamer = TerminalStreamer(tokenizer, gen_args.eos_ids) if stream else None

@@ -1,4 +1,8 @@
-"""The GPT-2 byte-level BPE tokenizer through tiktoken, usable offline from a ranks file.
+"""The GPT-2 byte-level BPE encoding (tiktoken), usable offline from a ranks file.
+
+`get_encoding` is the raw `tiktoken.Encoding` under `gpt2jax.data.tokenizers.Gpt2Tokenizer`;
+callers use that tokenizer (`gpt2jax.get_tokenizer()`), which follows the one `Tokenizer`
+protocol of `gpt2jax.data.tokenizers`.
 
 Where the ranks come from, in order: an explicit path, the environment variable
 `GPT2JAX_TIKTOKEN_RANKS`, then `gpt2/gpt2.tiktoken` as `gpt2jax.data.resolve.data_file`
@@ -86,7 +90,7 @@ def _encoding_from_file(path: str) -> tiktoken.Encoding:
     )
 
 
-def get_tokenizer(ranks_path: str | os.PathLike | None = None) -> tiktoken.Encoding:
+def get_encoding(ranks_path: str | os.PathLike | None = None) -> tiktoken.Encoding:
     """The GPT-2 `tiktoken.Encoding` (n_vocab 50257, `<|endoftext|>` = 50256).
 
     Use `enc.encode_ordinary_batch(texts, num_threads=os.cpu_count())` to encode on all cores.

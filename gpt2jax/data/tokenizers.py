@@ -1,9 +1,12 @@
-"""Tokenizers behind one small interface: GPT-2 BPE (tiktoken) and character level (nanoGPT).
+"""One tokenizer protocol, two implementations: GPT-2 BPE (tiktoken) and character level
+(nanoGPT).
 
-Both expose `.name`, `.vocab_size`, `.eot_id` (None for characters), `.encode(str)`,
-`.encode_batch(list[str])`, `.decode(ids)` and `.to_json()`; `tokenizer_from_json` rebuilds
-either from that dict (it is written into shard metadata and beside checkpoints so that
-generation and evaluation decode with the vocabulary the model was trained on).
+Every caller (data preparation, training's samples, the generate and eval CLIs, the lm-eval
+backend) uses only `Tokenizer`: `.name`, `.vocab_size`, `.eot_id` (None for characters),
+`.encode(text, special=False)`, `.encode_batch(texts)`, `.decode(ids)`, `.token_bytes(id)`
+and `.to_json()`; `tokenizer_from_json` rebuilds either from that dict (it is written into
+shard metadata and beside checkpoints so that generation and evaluation decode with the
+vocabulary the model was trained on). `get_tokenizer()` is the GPT-2 one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +27,31 @@ from gpt2jax.errors import ConfigError, DataError
 TOKENIZERS = ("gpt2", "char")
 
 
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer offers; ids are ints in `[0, vocab_size)`."""
+
+    name: str                 # "gpt2" | "char": the key of `tokenizer_from_json`
+    vocab_size: int           # 50257 for GPT-2, the corpus's characters for char
+    eot_id: int | None        # the end-of-text / document separator id; None: there is none
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Ids of `text`; `special=True` reads `<|endoftext|>` as the EOT id (prompts, as HF
+        tokenizers do), False as plain text (training data)."""
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+        """`encode` of each text (plain text), on `num_threads` threads (0 = all cores)."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids."""
+
+    def token_bytes(self, token: int) -> bytes:
+        """The UTF-8 bytes of one token (a BPE token may hold part of a character)."""
+
+    def to_json(self) -> dict:
+        """What `tokenizer_from_json` needs to rebuild this tokenizer."""
+
+
 class Gpt2Tokenizer:
     """GPT-2 byte-level BPE through tiktoken; `<|endoftext|>` (50256) separates documents."""
 
@@ -30,12 +59,14 @@ class Gpt2Tokenizer:
 
     def __init__(self, ranks_path: str = ""):
         self.ranks_path = ranks_path
-        self.encoding = bpe.get_tokenizer(ranks_path or None)
+        self.encoding = bpe.get_encoding(ranks_path or None)  # tiktoken.Encoding
         self.vocab_size = self.encoding.n_vocab          # 50257
         self.eot_id = self.encoding.eot_token            # 50256
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token strings are encoded as plain text."""
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text`; `<|endoftext|>` is the EOT id only with `special=True`."""
+        if special:
+            return self.encoding.encode(text, allowed_special="all")
         return self.encoding.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
@@ -46,6 +77,10 @@ class Gpt2Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids (invalid UTF-8 byte sequences become U+FFFD)."""
         return self.encoding.decode([int(i) for i in ids])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token (may end inside a UTF-8 character)."""
+        return self.encoding.decode_single_token_bytes(int(token))
 
     def to_json(self) -> dict:
         """What `tokenizer_from_json` needs (the ranks path is looked up again on load)."""
@@ -92,8 +127,10 @@ class CharTokenizer:
             )
         return pos.astype(np.int64)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; unknown characters raise DataError."""
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text` (there are no special tokens); unknown characters raise
+        DataError."""
+        del special
         return self.encode_array(text).tolist()
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
@@ -105,13 +142,21 @@ class CharTokenizer:
         """Text of token ids."""
         return "".join(self.chars[int(i)] for i in ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        """The UTF-8 bytes of one character."""
+        return self.chars[int(token)].encode("utf-8")
+
     def to_json(self) -> dict:
         """The vocabulary as a JSON-serialisable dict."""
         return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": None,
                 "chars": "".join(self.chars)}
 
 
-Tokenizer = Gpt2Tokenizer | CharTokenizer
+def get_tokenizer(ranks_path: str | os.PathLike | None = None) -> Gpt2Tokenizer:
+    """The GPT-2 BPE tokenizer (vocab_size 50257, `<|endoftext|>` = eot_id 50256), offline
+    from `ranks_path`, $GPT2JAX_TIKTOKEN_RANKS, the data dir or tiktoken's cache (see
+    `gpt2jax.data.bpe`); `.encoding` is the underlying `tiktoken.Encoding`."""
+    return Gpt2Tokenizer(str(ranks_path) if ranks_path else "")
 
 
 def tokenizer_from_json(meta: dict, ranks_path: str = "") -> Tokenizer:

@@ -98,9 +98,9 @@ def _summarize(ctx, path: Path) -> list[dict]:
     refs = [r.get("highlights", r.get("summary")) for r in rows]
     if any(r is None for r in refs):
         raise DataError(f"{path}: every line needs a reference 'highlights' or 'summary'.")
-    tldr = ctx.enc.encode_ordinary(text_metrics.TLDR)
+    tldr = ctx.enc.encode(text_metrics.TLDR)
     keep = _budget(ctx) - len(tldr)
-    prompts = [ctx.enc.encode_ordinary(r["article"].rstrip())[:keep] + tldr for r in rows]
+    prompts = [ctx.enc.encode(r["article"].rstrip())[:keep] + tldr for r in rows]
     scores = score_summaries(generate_texts(ctx, prompts), refs, ctx.ecfg.summary_sentences)
     base = {"task": ctx.task, "protocol": "tldr_zero_shot", "examples": len(rows)}
     return [dict(base, metric=k, value=v) for k, v in scores.items()]
@@ -114,7 +114,7 @@ def _translate(ctx, path: Path, shots_path: Path) -> list[dict]:
     budget = _budget(ctx)
     prompts = []
     for r in rows:
-        ids = ctx.enc.encode_ordinary(text_metrics.translation_prompt(shots, r[src]))
+        ids = ctx.enc.encode(text_metrics.translation_prompt(shots, r[src]))
         prompts.append(ids[-budget:])  # drop the oldest shots if too long
     scores = score_translations(generate_texts(ctx, prompts), [r[tgt] for r in rows])
     return [{"task": ctx.task, "protocol": f"{src}-{tgt}_{len(shots)}_shot",

@@ -10,8 +10,9 @@ workdir (its latest checkpoint). Other model_args: `dtype` (compute dtype), `bat
 (rows per forward pass, default 8), `max_length` (context, default n_positions),
 `max_gen_toks` (default 256, as lm-eval's hf backend), `attention_impl` (default `xla`),
 `tokenizer` (a gpt2.tiktoken ranks file; default: `gpt2jax.get_tokenizer()`'s search).
+The model comes from `gpt2jax.weights.loader.load_model`, as in the CLI modes.
 From Python, `GPT2JaxLM(cfg=cfg, params=params, mesh=mesh, axis_rules=rules)` wraps a model
-in memory (the training loop does this).
+in memory (the training loop does this); `tokenizer=` may then be a `Tokenizer` object.
 
 Every request type follows lm-eval's `hf` backend (lm-eval 0.4.13) step by step, so results
 are equal on the same weights: the same tokenization (`TemplateLM._encode_pair`, empty
@@ -22,8 +23,6 @@ The model side (bucketed, sharded, compiled once per length bucket) is `harness_
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 try:
     import lm_eval
@@ -40,24 +39,16 @@ except ModuleNotFoundError as e:  # the optional `eval` extra
         "`pip install -e \".[eval]\"` (lm-eval==0.4.13).", name=e.name) from e
 from tqdm.auto import tqdm
 
-from gpt2jax.training.checkpoint import load_params_for_inference
+from gpt2jax.data.bpe import EOT_ID
+from gpt2jax.data.tokenizers import Tokenizer, get_tokenizer
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval.harness_core import Scorer
 from gpt2jax.nn.model import GPT2Config, param_count
-from gpt2jax.data.bpe import EOT_ID, get_tokenizer
-from gpt2jax.weights.pretrained import load_pretrained
+from gpt2jax.weights.loader import load_model
 
 # HF generate arguments that lm-eval tasks pass in generation_kwargs and gpt2jax.generate takes.
 GENERATE_ARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                  "no_repeat_ngram_size", "num_beams", "length_penalty", "seed")
-
-
-def load_model(source: str, **overrides) -> tuple[GPT2Config, dict, dict]:
-    """(cfg, params, tokenizer meta) of an HF dir / file / hub name or a training workdir."""
-    if (Path(source) / "checkpoints").is_dir():
-        return load_params_for_inference(source, **overrides)
-    cfg, params = load_pretrained(source, **overrides)
-    return cfg, params, {}
 
 
 def _batch_size(value) -> int:
@@ -75,7 +66,8 @@ class GPT2JaxLM(TemplateLM):
     def __init__(self, pretrained: str | None = None, dtype: str | None = None,
                  batch_size: int | str = 8, max_length: int | None = None,
                  max_gen_toks: int = 256, attention_impl: str = "xla",
-                 tokenizer: str | None = None, cfg: GPT2Config | None = None, params=None,
+                 tokenizer: str | Tokenizer | None = None, cfg: GPT2Config | None = None,
+                 params=None,
                  mesh=None, axis_rules=(), progress: bool = True, seed: int = 0,
                  device=None, max_batch_size=None, **unknown):
         super().__init__()
@@ -86,19 +78,22 @@ class GPT2JaxLM(TemplateLM):
         if (pretrained is None) == (params is None):
             raise ConfigError("Give the gpt2jax backend either pretrained=PATH_OR_NAME "
                               "(model_args) or cfg= and params= (Python), not both or neither.")
-        meta = {}
-        if pretrained is not None:
+        ranks = "" if isinstance(tokenizer, Tokenizer) else str(tokenizer or "")
+        if pretrained is not None:  # the model's own tokenizer (a workdir's, else GPT-2 BPE)
             overrides = {"attention_impl": attention_impl}
             if dtype:
                 overrides["dtype"] = dtype
-            cfg, params, meta = load_model(str(pretrained), **overrides)
-        if meta and meta.get("name", "gpt2") != "gpt2":
-            raise ConfigError(f"{pretrained} was trained with the {meta.get('name')!r} tokenizer; "
-                              "lm-eval tasks are text, evaluated here with GPT-2 BPE only.")
-        self.enc = get_tokenizer(tokenizer)
-        if cfg.vocab_size < self.enc.n_vocab:
+            cfg, params, tokenizer = load_model(str(pretrained), ranks_path=ranks, **overrides)
+        elif not isinstance(tokenizer, Tokenizer):
+            tokenizer = get_tokenizer(ranks)
+        if tokenizer.name != "gpt2":
+            raise ConfigError(f"{pretrained or 'The model'} was trained with the "
+                              f"{tokenizer.name!r} tokenizer; lm-eval tasks are text, evaluated "
+                              "here with GPT-2 BPE only.")
+        self.enc = tokenizer
+        if cfg.vocab_size < self.enc.vocab_size:
             raise ConfigError(f"The model's vocab_size={cfg.vocab_size} is smaller than the "
-                              f"GPT-2 tokenizer's {self.enc.n_vocab}; use a GPT-2 BPE model.")
+                              f"GPT-2 tokenizer's {self.enc.vocab_size}; use a GPT-2 BPE model.")
         self.cfg, self.pretrained, self.progress, self.seed = cfg, pretrained, progress, seed
         self._max_gen_toks = int(max_gen_toks)
         self.scorer = Scorer(cfg, params, _batch_size(batch_size),
@@ -132,7 +127,7 @@ class GPT2JaxLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
         """GPT-2 BPE ids; `<|endoftext|>` in the text is the special token (as HF parses it)."""
-        return self.enc.encode(string, allowed_special="all")
+        return self.enc.encode(string, special=True)
 
     def tok_decode(self, tokens) -> str:
         return self.enc.decode(list(tokens))

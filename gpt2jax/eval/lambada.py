@@ -78,8 +78,8 @@ def encode_example(enc, text: str) -> tuple[list[int], list[int]]:
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = enc.encode_ordinary(context + continuation)
-    ctx = enc.encode_ordinary(context)
+    whole = enc.encode(context + continuation)
+    ctx = enc.encode(context)
     return ctx, whole[len(ctx):]
 
 

@@ -59,12 +59,12 @@ def word_count(text: str) -> int:
 
 
 def check_vocab(cfg, enc) -> None:
-    """The model's vocabulary must be the tokenizer's (GPT-2: 50257)."""
-    if cfg.vocab_size != enc.n_vocab:
+    """The model's vocabulary must be the tokenizer's (GPT-2: 50257; `enc` a `Tokenizer`)."""
+    if cfg.vocab_size != enc.vocab_size:
         raise ConfigError(
-            f"The model has vocab_size={cfg.vocab_size} but the tokenizer has {enc.n_vocab} "
+            f"The model has vocab_size={cfg.vocab_size} but the tokenizer has {enc.vocab_size} "
             f"tokens; evaluate with a model whose vocabulary is the tokenizer's "
-            f"(--config.model.vocab_size={enc.n_vocab}) or the matching tokenizer."
+            f"(--config.model.vocab_size={enc.vocab_size}) or the matching tokenizer."
         )
 
 
@@ -90,7 +90,7 @@ def _truncate(ids: list[int], ecfg) -> np.ndarray:
 def _run_ppl(ctx, protocol: str, text: str, words: int | None = None,
              byte_count: int | None = None) -> list[dict]:
     ecfg = ctx.ecfg
-    ids = _truncate(ctx.enc.encode_ordinary(text), ecfg)
+    ids = _truncate(ctx.enc.encode(text), ecfg)
     if ecfg.max_tokens and len(ids) == ecfg.max_tokens:  # a smoke run scores a prefix only
         words = byte_count = None
     res = perplexity(ctx.cfg, ctx.params, ids, ecfg.context_length, ecfg.stride,
