@@ -269,6 +269,7 @@ class GPT2(nn.Module):
         position_ids: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        return_hidden: bool = False,
     ) -> jax.Array:
         """Args:
           input_ids: [B, T] int token ids.
@@ -278,8 +279,11 @@ class GPT2(nn.Module):
             0..T-1, or the cache index onward while decoding.
           deterministic: disable dropout (pass rngs={"dropout": key} when False).
           decode: use and update the KV cache (`mutable=["cache"]`, created by `init_cache`).
+          return_hidden: return the final hidden states [B, T, E] (after ln_f, compute dtype)
+            instead of the logits, so that a loss can apply the tied head `wte` itself, a
+            chunk at a time or at the scored positions only (`nn/loss.py`).
         Returns:
-          logits [B, T, V] in float32.
+          logits [B, T, V] in float32 (or hidden states [B, T, E] with return_hidden).
         """
         cfg = self.cfg
         batch, length = input_ids.shape
@@ -320,6 +324,8 @@ class GPT2(nn.Module):
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
             x = hooks.hook(self, "ln_final.hook_normalized", layer_norm(cfg, "ln_f")(x))
             x = x.astype(cfg.compute_dtype)
+        if return_hidden:
+            return sharding.constrain(x, ("batch", "length", "embed"))
         logits = wte.attend(x)
         return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 

@@ -32,6 +32,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.nn.loss import model_metrics, token_metrics  # noqa: F401 (token_metrics: API)
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes
 
 Schedule = Literal["cosine", "constant"]
@@ -60,6 +61,7 @@ class TrainConfig:
     beta2: float
     eps: float
     grad_clip: float
+    loss_chunk_size: int = 0  # tokens per logits chunk (nn/loss.py); 0 = full logits
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.grad_accum_steps <= 0:
@@ -72,6 +74,9 @@ class TrainConfig:
         if self.schedule not in Schedule.__args__:
             raise ConfigError(
                 f"train.schedule={self.schedule!r}; choose one of {Schedule.__args__}.")
+        if not isinstance(self.loss_chunk_size, int) or self.loss_chunk_size < 0:
+            raise ConfigError(f"train.loss_chunk_size={self.loss_chunk_size!r} must be an int >= "
+                              "0 (tokens per logits chunk; 0 = full logits).")
 
     @property
     def micro_batch_size(self) -> int:
@@ -165,22 +170,6 @@ def _all_finite(grad_norm: jax.Array, params) -> jax.Array:
     return jnp.logical_and(jnp.isfinite(grad_norm), jnp.all(jnp.stack(leaves)))
 
 
-def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
-    """Sums over tokens. logits [b, T, V] float32, targets [b, T] int, weights [b, T] float.
-
-    Returns dict of float32 scalars: loss_sum (weighted NLL), weight_sum, correct_sum.
-    """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    weights = weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(nll * weights),
-        "weight_sum": jnp.sum(weights),
-        "correct_sum": jnp.sum(correct * weights),
-    }
-
-
 def _split_micro(x: jax.Array, k: int, spec: PartitionSpec | None) -> jax.Array:
     """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i, i+k, ... (keeps each device's
     rows local when the batch is sharded in contiguous blocks)."""
@@ -206,9 +195,8 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
     use_dropout = max(cfg.embd_pdrop, cfg.attn_pdrop, cfg.resid_pdrop) > 0
 
     def loss_fn(params, micro, rng):
-        logits = model.apply({"params": params}, micro["inputs"], deterministic=not use_dropout,
-                             rngs={"dropout": rng})
-        sums = token_metrics(logits, micro["targets"], micro["weights"])
+        sums = model_metrics(model, params, micro, tc.loss_chunk_size,
+                             deterministic=not use_dropout, rngs={"dropout": rng})
         return sums["loss_sum"], sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -241,13 +229,13 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
     return train_step
 
 
-def make_eval_step(cfg: GPT2Config):
-    """The pure `eval_step(params, batch) -> metrics` (sums; no dropout)."""
+def make_eval_step(cfg: GPT2Config, loss_chunk_size: int = 0):
+    """The pure `eval_step(params, batch) -> metrics` (sums; no dropout; logits a chunk of
+    `loss_chunk_size` tokens at a time, 0 = all at once)."""
     model = GPT2(cfg)
 
     def eval_step(params, batch: dict) -> dict:
-        logits = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        return token_metrics(logits, batch["targets"], batch["weights"])
+        return model_metrics(model, params, batch, loss_chunk_size, deterministic=True)
 
     return eval_step
 
@@ -300,7 +288,7 @@ class Trainer:
             donate_argnums=(0,),
         )
         self._eval_step = jax.jit(
-            make_eval_step(cfg),
+            make_eval_step(cfg, tc.loss_chunk_size),
             in_shardings=(self.state_sharding.params, batch_shardings),
             out_shardings=metric_sharding,
         )

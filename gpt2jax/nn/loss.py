@@ -1,0 +1,160 @@
+"""Cross-entropy through the tied LM head without materialising `[batch, length, vocab]` logits.
+
+`chunked_token_sums` computes, chunk by chunk of sequence positions, the logits of the tied head
+(`hidden @ wte.T`, float32), their log-sum-exp, the target logit and the argmax, and keeps only
+per-row sums. The chunk function is `jax.checkpoint`ed inside a `lax.scan`, so the backward pass
+recomputes each chunk's logits instead of storing them: the largest logits buffer alive is one
+chunk, `[B, c, V]`, in the forward and the backward pass alike.
+
+The numbers equal the plain path (`GPT2.__call__` logits, then log-softmax) within float32
+rounding: the head is the same `promote_dtype` + `jnp.dot` as `nn.Embed.attend` (compute dtype,
+then float32), and the log-sum-exp is `jax.nn.logsumexp` of the same float32 logits.
+
+Shapes: B batch rows, T positions, E = n_embd, V = vocab, c positions per chunk.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gpt2jax.parallel import sharding
+
+
+def head_embedding(params) -> jax.Array:
+    """The tied LM head `[V, E]`: the token embedding `wte` of a GPT2 params pytree."""
+    return params["wte"]["embedding"]
+
+
+def head_logits(hidden: jax.Array, embedding: jax.Array, dtype) -> jax.Array:
+    """Logits of the tied head, as `GPT2` computes them: `[..., E] x [V, E] -> [..., V]` float32.
+
+    Both operands are cast to the compute `dtype` first (flax `Embed.attend`), so a bfloat16
+    model rounds its logits to bfloat16 before they are widened, exactly like the plain path.
+    """
+    logits = jnp.dot(hidden.astype(dtype), embedding.astype(dtype).T)
+    return logits.astype(jnp.float32)
+
+
+def positions_per_chunk(batch: int, length: int, chunk_tokens: int) -> int:
+    """Positions per chunk so that a chunk holds about `chunk_tokens` tokens (rows x positions);
+    at least 1, at most `length` (0 = one chunk of everything)."""
+    if chunk_tokens <= 0:
+        return length
+    return max(1, min(length, chunk_tokens // max(batch, 1)))
+
+
+def _chunk_sums(hidden, embedding, targets, weights, dtype):
+    """Per-row sums of one chunk: hidden [B, c, E], targets [B, c] int, weights [B, c] float.
+
+    Returns (nll [B], correct [B]) float32: sum of weight * (lse - target logit) and of
+    weight * (argmax == target).
+    """
+    logits = head_logits(hidden, embedding, dtype)
+    logits = sharding.constrain(logits, ("batch", "length", "vocab"))
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    # the argmax is not differentiable: no gradient flows through `correct`
+    correct = jax.lax.stop_gradient((jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32))
+    return jnp.sum(nll * weights, axis=-1), jnp.sum(correct * weights, axis=-1)
+
+
+def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
+    """[B, n*c, ...] -> [n, B, c, ...] (the scan axis first; each chunk keeps the batch axis,
+    so a batch-sharded input stays sharded the same way inside the loop)."""
+    return jnp.swapaxes(x.reshape((x.shape[0], n, c) + x.shape[2:]), 0, 1)
+
+
+def chunked_token_sums(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
+                       weights: jax.Array, chunk_tokens: int, dtype=jnp.float32):
+    """Per-row cross-entropy sums through the tied head, a chunk of positions at a time.
+
+    Args:
+      hidden: [B, T, E] final hidden states (after ln_f), `GPT2(..., return_hidden=True)`.
+      embedding: [V, E] the tied head (`head_embedding(params)`).
+      targets: [B, T] int, the token each position predicts.
+      weights: [B, T] float, how much each position counts (0 = padding / not scored).
+      chunk_tokens: about how many tokens' logits exist at once (rows x positions); 0 = all
+        positions in one chunk (no loop). A chunk size that does not divide T is fine: the
+        last chunk is padded with weight-0 positions.
+      dtype: the model's compute dtype (the head's matmul dtype).
+    Returns:
+      (nll [B], correct [B]) float32: per row, the weighted sum of `-log p(target)` and of
+      `argmax == target`. Differentiable in `hidden` and `embedding` (the backward pass
+      recomputes each chunk's logits).
+    """
+    batch, length = targets.shape
+    weights = weights.astype(jnp.float32)
+    c = positions_per_chunk(batch, length, chunk_tokens)
+    if c >= length:
+        return _chunk_sums(hidden, embedding, targets, weights, dtype)
+    n = -(-length // c)
+    pad = n * c - length
+    if pad:  # padded positions: zero hidden (finite logits), target 0, weight 0
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+    chunk_fn = jax.checkpoint(lambda h, e, t, w: _chunk_sums(h, e, t, w, dtype),
+                              prevent_cse=False)
+
+    def body(carry, xs):
+        h, t, w = xs
+        nll, correct = chunk_fn(h, embedding, t, w)
+        return (carry[0] + nll, carry[1] + correct), None
+
+    zeros = jnp.zeros((batch,), jnp.float32)
+    xs = (_to_chunks(hidden, n, c), _to_chunks(targets, n, c), _to_chunks(weights, n, c))
+    (nll, correct), _ = jax.lax.scan(body, (zeros, zeros), xs)
+    return nll, correct
+
+
+def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
+    """Sums over tokens. logits [b, T, V] float32, targets [b, T] int, weights [b, T] float.
+
+    Returns dict of float32 scalars: loss_sum (weighted NLL), weight_sum, correct_sum.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(nll * weights),
+        "weight_sum": jnp.sum(weights),
+        "correct_sum": jnp.sum(correct * weights),
+    }
+
+
+def chunked_metrics(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
+                    weights: jax.Array, chunk_tokens: int, dtype=jnp.float32) -> dict:
+    """The train/eval step's metric sums (`training.step.token_metrics`) without full logits.
+
+    Shapes as `chunked_token_sums`. Returns dict of float32 scalars: loss_sum (weighted NLL),
+    weight_sum, correct_sum.
+    """
+    nll, correct = chunked_token_sums(hidden, embedding, targets, weights, chunk_tokens, dtype)
+    return {
+        "loss_sum": jnp.sum(nll),
+        "weight_sum": jnp.sum(weights.astype(jnp.float32)),
+        "correct_sum": jnp.sum(correct),
+    }
+
+
+def model_metrics(model, params, batch: dict, chunk_tokens: int, **apply_kwargs) -> dict:
+    """Metric sums of a `GPT2` module on a batch: plain (full logits) when `chunk_tokens` is 0,
+    else through `chunked_metrics` on the hidden states (no `[B, T, V]` logits).
+
+    Args:
+      model: a `GPT2` module; params: its parameters.
+      batch: {"inputs", "targets" int [B, T], "weights" float [B, T]}.
+      chunk_tokens: tokens per logits chunk (rows x positions); 0 = plain.
+      apply_kwargs: passed to `model.apply` (deterministic, rngs).
+    Returns:
+      dict of float32 scalars: loss_sum, weight_sum, correct_sum.
+    """
+    variables = {"params": params}
+    if chunk_tokens <= 0:
+        logits = model.apply(variables, batch["inputs"], **apply_kwargs)
+        return token_metrics(logits, batch["targets"], batch["weights"])
+    hidden = model.apply(variables, batch["inputs"], return_hidden=True, **apply_kwargs)
+    return chunked_metrics(hidden, head_embedding(params), batch["targets"], batch["weights"],
+                           chunk_tokens, model.cfg.compute_dtype)
