@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from gpt2jax.weights import pretrained as weights  # noqa: E402
-from gpt2jax.generation.generate import TRACE_COUNT, generate  # noqa: E402
+from gpt2jax.generation.generate import DECODERS, generate  # noqa: E402
 
 CASES = [
     ("greedy b1", dict(num_beams=1), 1, 128),
@@ -98,9 +98,9 @@ def main() -> None:
             generate(cfg, params, ids, **common)
 
         _, hf_s = timed(run_hf, max(1, flags.repeats - 1))
-        traces = sum(TRACE_COUNT.values())
+        traces = DECODERS.traces.total()
         first, jax_s = timed(run_jax, flags.repeats)
-        assert sum(TRACE_COUNT.values()) - traces <= 1, "recompiled a warm shape"
+        assert DECODERS.traces.total() - traces <= 1, "recompiled a warm shape"
         tokens = batch * new
         steps_per_s = new / jax_s  # one pass over the weights per step (batch/beams share it)
         limit = bandwidth * 1e9 / weight_bytes

@@ -13,7 +13,7 @@ import transformers
 
 import gpt2jax
 from gpt2jax.weights import pretrained as weights
-from gpt2jax.generation.generate import TRACE_COUNT, _greedy_jit, generate
+from gpt2jax.generation.generate import DECODERS, generate
 from gpt2jax.parallel.sharding import make_mesh, rules
 from configs import common
 
@@ -240,17 +240,17 @@ def test_sampling_deterministic_and_cold_limit_is_greedy(tiny):
 def test_one_bucket_compiles_once(tiny):
     _, cfg, params, _, _ = tiny
     ids, mask = left_padded((2, 5, 9, 11, 14), seed=7)
-    _greedy_jit.clear_cache()  # this test's buckets compile here, whichever tests ran before
-    traces = [TRACE_COUNT["greedy"]]
+    DECODERS.clear_caches()  # this test's buckets compile here, whichever tests ran before
+    traces = [DECODERS.traces.count("greedy")]
     for row in range(5):  # prompts of 2..14 tokens: one bucket (16 columns)
         n = int(mask[row].sum())
         out = generate(cfg, params, ids[row:row + 1, -n:], max_new_tokens=9, pad_token_id=PAD)
         assert out.shape == (1, n + 9)
-        traces.append(TRACE_COUNT["greedy"])
+        traces.append(DECODERS.traces.count("greedy"))
     # prompts of 20 and 30 tokens: the next bucket (32 columns) compiles exactly once
     for n in (20, 30):
         generate(cfg, params, np.ones((1, n), np.int64), max_new_tokens=9, pad_token_id=PAD)
-        traces.append(TRACE_COUNT["greedy"])
+        traces.append(DECODERS.traces.count("greedy"))
     assert np.diff(traces).tolist() == [1, 0, 0, 0, 0, 1, 0]
 
 

@@ -1,4 +1,5 @@
 """Generation as HF `generate`: arguments and input checks (`args`), logits processors and
 warpers (`sampling`), the shared decode plan and buckets (`plan`), the compiled greedy/sampling
-loop and the public `generate` (`generate`), and beam search (`beam_search`).
+loop and the public `generate` (`generate`), beam search (`beam_search`), and the compiled
+functions' explicit state: trace counts and per-call stream sinks (`compiled`).
 """

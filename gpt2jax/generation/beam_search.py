@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax.generation import sampling
-from gpt2jax.generation.plan import (TRACE_COUNT, Plan, Runtime, key_mask, model_step,
+from gpt2jax.generation.plan import (Plan, Runtime, key_mask, model_step,
                                      prompt_positions, repeat_rows, valid_positions)
 from gpt2jax.nn.model import GPT2Config
 
@@ -181,7 +181,6 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Arr
       (sequences [B, K, L], scores [B, K], lengths [B, K]) of the finished hypotheses, best
       first.
     """
-    TRACE_COUNT["beam"] += 1
     batch, beams = prompt.shape[0], plan.num_beams
     slot_mask = key_mask(mask, plan.new_len)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
@@ -205,6 +204,3 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Arr
 
     state, _ = jax.lax.while_loop(cond, body, (state, repeat_rows(logits, beams)))
     return state.sequences, state.scores, state.lengths
-
-
-beam_search_jit = jax.jit(beam_search_impl, static_argnums=(0, 1))

@@ -30,22 +30,24 @@ from gpt2jax.errors import ConfigError
 from gpt2jax.generation import beam_search, sampling
 from gpt2jax.generation.args import (GenerationArgs, droppable_columns, make_args,
                                      new_token_count, prepare_inputs)
-from gpt2jax.generation.plan import (TRACE_COUNT, DecodeState, Plan, Runtime,  # noqa: F401
-                                     batch_bucket, bucket, fill_value, key_mask, model_step,
-                                     prompt_positions, repeat_rows, valid_positions)
+from gpt2jax.generation.compiled import Decoders, Streamer
+from gpt2jax.generation.plan import (DecodeState, Plan, Runtime, batch_bucket, bucket,
+                                     fill_value, key_mask, model_step, prompt_positions,
+                                     valid_positions)
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from gpt2jax.nn import model as model_lib
 from gpt2jax.nn.model import GPT2Config, init_cache
 from gpt2jax.parallel.placement import Placement
 
-_STREAM_SINK: list[Callable[[int, np.ndarray], None] | None] = [None]
-
 
 # ------------------------------------------------------------------- greedy / sampling loop
 
 def _choose(cfg_plan: Plan, rt: Runtime, state: DecodeState, logits: jax.Array, mask: jax.Array,
-            real: jax.Array) -> DecodeState:
-    """Processes logits [B, V], picks the next token and writes it into the buffer."""
+            real: jax.Array, stream: Callable) -> DecodeState:
+    """Processes logits [B, V], picks the next token and writes it into the buffer.
+
+    stream: the host callback fn(call id, step, tokens [B]) of a streaming plan.
+    """
     settings = cfg_plan.score
     length = cfg_plan.total_len
     cur_len = cfg_plan.prompt_len + state.step
@@ -60,19 +62,13 @@ def _choose(cfg_plan: Plan, rt: Runtime, state: DecodeState, logits: jax.Array, 
         unfinished = unfinished & ~(token[:, None] == rt.score.eos_ids[None, :]).any(-1)
     unfinished = unfinished & real
     if cfg_plan.stream:
-        jax.debug.callback(_stream_callback, state.step, token, ordered=True)
+        jax.debug.callback(stream, rt.stream_id, state.step, token, ordered=True)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None], cur_len, axis=1)
     return DecodeState(tokens, state.cache, unfinished, state.step + 1)
 
 
-def _stream_callback(step, token) -> None:
-    sink = _STREAM_SINK[0]
-    if sink is not None:
-        sink(int(step), np.asarray(token))
-
-
 def _greedy_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
-                 mask: jax.Array, real: jax.Array, rt: Runtime):
+                 mask: jax.Array, real: jax.Array, rt: Runtime, *, stream: Callable):
     """Greedy or sampled decoding, one compiled computation.
 
     Each loop step turns the current logits into a token, then runs the model on that token
@@ -85,7 +81,6 @@ def _greedy_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
     Returns:
       (tokens [B, L], steps: i32 number of generated columns).
     """
-    TRACE_COUNT["greedy"] += 1
     batch = prompt.shape[0]
     slot_mask = key_mask(mask, plan.new_len)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
@@ -100,7 +95,7 @@ def _greedy_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
 
     def body(carry):
         s, logits = carry
-        s = _choose(plan, rt, s, logits, mask, real)
+        s = _choose(plan, rt, s, logits, mask, real, stream)
         last = jax.lax.dynamic_slice_in_dim(s.tokens, plan.prompt_len + s.step - 1, 1, axis=1)
         positions = (next_position + s.step - 1)[:, None]
         logits, cache = model_step(cfg, params, s.cache, last, slot_mask, positions)
@@ -110,7 +105,8 @@ def _greedy_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
     return state.tokens, state.step
 
 
-_greedy_jit = jax.jit(_greedy_impl, static_argnums=(0, 1))
+# The compiled loops, their trace (== compile) counts and the streamers of calls in flight.
+DECODERS = Decoders(_greedy_impl, beam_search.beam_search_impl)
 
 
 # ----------------------------------------------------------------------------------- API
@@ -129,7 +125,7 @@ class GenerateOutput:
 
 def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
              axis_rules=None, return_dict: bool = False,
-             streamer: Callable[[int, np.ndarray], None] | None = None, **kwargs):
+             streamer: Streamer | None = None, **kwargs):
     """Generates like HF `GPT2LMHeadModel.generate` (greedy, sampling, beam search).
 
     Args:
@@ -227,17 +223,16 @@ def _runtime(args: GenerationArgs, new_tokens: int, offset: int) -> Runtime:
             min_new_tokens=jnp.int32(args.min_new_tokens), eos_ids=jnp.asarray(eos),
             ngram_size=jnp.int32(max(args.no_repeat_ngram_size, 1)),
         ),
+        stream_id=jnp.int32(0),
     )
 
 
 def _run_greedy(cfg, plan, params, cache, prompt, pmask, real, rt, shape,
                 streamer) -> GenerateOutput:
-    _STREAM_SINK[0] = streamer
-    try:
-        tokens, steps = _greedy_jit(cfg, plan, params, cache, prompt, pmask, real, rt)
+    with DECODERS.streams.open(streamer) as call_id:  # this call's tokens reach only it
+        rt = dataclasses.replace(rt, stream_id=jnp.int32(call_id))
+        tokens, steps = DECODERS.greedy(cfg, plan, params, cache, prompt, pmask, real, rt)
         tokens, steps = np.asarray(tokens), int(steps)
-    finally:
-        _STREAM_SINK[0] = None
     rows, length = shape
     offset = plan.prompt_len - length
     return GenerateOutput(tokens[:rows, offset:plan.prompt_len + steps])
@@ -247,8 +242,8 @@ def _run_beams(cfg, plan, params, cache, prompt, pmask, real, rt, args, shape) -
 
     fill = jnp.int32(fill_value(args.pad_token_id if args.pad_token_id is not None
                                 else (args.eos_ids[0] if args.eos_ids else None), args.eos_ids))
-    seqs, scores, lengths = beam_search.beam_search_jit(cfg, plan, params, cache, prompt, pmask,
-                                                        real, fill, rt)
+    seqs, scores, lengths = DECODERS.beam(cfg, plan, params, cache, prompt, pmask, real, fill,
+                                          rt)
     rows, length = shape
     keep = args.num_return_sequences
     seqs, scores = np.asarray(seqs)[:rows, :keep], np.asarray(scores)[:rows, :keep]

@@ -14,9 +14,6 @@ import jax.numpy as jnp
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from gpt2jax.nn.model import GPT2, GPT2Config
 
-# Number of times a decode function was traced (== compiled); tests use it to check buckets.
-TRACE_COUNT = {"greedy": 0, "beam": 0}
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -48,6 +45,7 @@ class Runtime:
     early_stopping: jax.Array   # i32 [] 0=False, 1=True, 2="never" (beam search)
     key: jax.Array              # PRNG key for sampling
     score: ScoreParams
+    stream_id: jax.Array        # i32 [], the call's streamer in `StreamSinks` (0 = none)
 
 
 @jax.tree_util.register_dataclass

@@ -32,6 +32,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.generation.compiled import TraceCounter
 from gpt2jax.nn.loss import model_metrics, token_metrics  # noqa: F401 (token_metrics: API)
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes
 
@@ -281,8 +282,9 @@ class Trainer:
         self.state_sharding = self._state_sharding()
         metric_sharding = self.placement.replicated()
         batch_shardings = {n: self.batch_sharding for n in ("inputs", "targets", "weights")}
+        self._traces = TraceCounter()  # jit compiles once per trace
         self._train_step = jax.jit(
-            make_train_step(cfg, tc, self.tx, micro_spec),
+            self._traces.counted("train_step", make_train_step(cfg, tc, self.tx, micro_spec)),
             in_shardings=(self.state_sharding, batch_shardings),
             out_shardings=(self.state_sharding, metric_sharding),
             donate_argnums=(0,),
@@ -362,7 +364,7 @@ class Trainer:
 
     def compile_count(self) -> int:
         """How many times train_step was compiled (1 in a healthy loop)."""
-        return self._train_step._cache_size()
+        return self._traces.count("train_step")
 
 
 def model_flops_per_token(cfg: GPT2Config, block_size: int) -> float:
