@@ -147,3 +147,19 @@ def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
     assert int(state.step) == 20 and data_state["index"] == 20 and meta["step"] == 20
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_close_before_any_save_finishes_the_tmp_cleanup(tmp_path):
+    # Orbax deletes stale tmp directories in a background thread started with the manager;
+    # close() must wait for it (checkpoint.await_tmp_cleanup), or a run that stops before its
+    # first save leaves that thread deleting in the workdir. 200 of them: close() outruns an
+    # unawaited cleanup.
+    directory = checkpoint.checkpoint_dir(tmp_path)
+    directory.mkdir(parents=True)
+    stale = [directory / f"{s}.orbax-checkpoint-tmp-{1700000000 + s}" for s in range(200)]
+    for path in stale:
+        path.mkdir()
+        (path / "half_written").write_text("x")
+    checkpoint.Checkpointer(tmp_path, async_save=True).close()
+    assert [p.name for p in stale if p.exists()] == []
+    assert directory.is_dir()
