@@ -1,4 +1,5 @@
-"""`--mode=sweep`: the smoke attention ablation end to end, and the sweep config plumbing."""
+"""`--mode=sweep`: the smoke attention ablation end to end (the runner's results.json, then
+`experiments/sweep_report.py`'s table and plots from it), and the sweep config plumbing."""
 
 import json
 import os
@@ -24,6 +25,11 @@ def test_smoke_sweep_writes_table_plots_and_results(tmp_path, data_dir):
          "--config=experiments/attention_ablation/sweep.py:smoke", f"--workdir={tmp_path}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "results.md").exists()  # presentation is the report's, not the runner's
+    report = subprocess.run(
+        [sys.executable, "experiments/sweep_report.py", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     runs = results["runs"]
     assert sorted((r["variant"], r["seed"]) for r in runs) == [
@@ -38,10 +44,10 @@ def test_smoke_sweep_writes_table_plots_and_results(tmp_path, data_dir):
     assert rows["mqa"]["kv_cache_bytes_per_token"] * 4 == rows["gpt2"]["kv_cache_bytes_per_token"]
     assert rows["mqa"]["params"] < rows["gpt2"]["params"]
     table = (tmp_path / "results.md").read_text()
-    assert "| mqa | model.n_kv_heads=1 |" in table and "±" in table
+    assert "| mqa | model.n_kv_heads=1 |" in table and "±" in table and table in report.stdout
     for png in ("val_loss.png", "loss_vs_throughput.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a finished sweep is not trained again: the second call only rewrites the reports
+    # a finished sweep is not trained again: the second call only rewrites results.json
     again = sweep.run_sweep(ablation.get_config("smoke"), tmp_path)
     walls = lambda rs: {(r["variant"], r["seed"]): r["wall_s"] for r in rs}
     assert walls(again["runs"]) == walls(runs)
@@ -72,3 +78,11 @@ def test_bad_sweeps_name_the_problem():
     config.variants.bad = ml_collections.ConfigDict({"model": {"position": "sinusoidal"}})
     with pytest.raises(ConfigError, match="rope"):
         sweep.plan(config)
+
+
+def test_report_without_results_names_the_command(tmp_path):
+    proc = subprocess.run([sys.executable, "experiments/sweep_report.py", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'results.json'} does not exist" in proc.stderr
+    assert "--mode=sweep" in proc.stderr and not (tmp_path / "results.md").exists()

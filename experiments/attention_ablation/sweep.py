@@ -2,13 +2,15 @@
 
     python run.py --mode=sweep --config=experiments/attention_ablation/sweep.py \
         --workdir=/tmp/attention_ablation
+    python experiments/sweep_report.py experiments/attention_ablation   # table + plots
     python run.py --mode=sweep --config=experiments/attention_ablation/sweep.py:smoke \
         --workdir=/tmp/attention_smoke        # CI: 2 variants x 2 seeds, a few steps
 
 Every variant trains with the same data, budget (steps x batch x block) and seeds; the
 runner (`gpt2jax/cli/sweep.py`) calls `gpt2jax.training.loop.train_and_evaluate` once per
-(variant, seed) in `<workdir>/<variant>/seed_<s>` and writes `results.json`, `results.md`
-and two PNGs to `results_dir` (default sweep: this folder; smoke: the workdir). Expected
+(variant, seed) in `<workdir>/<variant>/seed_<s>` and writes `results.json` to `results_dir`
+(default sweep: this folder; smoke: the workdir); `experiments/sweep_report.py` turns it into
+`results.md` and two PNGs. Expected
 (default, idle 2-core CPU: ~26 min, 18 runs of ~85 s): see README.md in this folder.
 
 Add a variant: `c.variants.<name> = ml_collections.ConfigDict({"model": {...}})`, a nested

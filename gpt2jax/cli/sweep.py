@@ -1,12 +1,13 @@
-"""`--mode=sweep`: train every (variant, seed) of a sweep config, then a table and plots.
+"""`--mode=sweep`: train every (variant, seed) of a sweep config; write `results.json`.
 
 A sweep config (e.g. `experiments/attention_ablation/sweep.py`) holds `base` (a full
 `--mode=train` config), `variants` (name -> nested override of `base`), `seeds`,
 `baseline`, `only` and `results_dir`. Each run calls `gpt2jax.training.loop.train_and_evaluate`
 in `<workdir>/<variant>/seed_<s>`; a finished run leaves `sweep_result.json` there and is
-not trained again (an interrupted sweep resumes where it stopped). Outputs in
-`results_dir` ("" = the workdir): `results.json`, `results.md`, `val_loss.png`,
-`loss_vs_throughput.png`.
+not trained again (an interrupted sweep resumes where it stopped). Output: `results.json` in
+`results_dir` ("" = the workdir): every run's curves and numbers, and a per-variant summary.
+Presentation (the markdown table, the plots) is not the library's: it lives in
+`experiments/sweep_report.py`, which reads that file.
 """
 
 from __future__ import annotations
@@ -146,75 +147,9 @@ def summarize(records: list[dict], variants, baseline: str) -> list[dict]:
     return rows
 
 
-def _flat(overrides: dict, prefix: str = "") -> str:
-    items = []
-    for k, v in overrides.items():
-        if isinstance(v, dict):
-            items.append(_flat(v, f"{prefix}{k}."))
-        else:
-            items.append(f"{prefix}{k}={v}")
-    return ", ".join(i for i in items if i) or "(base)"
-
-
-def markdown_table(rows: list[dict], baseline: str) -> str:
-    """The results as a markdown table (val loss mean ± std over seeds)."""
-    lines = [
-        f"| variant | overrides | val loss (mean ± std) | Δ vs {baseline} | tokens/s | params "
-        "| KV cache B/token |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        delta = "" if r["delta_vs_baseline"] is None else f"{r['delta_vs_baseline']:+.3f}"
-        std = "n/a (1 seed)" if r["val_loss_std"] is None else f"{r['val_loss_std']:.3f}"
-        lines.append(
-            f"| {r['variant']} | {_flat(r['overrides'])} | {r['val_loss_mean']:.3f} ± "
-            f"{std} | {delta} | {r['tokens_per_sec']:,.0f} | "
-            f"{r['params']:,} | {r['kv_cache_bytes_per_token']:,} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(records: list[dict], rows: list[dict], out_dir: Path) -> list[Path]:
-    """val_loss.png (mean curve per variant, band = min..max over seeds) and
-    loss_vs_throughput.png (final val loss ± std against tokens/s)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        curves = [r["val_curve"] for r in records if r["variant"] == row["variant"]]
-        n = min(len(c) for c in curves)
-        steps = [p[0] for p in curves[0][:n]]
-        vals = np.array([[p[1] for p in c[:n]] for c in curves])
-        line, = ax.plot(steps, vals.mean(0), label=row["variant"])
-        ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.15, color=line.get_color())
-    ax.set(xlabel="step", ylabel="validation loss (nats/token)",
-           title="Attention variants: validation loss (mean over seeds, band = min..max)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    curves_png = out_dir / "val_loss.png"
-    fig.savefig(curves_png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for row in rows:
-        ax.errorbar(row["tokens_per_sec"], row["val_loss_mean"], yerr=row["val_loss_std"] or 0.0,
-                    fmt="o", capsize=3)
-        ax.annotate(row["variant"], (row["tokens_per_sec"], row["val_loss_mean"]),
-                    textcoords="offset points", xytext=(5, 5))
-    ax.set(xlabel="training throughput (tokens/s)", ylabel="final validation loss",
-           title="Final validation loss against throughput (± std over seeds)")
-    ax.grid(alpha=0.3)
-    tradeoff_png = out_dir / "loss_vs_throughput.png"
-    fig.savefig(tradeoff_png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [curves_png, tradeoff_png]
-
-
 def run_sweep(sweep, workdir: str | Path) -> dict:
-    """Runs (or resumes) every run of `sweep` under `workdir`; writes and returns the results."""
+    """Runs (or resumes) every run of `sweep` under `workdir`; writes and returns the results
+    (`results.json` in `sweep.results_dir`, or in `workdir` if that is "")."""
     workdir = Path(workdir).expanduser().resolve()
     out_dir = Path(sweep.results_dir).expanduser() if sweep.results_dir else workdir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,9 +169,10 @@ def run_sweep(sweep, workdir: str | Path) -> dict:
         "runs": records,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (out_dir / "results.md").write_text(markdown_table(rows, sweep.baseline))
-    plot(records, rows, out_dir)
-    print(markdown_table(rows, sweep.baseline), flush=True)
+    for r in rows:
+        print(f"sweep: {r['variant']}: val loss {r['val_loss_mean']:.3f}", flush=True)
+    print(f"sweep: wrote {out_dir / 'results.json'}; table and plots: "
+          f"python experiments/sweep_report.py {out_dir}", flush=True)
     return results
 
 
