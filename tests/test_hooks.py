@@ -6,10 +6,8 @@ scan_layers on and off, jit, and the unchanged program when no hook is requested
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from gpt2jax import GPT2, GPT2Config, hook_names, init_params, run_with_cache, run_with_hooks
 from gpt2jax.errors import ConfigError
@@ -122,133 +120,160 @@ def test_no_hook_is_the_same_program(hf):
 
 
 def _tiny_params(cfg):
-    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(3))
-    # random biases so that mean-ablation differs from zero-ablation
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: x + 0.05 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
-        if "bias" in str(path[-1]) else x, params)
+    """Random params drawn with numpy from the abstract shapes (no init compile): every
+    weight and bias random, LayerNorm scales around 1."""
+    rng = np.random.default_rng(3)
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+    def draw(path, leaf):
+        base = 1.0 if str(path[-1].key) == "scale" else 0.0
+        return (base + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _apply(cfg, params, ids, fwd_hooks=()):
-    return np.asarray(jax.jit(lambda p, x: run_with_hooks(cfg, p, x, fwd_hooks))(params, ids))
+    return run_with_hooks(cfg, params, ids, fwd_hooks)
 
 
+# Each variant once; together they cover every attention variant of GPT2Config.
 VARIANTS = {
-    "gpt2": {}, "gqa": dict(n_kv_heads=2), "mqa_rope": dict(n_kv_heads=1, position="rope"),
-    "alibi": dict(position="alibi"), "window": dict(sliding_window=4),
-    "post_ln": dict(norm_position="post"), "qk_norm": dict(qk_norm=True),
-    "xla": dict(attention_impl="xla"), "remat": dict(remat="full"),
+    "gpt2": {}, "gqa_post_ln": dict(n_kv_heads=2, norm_position="post"),
+    "mqa_rope_qk_norm": dict(n_kv_heads=1, position="rope", qk_norm=True),
+    "alibi_window": dict(position="alibi", sliding_window=4),
+    "xla": dict(attention_impl="xla"), "remat_nope": dict(remat="full", position="none"),
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_head_ablation_equals_zeroed_output_weights(variant):
-    """Zero- and mean-ablating head h of layer 1 on hook_z == zeroing its rows of c_proj (and
-    moving its mean contribution into the bias): an independent edit of the weights."""
-    cfg = GPT2Config(**TINY, **VARIANTS[variant])
-    params = _tiny_params(cfg)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 10)).astype(np.int32)
-    zero = _apply(cfg, params, ids, [("blocks.1.attn.hook_z", lambda z, n: z.at[:, :, 2].set(0))])
-    edited = jax.tree.map(lambda x: x, params)
-    kernel = edited["h_1"]["attn"]["c_proj"]["kernel"]  # [H, D, E]
-    edited["h_1"]["attn"]["c_proj"]["kernel"] = kernel.at[2].set(0)
-    np.testing.assert_allclose(zero, _apply(cfg, edited, ids), atol=1e-5)
-    assert np.abs(zero - _apply(cfg, params, ids)).max() > 1e-3  # the hook did something
-    _, cache = run_with_cache(cfg, params, ids, "blocks.1.attn.hook_z")
-    mean_z = cache["blocks.1.attn.hook_z"][:, :, 2].mean((0, 1))  # [D]
-    mean = _apply(cfg, params, ids, [("blocks.1.attn.hook_z",
-                                      lambda z, n: z.at[:, :, 2].set(mean_z))])
-    bias = edited["h_1"]["attn"]["c_proj"]["bias"]
-    edited["h_1"]["attn"]["c_proj"]["bias"] = bias + mean_z @ kernel[2]
-    np.testing.assert_allclose(mean, _apply(cfg, edited, ids), atol=1e-5)
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_variants_capture_scan_and_missing_hooks(variant):
-    """Every variant: all its hook points, equal with scan_layers on and off, consistent with
-    each other; the points it lacks are clear errors naming the variant."""
-    cfg = GPT2Config(**TINY, **VARIANTS[variant])
-    params = _tiny_params(cfg)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 10)).astype(np.int32)
-    logits, cache = jax.jit(lambda p, x: run_with_cache(cfg, p, x))(params, ids)
-    np.testing.assert_allclose(logits, _apply(cfg, params, ids), atol=1e-5)
+def _variant_run(cfg, params, ids):
+    """Everything a variant test compares, in one compiled program (one compile per variant)."""
+    logits, cache = run_with_cache(cfg, params, ids)
     scan_cfg = cfg.replace(scan_layers=True)
-    s_logits, s_cache = jax.jit(lambda p, x: run_with_cache(scan_cfg, p, x))(
-        scan_lib.stack_layers(params), ids)
-    np.testing.assert_allclose(s_logits, logits, atol=1e-5)
-    assert list(s_cache) == list(cache) == sorted(hook_names(cfg))
+    s_logits, s_cache = run_with_cache(scan_cfg, scan_lib.stack_layers(params), ids)
+    # Head 2 of layer 1: zero- and mean-ablated on hook_z, and the same done to the weights.
+    z = "blocks.1.attn.hook_z"
+    mean_z = cache[z][:, :, 2].mean((0, 1))  # [D]
+    kernel = params["h_1"]["attn"]["c_proj"]["kernel"]  # [H, D, E]
+    zeroed = jax.tree.map(lambda x: x, params)
+    zeroed["h_1"]["attn"]["c_proj"]["kernel"] = kernel.at[2].set(0)
+    moved = jax.tree.map(lambda x: x, zeroed)
+    moved["h_1"]["attn"]["c_proj"]["bias"] = (params["h_1"]["attn"]["c_proj"]["bias"]
+                                              + mean_z @ kernel[2])
+    return dict(
+        logits=logits, cache=cache, s_logits=s_logits, s_cache=s_cache,
+        plain=_apply(cfg, params, ids),
+        zero=_apply(cfg, params, ids, [(z, lambda v, n: v.at[:, :, 2].set(0))]),
+        zero_ref=_apply(cfg, zeroed, ids),
+        mean=_apply(cfg, params, ids, [(z, lambda v, n: v.at[:, :, 2].set(mean_z))]),
+        mean_ref=_apply(cfg, moved, ids),
+    )
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants(variant):
+    """Every variant: all its hook points, equal with scan_layers on and off, consistent with
+    each other; zero-/mean-ablating a head on hook_z equals zeroing its rows of c_proj (and
+    moving its mean output into the bias), an independent edit of the weights; the points a
+    variant lacks are clear errors naming it."""
+    cfg = GPT2Config(**TINY, **VARIANTS[variant])
+    params = _tiny_params(cfg)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 10)).astype(np.int32)
+    out = jax.device_get(jax.jit(lambda p, x: _variant_run(cfg, p, x))(params, ids))
+    cache = out["cache"]
+    np.testing.assert_allclose(out["logits"], out["plain"], atol=1e-5)
+    np.testing.assert_allclose(out["s_logits"], out["plain"], atol=1e-5)
+    assert list(out["s_cache"]) == list(cache) == sorted(hook_names(cfg))
     for name in cache:
-        np.testing.assert_allclose(s_cache[name], cache[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(out["s_cache"][name], cache[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(out["zero"], out["zero_ref"], atol=1e-5)
+    np.testing.assert_allclose(out["mean"], out["mean_ref"], atol=1e-5)
+    assert np.abs(out["zero"] - out["plain"]).max() > 1e-3  # the hook did something
+    assert np.abs(out["zero"] - out["mean"]).max() > 1e-3
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         attn_part = cache[p + "hook_resid_mid"] - cache[p + "hook_resid_pre"]
         np.testing.assert_allclose(attn_part, cache[p + "hook_attn_out"], atol=1e-5)
         if p + "attn.hook_pattern" in cache:
+            scores = cache[p + "attn.hook_attn_scores"]
+            expect = np.exp(scores - scores.max(-1, keepdims=True))
             np.testing.assert_allclose(cache[p + "attn.hook_pattern"],
-                                       jax.nn.softmax(cache[p + "attn.hook_attn_scores"]),
-                                       atol=1e-6)
-    for local, fragment in (("hook_pos_embed", f"position={cfg.position!r}"),
-                            ("blocks.0.attn.hook_rot_q", f"position={cfg.position!r}"),
-                            ("blocks.0.attn.hook_pattern", "attention_impl='xla'"),
-                            ("ln_final.hook_normalized", "norm_position='post'")):
-        if local not in cache:
+                                       expect / expect.sum(-1, keepdims=True), atol=1e-6)
+    for name, fragment in (("hook_pos_embed", f"position={cfg.position!r}"),
+                           ("blocks.0.attn.hook_rot_q", f"position={cfg.position!r}"),
+                           ("blocks.0.attn.hook_pattern", "attention_impl='xla'"),
+                           ("ln_final.hook_normalized", "norm_position='post'")):
+        if name not in cache:
             with pytest.raises(ConfigError, match=fragment):
-                run_with_cache(cfg, params, ids, local)
+                jax.eval_shape(lambda p, x: run_with_cache(cfg, p, x, name), params, ids)
 
 
-def test_interventions_equal_input_edits(hf):
-    """Patching the residual stream from another prompt and steering with a vector, each equal
-    to an edit of the inputs or weights that HF-free arithmetic makes obvious."""
-    _, (cfg, params) = hf
-    rng = np.random.default_rng(2)
-    a, b = (rng.integers(0, cfg.vocab_size, (1, 10)).astype(np.int32) for _ in range(2))
+def _interventions(cfg, params, a, b, vec):
+    """Pairs (hooked logits, logits of an equivalent input/weight edit), one program."""
     _, cache_b = run_with_cache(cfg, params, b, ["blocks.0.hook_resid_pre",
                                                  "blocks.1.hook_resid_post"])
     # patch position 4 of the embeddings from b == run a with b's token 4
     patch = [("blocks.0.hook_resid_pre",
               lambda v, n: v.at[:, 4].set(cache_b["blocks.0.hook_resid_pre"][:, 4]))]
-    swapped = a.copy()
-    swapped[:, 4] = b[:, 4]
-    np.testing.assert_allclose(_apply(cfg, params, a, patch), _apply(cfg, params, swapped),
-                               atol=1e-5)
+    pairs = {"patch_pos": (_apply(cfg, params, a, patch),
+                           _apply(cfg, params, a.at[:, 4].set(b[:, 4])))}
     # the last block's whole output from b == b's logits
     patch = [("blocks.1.hook_resid_post", lambda v, n: cache_b["blocks.1.hook_resid_post"])]
-    np.testing.assert_allclose(_apply(cfg, params, a, patch), _apply(cfg, params, b), atol=1e-5)
-    # steering: a vector added to the stream entering block 0 == added to every wpe row
-    vec = jnp.asarray(rng.normal(size=cfg.n_embd), jnp.float32)
-    steer = [("blocks.0.hook_resid_pre", lambda v, n: v + vec)]
-    shifted = jax.tree.map(lambda x: x, params)
-    shifted["wpe"]["embedding"] = params["wpe"]["embedding"] + vec
-    np.testing.assert_allclose(_apply(cfg, params, a, steer), _apply(cfg, shifted, a), atol=1e-5)
-    # None keeps the value; two hooks on one name run in order
-    np.testing.assert_array_equal(
-        _apply(cfg, params, a, [("hook_embed", lambda v, n: None)]), _apply(cfg, params, a))
-    twice = [("blocks.0.hook_resid_pre", lambda v, n: v + vec)] * 2
-    shifted["wpe"]["embedding"] = params["wpe"]["embedding"] + 2 * vec
-    np.testing.assert_allclose(_apply(cfg, params, a, twice), _apply(cfg, shifted, a), atol=1e-5)
+    pairs["patch_all"] = (_apply(cfg, params, a, patch), _apply(cfg, params, b))
+    # steering: a vector added to the stream entering block 0 == added to every wpe row;
+    # two hooks on one name run in order (2 * vec)
+    for times in (1, 2):
+        shifted = jax.tree.map(lambda x: x, params)
+        shifted["wpe"]["embedding"] = params["wpe"]["embedding"] + times * vec
+        steer = [("blocks.0.hook_resid_pre", lambda v, n: v + vec)] * times
+        pairs[f"steer_{times}"] = (_apply(cfg, params, a, steer), _apply(cfg, shifted, a))
+    # None keeps the value
+    pairs["none"] = (_apply(cfg, params, a, [("hook_embed", lambda v, n: None)]),
+                     _apply(cfg, params, a))
+    return pairs
+
+
+def test_interventions_equal_input_edits(hf):
+    """Patching the residual stream from another prompt and steering with a vector, each equal
+    to an edit of the inputs or of the weights."""
+    _, (cfg, params) = hf
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(0, cfg.vocab_size, (1, 10)).astype(np.int32) for _ in range(2))
+    vec = rng.normal(size=cfg.n_embd).astype(np.float32)
+    pairs = jax.jit(lambda p, a, b, v: _interventions(cfg, p, a, b, v))(params, a, b, vec)
+    for name, (hooked, edited) in pairs.items():
+        np.testing.assert_allclose(hooked, edited, atol=1e-5, err_msg=name)
+    assert np.abs(pairs["steer_1"][0] - pairs["none"][0]).max() > 1e-3
 
 
 def test_hook_under_scan_touches_only_its_layer(hf, tmp_path):
     model, (cfg, params) = hf
     scan_cfg, scan_params = converted(model, tmp_path, scan_layers=True)
-    ids, mask, _ = left_padded_batch()
+    ids, _, _ = left_padded_batch()
     hook = [("blocks.1.mlp.hook_post", lambda v, n: v * 0.5)]
-    ours = _apply(scan_cfg, scan_params, ids, hook)
-    np.testing.assert_allclose(ours, _apply(cfg, params, ids, hook), atol=1e-5)
-    assert np.abs(ours - _apply(cfg, params, ids)).max() > 1e-3
+
+    def run(p, sp, x):
+        return (_apply(scan_cfg, sp, x, hook), _apply(cfg, p, x, hook), _apply(cfg, p, x))
+
+    scanned, unrolled, plain = jax.jit(run)(params, scan_params, ids)
+    np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+    assert np.abs(scanned - plain).max() > 1e-3
 
 
 def test_bad_hook_requests_are_clear_errors(hf):
     _, (cfg, params) = hf
     ids = np.zeros((1, 4), np.int32)
+
+    def trace(fn):  # errors are raised while tracing: no need to run anything
+        return jax.eval_shape(fn, params, ids)
+
     with pytest.raises(ConfigError, match="Unknown hook point 'blocks.0.hook_nope'"):
-        run_with_cache(cfg, params, ids, ["blocks.0.hook_nope"])
+        trace(lambda p, x: run_with_cache(cfg, p, x, ["blocks.0.hook_nope"]))
     with pytest.raises(ConfigError, match="layer 7 does not exist"):
-        run_with_hooks(cfg, params, ids, [("blocks.7.hook_resid_pre", lambda v, n: v)])
+        trace(lambda p, x: run_with_hooks(cfg, p, x, [("blocks.7.hook_resid_pre",
+                                                       lambda v, n: v)]))
     with pytest.raises(ConfigError, match="must keep the shape"):
-        run_with_hooks(cfg, params, ids, [("hook_embed", lambda v, n: v[:, :1])])
+        trace(lambda p, x: run_with_hooks(cfg, p, x, [("hook_embed", lambda v, n: v[:, :1])]))
     with pytest.raises(ConfigError, match="must be a function"):
-        run_with_hooks(cfg, params, ids, [("hook_embed", 3.0)])
-    names = run_with_cache(cfg, params, ids, lambda n: n.endswith("hook_z"))[1]
+        trace(lambda p, x: run_with_hooks(cfg, p, x, [("hook_embed", 3.0)]))
+    names = trace(lambda p, x: run_with_cache(cfg, p, x, lambda n: n.endswith("hook_z")))[1]
     assert list(names) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
-    assert torch is not None  # HF's torch is the reference of this module
