@@ -13,6 +13,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import common
+from gpt2jax.eval import perplexity as ppl_lib
 from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 from gpt2jax.parallel import sharding
@@ -156,3 +157,25 @@ def test_config_key_is_checked():
         train.TrainConfig.from_config(c)
     with pytest.raises(Exception, match="loss_chunk_size"):
         train.TrainConfig.from_config(common.train_config(loss_chunk_size=-1))
+
+
+@pytest.mark.parametrize("length,stride", [(8, 3), (8, 8), (8, 7), (6, 1)])
+def test_perplexity_scores_only_scored_positions_equal_full_logits(length, stride, monkeypatch):
+    """Strided windows: the head on scored positions only, chunked lse (3 tokens: chunks that
+    do not divide) == full logits of every window, window by window (text of 29 tokens)."""
+    params = _params()
+    ids = np.random.default_rng(3).integers(0, CFG.vocab_size, 29)
+    windows = ppl_lib.plan_windows(len(ids), length, stride)
+    calls = []
+    make_fn = ppl_lib._window_nll_fn
+    monkeypatch.setattr(ppl_lib, "_window_nll_fn", lambda *a: calls.append(a) or make_fn(*a))
+    ours = ppl_lib.window_nll_sums(CFG, params, ids, windows, batch_size=2, chunk_tokens=3)
+    offsets = {offset for _, offset, _ in calls}
+    # the later windows skipped the head on all but their last `stride` positions
+    assert offsets == ({0} if stride >= length - 1 else {0, length - 1 - stride})
+    apply = jax.jit(GPT2(CFG).apply)
+    for w in range(len(windows)):
+        inputs, targets, weights = ppl_lib.window_batch(ids, windows, np.array([w]))
+        logits = apply({"params": params}, jnp.asarray(inputs))
+        full = float(jnp.sum(ppl_lib.token_nll(logits, jnp.asarray(targets)) * weights))
+        np.testing.assert_allclose(ours[w], full, rtol=1e-6, err_msg=str(w))

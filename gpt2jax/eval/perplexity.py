@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
 
 
@@ -158,14 +159,32 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
+# Tokens whose logits exist at once while scoring: [128, V] float32 is 26 MB at V = 50257,
+# under glibc's 32 MB mmap threshold, so the buffer is reused instead of page-faulted anew.
+EVAL_CHUNK_TOKENS = 128
+
+
+def scored_offset(windows: Windows, first: bool) -> int:
+    """The first input position whose target some window scores: 0 for the first window,
+    `L - 1 - min(stride, L - 1)` for every later one (they score only their last `stride`
+    targets). The last position, L - 1, never has a target inside its window."""
+    later = (windows.score_start - windows.begin - 1)[1:]
+    return 0 if first or not len(later) else int(later.min())
+
+
 @functools.lru_cache(maxsize=16)
-def _window_nll_fn(cfg: GPT2Config):
-    """A jitted `(params, inputs [B,L], targets [B,L], weights [B,L]) -> nll sums [B]`."""
+def _window_nll_fn(cfg: GPT2Config, offset: int, chunk_tokens: int):
+    """A jitted `(params, inputs [B,L], targets [B,L], weights [B,L]) -> nll sums [B]` that
+    applies the head only to positions [offset, L - 1), `chunk_tokens` tokens at a time."""
     model = GPT2(cfg)
 
     def window_nll(params, inputs, targets, weights):
-        logits = model.apply({"params": params}, inputs)
-        return jnp.sum(token_nll(logits, targets) * weights, axis=-1)
+        hidden = model.apply({"params": params}, inputs, return_hidden=True)
+        end = inputs.shape[1] - 1
+        nll, _ = loss_lib.chunked_token_sums(
+            hidden[:, offset:end], loss_lib.head_embedding(params), targets[:, offset:end],
+            weights[:, offset:end], chunk_tokens, cfg.compute_dtype, with_correct=False)
+        return nll
 
     return jax.jit(window_nll)
 
@@ -187,17 +206,20 @@ def check_tokens(cfg: GPT2Config, token_ids: np.ndarray) -> np.ndarray:
 
 def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Windows,
                     batch_size: int = 8, mesh: Mesh | None = None, axis_rules=(),
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False,
+                    chunk_tokens: int = EVAL_CHUNK_TOKENS) -> np.ndarray:
     """Summed NLL of the scored targets of every window: [W] float64.
 
     Every batch has the same shape [batch_size, context_length] (the last one is padded
-    with empty rows), so the forward pass compiles once.
+    with empty rows), so the forward pass compiles at most twice: the first batch applies
+    the head to every position (the first window scores them all), later ones only to the
+    last `stride` positions. The log-sum-exp runs over `chunk_tokens` tokens at a time
+    (0 = all at once), so no [batch, length, vocab] logits exist.
     """
     place = Placement(mesh, axis_rules)
     params = place.put_params(params, logical_axes(cfg))
     dp = place.data_parallel_size
     batch_size = -(-batch_size // dp) * dp  # a multiple of the data-parallel size
-    fn = _window_nll_fn(cfg)
     n = len(windows)
     out = np.zeros(n, np.float64)
     starts = range(0, n, batch_size)
@@ -205,6 +227,10 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         rows = np.arange(start, start + batch_size)
         rows[rows >= n] = -1
         arrays = window_batch(token_ids, windows, rows)
+        offset = scored_offset(windows, first=start == 0)
+        # the head sees positions [offset, L - 1) only: no weight may lie outside them
+        assert not arrays[2][:, :offset].any() and not arrays[2][:, -1].any(), offset
+        fn = _window_nll_fn(cfg, offset, chunk_tokens)
         arrays = place.put_batch(arrays, local=False)
         with place.context():
             sums = np.asarray(fn(params, *arrays), np.float64)

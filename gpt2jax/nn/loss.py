@@ -44,19 +44,21 @@ def positions_per_chunk(batch: int, length: int, chunk_tokens: int) -> int:
     return max(1, min(length, chunk_tokens // max(batch, 1)))
 
 
-def _chunk_sums(hidden, embedding, targets, weights, dtype):
+def _chunk_sums(hidden, embedding, targets, weights, dtype, with_correct: bool = True):
     """Per-row sums of one chunk: hidden [B, c, E], targets [B, c] int, weights [B, c] float.
 
     Returns (nll [B], correct [B]) float32: sum of weight * (lse - target logit) and of
-    weight * (argmax == target).
+    weight * (argmax == target) (zeros without `with_correct`: one pass less over the logits).
     """
     logits = head_logits(hidden, embedding, dtype)
     logits = sharding.constrain(logits, ("batch", "length", "vocab"))
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    nll = jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target_logit) * weights, axis=-1)
+    if not with_correct:
+        return nll, jnp.zeros_like(nll)
     # the argmax is not differentiable: no gradient flows through `correct`
     correct = jax.lax.stop_gradient((jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32))
-    return jnp.sum(nll * weights, axis=-1), jnp.sum(correct * weights, axis=-1)
+    return nll, jnp.sum(correct * weights, axis=-1)
 
 
 def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
@@ -66,7 +68,8 @@ def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
 
 
 def chunked_token_sums(hidden: jax.Array, embedding: jax.Array, targets: jax.Array,
-                       weights: jax.Array, chunk_tokens: int, dtype=jnp.float32):
+                       weights: jax.Array, chunk_tokens: int, dtype=jnp.float32,
+                       with_correct: bool = True):
     """Per-row cross-entropy sums through the tied head, a chunk of positions at a time.
 
     Args:
@@ -78,6 +81,7 @@ def chunked_token_sums(hidden: jax.Array, embedding: jax.Array, targets: jax.Arr
         positions in one chunk (no loop). A chunk size that does not divide T is fine: the
         last chunk is padded with weight-0 positions.
       dtype: the model's compute dtype (the head's matmul dtype).
+      with_correct: also count `argmax == target` (else `correct` is zeros).
     Returns:
       (nll [B], correct [B]) float32: per row, the weighted sum of `-log p(target)` and of
       `argmax == target`. Differentiable in `hidden` and `embedding` (the backward pass
@@ -87,14 +91,14 @@ def chunked_token_sums(hidden: jax.Array, embedding: jax.Array, targets: jax.Arr
     weights = weights.astype(jnp.float32)
     c = positions_per_chunk(batch, length, chunk_tokens)
     if c >= length:
-        return _chunk_sums(hidden, embedding, targets, weights, dtype)
+        return _chunk_sums(hidden, embedding, targets, weights, dtype, with_correct)
     n = -(-length // c)
     pad = n * c - length
     if pad:  # padded positions: zero hidden (finite logits), target 0, weight 0
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
-    chunk_fn = jax.checkpoint(lambda h, e, t, w: _chunk_sums(h, e, t, w, dtype),
+    chunk_fn = jax.checkpoint(lambda h, e, t, w: _chunk_sums(h, e, t, w, dtype, with_correct),
                               prevent_cse=False)
 
     def body(carry, xs):
