@@ -8,8 +8,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 
-from gpt2jax import GPT2, ModelOutput
+from gpt2jax import GPT2, ModelOutput, generate
 from gpt2jax.errors import ConfigError
 from hf_tiny import converted, hf_forward, hf_model, left_padded_batch
 
@@ -54,10 +56,11 @@ def test_hidden_states_and_attentions_equal_hf(hf, tmp_path, scan_layers):
 def test_plain_apply_unchanged_and_flags_alone(hf):
     _, (cfg, params) = hf
     ids, mask, positions = left_padded_batch()
-    plain = GPT2(cfg).apply({"params": params}, ids, attention_mask=mask, position_ids=positions)
+    plain, only_hidden = jax.jit(lambda p, x, m, q: (
+        GPT2(cfg).apply({"params": p}, x, attention_mask=m, position_ids=q),
+        GPT2(cfg).apply({"params": p}, x, attention_mask=m, position_ids=q,
+                        output_hidden_states=True)))(params, ids, mask, positions)
     assert not isinstance(plain, ModelOutput) and plain.shape == (2, ids.shape[1], cfg.vocab_size)
-    only_hidden = GPT2(cfg).apply({"params": params}, ids, attention_mask=mask,
-                                  position_ids=positions, output_hidden_states=True)
     assert only_hidden.attentions is None and len(only_hidden.hidden_states) == cfg.n_layer + 1
     np.testing.assert_array_equal(np.asarray(only_hidden.logits), np.asarray(plain))
 
@@ -68,3 +71,54 @@ def test_output_attentions_needs_the_einsum_kernel(hf):
     with pytest.raises(ConfigError, match="attention_impl='xla'"):
         GPT2(cfg.replace(attention_impl="xla")).apply({"params": params}, ids,
                                                       output_attentions=True)
+
+
+def test_generate_output_scores_equal_hf_greedy(hf):
+    model, (cfg, params) = hf
+    ids, mask, _ = left_padded_batch(seed=3, length=8, pads=3)
+    kwargs = dict(max_new_tokens=5, repetition_penalty=1.3, no_repeat_ngram_size=2,
+                  eos_token_id=5, pad_token_id=0, min_new_tokens=2)
+    ours = generate(cfg, params, ids, mask, return_dict=True, output_scores=True, **kwargs)
+    with torch.no_grad():
+        ref = model.generate(torch.as_tensor(ids, dtype=torch.long),
+                             attention_mask=torch.as_tensor(mask), do_sample=False,
+                             return_dict_in_generate=True, output_scores=True, **kwargs)
+    np.testing.assert_array_equal(ours.sequences, ref.sequences.numpy())
+    assert len(ours.scores) == len(ref.scores) == ours.sequences.shape[1] - ids.shape[1]
+    for t, (mine, theirs) in enumerate(zip(ours.scores, ref.scores)):
+        assert mine.shape == tuple(theirs.shape)
+        np.testing.assert_allclose(mine, theirs.numpy(), atol=1e-5, err_msg=f"step {t}")
+    assert np.isneginf(ours.scores[0][:, 5]).all()  # EOS suppressed by min_new_tokens
+
+
+def test_generate_output_scores_sampling_equal_hf_warpers(hf):
+    """Sampling draws differ between torch and JAX, so HF's processors and warpers are run
+    on HF's own logits for our sampled sequences, step by step."""
+    model, (cfg, params) = hf
+    ids, mask, _ = left_padded_batch(seed=4, length=8, pads=2)
+    ours = generate(cfg, params, ids, mask, return_dict=True, output_scores=True,
+                    do_sample=True, temperature=0.7, top_k=10, top_p=0.9, max_new_tokens=4,
+                    eos_token_id=None, seed=1)
+    warpers = transformers.LogitsProcessorList([
+        transformers.TemperatureLogitsWarper(0.7), transformers.TopKLogitsWarper(10),
+        transformers.TopPLogitsWarper(0.9)])
+    seqs = torch.as_tensor(ours.sequences, dtype=torch.long)
+    prompt = ids.shape[1]
+    assert len(ours.scores) == 4
+    for t, mine in enumerate(ours.scores):
+        full_mask = np.concatenate([mask, np.ones((2, t), mask.dtype)], axis=1)
+        positions = np.where(full_mask == 1, np.cumsum(full_mask, -1) - 1, 1)
+        logits = hf_forward(model, seqs[:, :prompt + t].numpy(), full_mask, positions).logits
+        theirs = warpers(seqs[:, :prompt + t], logits[:, -1]).numpy()
+        np.testing.assert_allclose(mine, theirs, atol=1e-5, err_msg=f"step {t}")
+        assert np.isneginf(mine).sum(-1).min() >= cfg.vocab_size - 10  # top-k applied
+
+
+def test_output_scores_bad_requests(hf):
+    _, (cfg, params) = hf
+    ids = np.ones((1, 4), np.int32)
+    with pytest.raises(ConfigError, match="return_dict=True"):
+        generate(cfg, params, ids, output_scores=True, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="num_beams=2"):
+        generate(cfg, params, ids, return_dict=True, output_scores=True, num_beams=2,
+                 max_new_tokens=2)

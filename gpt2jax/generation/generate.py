@@ -35,6 +35,7 @@ from gpt2jax.generation.plan import (DecodeState, Plan, Runtime, batch_bucket, b
                                      fill_value, key_mask, model_step, prompt_positions,
                                      valid_positions)
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
+from gpt2jax.generation.scores import check_output_scores, step_scores
 from gpt2jax.nn import model as model_lib
 from gpt2jax.nn.model import GPT2Config, init_cache
 from gpt2jax.parallel.placement import Placement
@@ -121,11 +122,12 @@ class GenerateOutput:
 
     sequences: np.ndarray
     sequences_scores: np.ndarray | None = None
+    scores: tuple | None = None  # output_scores: per new token [rows, V] (generation/scores.py)
 
 
 def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
              axis_rules=None, return_dict: bool = False,
-             streamer: Streamer | None = None, **kwargs):
+             streamer: Streamer | None = None, output_scores: bool = False, **kwargs):
     """Generates like HF `GPT2LMHeadModel.generate` (greedy, sampling, beam search).
 
     Args:
@@ -138,11 +140,13 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
       return_dict: return a `GenerateOutput` (with beam `sequences_scores`) instead of ids.
       streamer: for greedy/sampling, called as streamer(step, tokens [rows]) from inside the
         compiled loop as each token is produced (a separately compiled variant).
+      output_scores: with return_dict, HF's per-step `scores` (greedy / sampling).
       **kwargs: HF arguments, see `GenerationArgs`.
     Returns:
       int32 array [batch * num_return_sequences, prompt + new], or a `GenerateOutput`.
     """
     args = make_args(**kwargs)
+    check_output_scores(output_scores, return_dict, args.num_beams)
     if streamer is not None and mesh is not None:
         raise ConfigError("streamer= needs single-device decoding (ordered host callbacks); "
                           "drop mesh= or the streamer.")
@@ -154,6 +158,7 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     # Padding columns shared by all rows are cut (a fixed-width batch near the context limit
     # would not fit otherwise) and put back in front of the result, where HF has them.
     cut = droppable_columns(ids, mask, args.no_repeat_ngram_size)
+    prompt_mask = mask  # the whole prompt's mask, as HF's scores see it
     head, ids, mask = ids[:, :cut], ids[:, cut:], mask[:, cut:]
     plan, prompt, pmask, real = _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules,
                                       streamer is not None and args.num_beams == 1)
@@ -171,6 +176,8 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     rows = out.sequences.shape[0]
     out.sequences = np.concatenate([np.repeat(head, rows // len(head), axis=0), out.sequences],
                                    axis=1)
+    if output_scores:
+        out.scores = step_scores(cfg, params, out.sequences, prompt_mask, plan.score, rt.score)
     return out if return_dict else out.sequences
 
 
