@@ -103,7 +103,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
     c.seed = 0                     # PRNG seed for random init and for sampling
     c.data_dir = ""                # folder of the data files; "" = data dir, cache, download
-    c.tokenizer = "gpt2"           # tokenizer name (see gpt2jax.data.bpe)
     c.eval = eval_config(task)
     c.generate = common.generate_config()
     # The GPT-2 paper's generation settings: top-k 2 sampling, 100 tokens (summarisation);

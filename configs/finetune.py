@@ -24,7 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                     # PRNG seed: dropout, window order
     c.init_from = "gpt2"           # pretrained model (HF dir, weights file or hub name)
-    c.tokenizer = "gpt2"           # tokenizer of generation
     c.model = common.model_config()  # shapes replaced by the pretrained model's
     c.data = common.data_config(
         train_file="",             # required: --config.data.train_file=train.txt

@@ -31,7 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = common.model_config(**common.GPT2_SIZES[size])
     c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
     c.seed = 0                     # PRNG seed for parameter init
-    c.tokenizer = "gpt2"           # tokenizer name (see gpt2jax.data.bpe)
     c.generate = common.generate_config()
     c.mesh = common.mesh_config()
     # Training (python run.py --mode=train): nanoGPT's 124M OpenWebText recipe on token

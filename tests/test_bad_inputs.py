@@ -592,6 +592,12 @@ def _(work):
     return tiny_cli("--config.model=3", f"--workdir={work}")
 
 
+@case("config-wrong-tuple-cli", "cli", "--config.mesh.rules=3 (rules are (name, axes) pairs)",
+      ("--config.mesh.rules", "not a valid tuple", "('batch', ('data', 'fsdp'))"))
+def _(work):
+    return train_cli(work, "--config.mesh.rules=3")
+
+
 @case("config-file-missing-cli", "cli", "--config=configs/nope.py",
       ("does not exist", "--config=configs/gpt2.py:small"))
 def _(work):

@@ -90,3 +90,20 @@ def test_config_loads_and_builds(name, arg):
     except WeightsError:
         return  # an attention variant: no closed-form GPT-2 count
     assert count == _formula_count(cfg)
+
+
+def _read_keys() -> set[str]:
+    """Top-level config keys the library reads: `config.KEY` / `config["KEY"]` in gpt2jax/."""
+    package = CONFIG_DIR.parent / "gpt2jax"
+    text = "\n".join(p.read_text(encoding="utf-8") for p in package.rglob("*.py"))
+    return set(re.findall(r"\bconfig\.(\w+)", text)) | set(
+        re.findall(r"\bconfig\[\"(\w+)\"\]", text))
+
+
+@pytest.mark.parametrize("name,arg", _cases())
+def test_config_has_no_dead_keys(name, arg):
+    """Every top-level key of a config file is read somewhere (a dead key misleads users:
+    overriding it changes nothing)."""
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    dead = sorted(set(config.keys()) - _read_keys())
+    assert not dead, f"configs/{name}.py:{arg or ''} sets keys nothing reads: {dead}"

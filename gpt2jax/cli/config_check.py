@@ -1,12 +1,9 @@
-"""Config checks at the edge: unknown keys get the closest known key, wrong types get the type.
+"""Config errors at the edge: one line with the fix (closest key, expected type), exit 2.
 
-Two users:
-
-- `run.py` passes `parse_flags` to `absl.app.run`. It loads the `--config` file once itself and
-  checks every `--config.a.b=v` override against it *before* absl parses the flags, because
-  ml_collections raises a raw `KeyError`/`AttributeError` (a stack trace) for an unknown key and
-  absl prints a two-line "FATAL Flags parsing error" for a bad value. Problems become one line
-  on stderr and exit status 2, like every other user error of run.py.
+- `run.py` passes `parse_flags` to `absl.app.run`. The flags (and with them the `--config`
+  file and its `--config.a.b=v` overrides) are parsed once, by absl and
+  `ml_collections.config_flags`; what they raise (a `KeyError` with "Did you mean", an
+  `IllegalFlagValueError`, a traceback inside a message) is rewritten here as one line.
 - Library code and notebooks call `check_config(config, reference)` to compare a config
   (possibly edited by hand) with the one its config file produces.
 
@@ -15,100 +12,25 @@ Config files are Python: loading one runs its code. They must be trusted like co
 
 from __future__ import annotations
 
-import ast
 import difflib
-import importlib.util
+import re
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import ml_collections
 from absl import flags
 
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, GPT2JaxError
 
 CONFIG_FLAG = "config"
 USER_ERROR_EXIT = 2  # run.py's exit status for user errors
+_EXAMPLE = {"int": "1", "float": "0.1", "bool": "true", "tuple": '"(1, 2)"'}  # --config.x=...
 
 
 def closest(name: str, choices: Sequence[str]) -> str | None:
     """The choice most similar to `name` (difflib ratio >= 0.6), None if none is close."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
-
-
-def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    best = closest(name, choices)
-    if best is not None:
-        return f"did you mean {best!r}?"
-    return f"known keys: {sorted(choices)}."
-
-
-def lookup(config: ml_collections.ConfigDict, path: str) -> tuple[Any, type | None]:
-    """Value and declared type of the dotted `path` in `config`.
-
-    Raises:
-        ConfigError: naming the first unknown component and the closest known key.
-    """
-    node, parts = config, path.split(".")
-    for i, part in enumerate(parts):
-        where = ".".join(parts[:i]) or "the top level"
-        if not isinstance(node, ml_collections.ConfigDict):
-            raise ConfigError(
-                f"Config key {path!r}: {where} is a {type(node).__name__}, not a section; "
-                f"override {'.'.join(parts[:i])} itself."
-            )
-        if part not in node:
-            known = list(node.keys())
-            hint = _did_you_mean(part, known)
-            best = closest(part, known)
-            if best is not None:
-                hint = f"did you mean {'.'.join(parts[:i] + [best])!r}?"
-            raise ConfigError(f"Unknown config key {path!r} (no {part!r} in {where}); {hint}")
-        parent, node = node, node[part]
-    return node, parent.get_type(parts[-1])
-
-
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def parse_value(path: str, raw: str, current: Any, field_type: type | None) -> Any:
-    """Converts the command-line string `raw` to the type of the field at `path`.
-
-    Raises:
-        ConfigError: naming the expected type, the current value and an example.
-    """
-    kind = field_type or type(current)
-
-    def bad(example: str) -> ConfigError:
-        return ConfigError(
-            f"--{CONFIG_FLAG}.{path}={raw!r} is not a valid {kind.__name__} (current value "
-            f"{current!r}); pass e.g. --{CONFIG_FLAG}.{path}={example}."
-        )
-
-    if kind is bool:
-        if raw.lower() not in _BOOL_WORDS:
-            raise bad("true")
-        return _BOOL_WORDS[raw.lower()]
-    if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise bad(str(current if isinstance(current, int) else 1)) from None
-    if kind is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise bad(repr(float(current)) if current is not None else "0.1") from None
-    if kind in (tuple, list):
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            raise bad('"(1, 2)"') from None
-        if not isinstance(value, (tuple, list)):
-            raise bad('"(1, 2)"')
-        return value
-    return raw
 
 
 def check_config(
@@ -120,12 +42,11 @@ def check_config(
     for the first unknown key (with the closest known one) or wrongly typed value.
     """
     for key in config.keys():
-        path = f"{prefix}{key}"
+        path, value, expected = f"{prefix}{key}", config[key], reference.get(key)
         if key not in reference:
-            raise ConfigError(
-                f"Unknown config key {path!r}; {_did_you_mean(key, list(reference.keys()))}"
-            )
-        value, expected = config[key], reference[key]
+            best = closest(key, list(reference.keys()))
+            hint = f"did you mean {best!r}?" if best else f"known keys: {sorted(reference)}."
+            raise ConfigError(f"Unknown config key {path!r}; {hint}")
         if isinstance(expected, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"Config key {path!r} must be a section (ConfigDict), got "
@@ -150,78 +71,103 @@ def _compatible(value: Any, expected: Any) -> bool:
     return isinstance(value, type(expected))
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Runs `get_config(arg)` of a config file given as `path.py[:arg]` (runs its code!)."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ConfigError(f"Config file {path!r} does not exist; pass e.g. "
-                          f"--{CONFIG_FLAG}=configs/gpt2.py:small.")
-    module_spec = importlib.util.spec_from_file_location("_gpt2jax_checked_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg) if arg else module.get_config()
-    except (ValueError, KeyError, TypeError, AttributeError, SyntaxError, ImportError) as e:
-        raise ConfigError(f"Config file {spec!r} failed: {type(e).__name__}: {e}") from e
+# ----------------------------------------------------------------------------- run.py's flags
 
 
-def _overrides(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str | None]]]:
-    """`--config` spec and [(path, raw value or None)] from the command line."""
-    spec, out = None, []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, raw = arg.lstrip("-").partition("=")
-        if arg.startswith("-") and name == CONFIG_FLAG:
-            spec = raw if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-        elif arg.startswith("-") and name.startswith(f"{CONFIG_FLAG}."):
-            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                raw, eq = argv[i + 1], "="
-                i += 1
-            out.append((name[len(CONFIG_FLAG) + 1:], raw if eq else None))
-        elif arg.startswith("-") and name.startswith(f"no{CONFIG_FLAG}."):
-            out.append((name[len(CONFIG_FLAG) + 3:], None))
-        i += 1
-    return spec, out
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The dotted paths of every `--config.a.b[=v]` / `--noconfig.a.b` in `argv`."""
+    pattern = re.compile(rf"^--?(?:no)?{CONFIG_FLAG}\.([^=]+)")
+    return [m.group(1) for m in map(pattern.match, argv) if m]
 
 
-def check_argv(argv: Sequence[str]) -> None:
-    """Checks `--config` and every `--config.x.y=v` of `argv` (ConfigError on the first bad)."""
-    spec, overrides = _overrides(argv)
-    if spec is None:
-        return  # run.py itself says that --config is required
-    config = load_config_file(spec)
-    for path, raw in overrides:
-        current, field_type = lookup(config, path)
-        if isinstance(current, ml_collections.ConfigDict):
-            raise ConfigError(f"--{CONFIG_FLAG}.{path} is a section; override one of its keys "
-                              f"({sorted(current.keys())}).")
-        if raw is None:
-            if (field_type or type(current)) is not bool:
-                raise ConfigError(f"--{CONFIG_FLAG}.{path} needs a value; pass "
-                                  f"--{CONFIG_FLAG}.{path}=VALUE (current value {current!r}).")
-            continue
-        parse_value(path, raw, current, field_type)
+def _unknown_key(text: str, argv: Sequence[str]) -> str:
+    """ml_collections' KeyError/AttributeError text for a bad override path, as one line.
+
+    It names the missing key (quoted) and, when one is close, adds `Did you mean "x" instead
+    of "y"?`; the override it came from is the one with that key among its parts.
+    """
+    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    missing = suggestion.group(2) if suggestion else text.split("\n")[0].strip("'\"")
+    for path in _overrides(argv):
+        parts = path.split(".")
+        if missing in parts:
+            i = parts.index(missing)
+            fix = (f"did you mean {'.'.join(parts[:i] + [suggestion.group(1)])!r}?" if suggestion
+                   else "see the config file for its keys.")
+            return (f"Unknown config key {path!r} (no {missing!r} in "
+                    f"{'.'.join(parts[:i]) or 'the top level'}); {fix}")
+    return f"bad --{CONFIG_FLAG} override {_overrides(argv)}: {' '.join(text.split())}"
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(USER_ERROR_EXIT)
+def _bad_value(text: str) -> str:
+    """absl's `flag --NAME=VALUE: reason` as one line naming the expected type and an example."""
+    config_file = re.match(rf"flag --{CONFIG_FLAG}=(.*?): ", text)
+    if config_file:  # get_config raised: the last line of the traceback in the message
+        return f"Config file {config_file.group(1)!r} failed: {text.strip().splitlines()[-1]}"
+    field = re.match(rf"flag --{CONFIG_FLAG}\.([\w.]+)=(.*?): ", text, re.S)
+    if not field:
+        return " ".join(text.split())
+    path, raw = field.groups()
+    current = flags.FLAGS[CONFIG_FLAG].value  # parsed, overrides so far applied
+    for part in path.split("."):
+        current = current[part]
+    if isinstance(current, ml_collections.ConfigDict):
+        return (f"--{CONFIG_FLAG}.{path} is a section; override one of its keys "
+                f"({sorted(current.keys())}).")
+    kind = flags.FLAGS[f"{CONFIG_FLAG}.{path}"].parser.flag_type()
+    example = repr(current) if kind in ("int", "float") and current is not None else None
+    return (f"--{CONFIG_FLAG}.{path}={raw!r} is not a valid {kind} (current value "
+            f"{current!r}); pass e.g. --{CONFIG_FLAG}.{path}={example or _EXAMPLE.get(kind)}.")
+
+
+def explain(e: Exception, argv: Sequence[str]) -> str:
+    """One line naming the problem and the fix, for an error of parsing run.py's `argv`."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    order = re.match(rf"Flag --{CONFIG_FLAG}\.(\S+) is provided after --{CONFIG_FLAG}\.(\S+) ",
+                     text)
+    missing = re.search(r"No such file or directory: '([^']*)'", text)
+    if isinstance(e, flags.IllegalFlagValueError):
+        return _bad_value(text)
+    if order:  # ml_collections' FlagOrderError: a section given after one of its keys
+        return (f"--{CONFIG_FLAG}.{order[1]} is a section and would overwrite "
+                f"--{CONFIG_FLAG}.{order[2]}; override one of its keys instead.")
+    if isinstance(e, flags.Error):
+        return f"{' '.join(text.split())}; run `python run.py --helpshort` to list the flags."
+    if isinstance(e, (KeyError, AttributeError)):
+        return _unknown_key(text, argv)
+    if isinstance(e, OSError) and missing:
+        return (f"Config file {missing.group(1)!r} does not exist; pass e.g. "
+                f"--{CONFIG_FLAG}=configs/gpt2.py:small.")
+    if isinstance(e, GPT2JaxError):
+        return text
+    return f"bad --{CONFIG_FLAG} (overrides {_overrides(argv)}): {' '.join(text.split())}"
+
+
+def _check_tuples() -> None:
+    """config_flags reads `--config.x=3` for a tuple field as (3,): each element must be of
+    the kind of the config file's elements (e.g. mesh.rules' (name, axes) pairs)."""
+    for path, value in flags.FLAGS[CONFIG_FLAG].override_values.items():
+        default = flags.FLAGS[f"{CONFIG_FLAG}.{path}"].default  # a list for tuple fields
+        if isinstance(value, tuple) and default and not all(
+                _compatible(v, default[0]) for v in value):
+            raise ConfigError(f"--{CONFIG_FLAG}.{path}={value!r} is not a valid tuple of "
+                              f"elements like {default[0]!r}; pass e.g. "
+                              f"--{CONFIG_FLAG}.{path}=\"{tuple(default[:2])!r}\".")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """`flags_parser` for `absl.app.run`: checks the config first, then parses the flags.
+    """`flags_parser` for `absl.app.run`: parses the flags once; errors become one line.
 
-    Every problem is printed as one line `error: ...` on stderr and exits with status 2.
+    Every problem is printed as `error: ...` on stderr and exits with status 2.
     """
     try:
-        check_argv(argv[1:])
-    except ConfigError as e:
-        _fail(str(e))
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{' '.join(str(e).split())}; run `python run.py --helpshort` to list the flags.")
-    except (KeyError, AttributeError, ValueError, TypeError) as e:
-        _fail(f"bad --{CONFIG_FLAG} override: {' '.join(str(e).split())}")
-    return []  # unreachable
+        rest = flags.FLAGS(argv)
+        if flags.FLAGS[CONFIG_FLAG].value is not None:
+            # a config file that failed to load raises its OSError on first use
+            flags.FLAGS[CONFIG_FLAG].value.keys()
+            _check_tuples()
+        return rest
+    except (flags.Error, LookupError, AttributeError, OSError, TypeError, ValueError,
+            SyntaxError, ImportError, GPT2JaxError) as e:  # flags, config file, overrides
+        print(f"error: {explain(e, argv)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
