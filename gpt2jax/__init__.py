@@ -9,8 +9,9 @@ The public API, what a notebook imports:
 
 Packages, one concern each (arrows point down): `nn` the network, `weights` formats in and
 out, `data` text to batches and tokenizers, `generation` HF-style decoding, `parallel` mesh and
-placement, `training` step/loop/checkpoints, `eval` perplexity and benchmarks, `cli` the modes
-of `run.py`.
+placement, `training` step/loop/checkpoints, `eval` perplexity and benchmarks, `interp` hook
+points (`run_with_cache`, `run_with_hooks`) and interpretability tools, `cli` the modes of
+`run.py`.
 """
 
 from gpt2jax.data.tokenizers import get_tokenizer

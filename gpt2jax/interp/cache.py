@@ -58,7 +58,8 @@ def run_with_cache(cfg: GPT2Config, params, input_ids: jax.Array, names: Names =
       fwd_hooks: interventions applied first (`run_with_hooks`); the cache holds the values
         after them.
     Returns:
-      (logits [batch, pos, vocab] float32, {name: array} in forward order).
+      (logits [batch, pos, vocab] float32, {name: array}) (in `names` order; a dict coming
+      out of `jax.jit` is sorted by key).
     """
     names = _resolve(cfg, names)
     with hooks.active(cfg, capture=names, fwd_hooks=fwd_hooks):
