@@ -43,6 +43,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.sliding_window = 0           # attend to the last W positions only (0 = full causal)
     c.norm_position = "pre"        # LayerNorm placement: pre (GPT-2) | post (no ln_f)
     c.qk_norm = False              # LayerNorm over head_dim on queries and keys
+    c.scan_layers = False          # one nn.scan over the blocks, params stacked [n_layer, ...]
     c.update(overrides)
     return c
 
@@ -96,6 +97,7 @@ def mesh_config() -> ml_collections.ConfigDict:
         ("head_dim", None),
         ("mlp", "tensor"),
         ("vocab", "tensor"),
+        ("layers", None),          # the stacked axis of scan_layers params (never sharded)
     )
     return c
 

@@ -21,6 +21,7 @@ from gpt2jax.generation import sampling
 from gpt2jax.generation.plan import (Plan, Runtime, key_mask, model_step,
                                      prompt_positions, repeat_rows, valid_positions)
 from gpt2jax.nn.model import GPT2Config
+from gpt2jax.nn.scan import map_cache_rows
 
 _BIG_NEG = -1.0e9  # HF's "very large negative value" for excluded beams
 
@@ -163,10 +164,11 @@ def _initial_state(plan: Plan, prompt, real, cache, fill: jax.Array) -> BeamStat
 
 
 def _reorder_cache(cache, source: jax.Array):
-    """Gathers cache rows [B*K, ...] so that row (b, k) holds beam source[b, k]'s keys."""
+    """Gathers cache rows [B*K, ...] so that row (b, k) holds beam source[b, k]'s keys
+    (rows are axis 1 of a scan_layers cache [L, B*K, ...])."""
     batch, beams = source.shape
     rows = (jnp.arange(batch)[:, None] * beams + source).reshape(-1)
-    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, cache)
+    return map_cache_rows(lambda x, axis: jnp.take(x, rows, axis=axis), cache)
 
 
 def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Array,
@@ -185,7 +187,8 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Arr
     slot_mask = key_mask(mask, plan.new_len)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
     beam_mask, slot_mask = repeat_rows(mask, beams), repeat_rows(slot_mask, beams)
-    state = _initial_state(plan, prompt, real, repeat_rows(cache, beams), fill)
+    cache = map_cache_rows(lambda x, axis: jnp.repeat(x, beams, axis=axis), cache)
+    state = _initial_state(plan, prompt, real, cache, fill)
     next_position = repeat_rows(jnp.sum(mask, axis=-1).astype(jnp.int32), beams)
 
     def cond(carry):

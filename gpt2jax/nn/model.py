@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from gpt2jax.nn import attention as attn_lib
 from gpt2jax.nn import hooks
+from gpt2jax.nn import scan as scan_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
@@ -63,6 +64,8 @@ class GPT2Config:
     sliding_window: int = 0
     norm_position: NormPosition = "pre"
     qk_norm: bool = False
+    # Blocks under nn.scan with stacked params `h` [n_layer, ...] (nn/scan.py): compiles once.
+    scan_layers: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -88,8 +91,9 @@ class GPT2Config:
     def _check_attention_variant(self) -> None:
         _check_choice("position", self.position, Position)
         _check_choice("norm_position", self.norm_position, NormPosition)
-        if not isinstance(self.qk_norm, bool):
-            raise ConfigError(f"qk_norm must be True or False, got {self.qk_norm!r}.")
+        for name in ("qk_norm", "scan_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("n_kv_heads", "sliding_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -316,11 +320,16 @@ class GPT2(nn.Module):
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
-        if cfg.remat != "none":
-            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(4, 5))
-        for i in range(cfg.n_layer):
-            x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic, decode,
-                                          cache_index)
+        if cfg.remat != "none":  # inside a scan no CSE can undo remat: no barriers needed
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(4, 5),
+                             prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x = scan_lib.scan_blocks(block, cfg, x, attention_mask, position_ids, deterministic,
+                                     decode, cache_index)
+        else:
+            for i in range(cfg.n_layer):
+                x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic,
+                                              decode, cache_index)
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
             x = hooks.hook(self, "ln_final.hook_normalized", layer_norm(cfg, "ln_f")(x))
             x = x.astype(cfg.compute_dtype)
@@ -368,7 +377,8 @@ def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
 
     Returns the pytree {"cache_index": int32 scalar, "h_i": {"attn": {"cached_key",
     "cached_value": [B, S, K, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
-    layer also caches "cached_positions" [B, S] int32 (key position ids).
+    layer also caches "cached_positions" [B, S] int32 (key position ids). With scan_layers
+    the layers are stacked instead: "h": {"attn": {"cached_key": [L, B, S, K, D], ...}}.
     """
     if max_length > cfg.n_positions:
         raise ConfigError(

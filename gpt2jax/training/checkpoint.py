@@ -25,12 +25,20 @@ from jax.experimental import multihost_utils
 from gpt2jax.errors import ConfigError, WeightsError
 from gpt2jax.nn.model import GPT2Config
 from gpt2jax.nn.model import init_params
+from gpt2jax.nn.scan import to_layout
 
 ITEMS = ("state", "data", "meta")
 # GPT2Config fields that may change between a run and its resume (no effect on shapes).
 RESUMABLE_CHANGES = frozenset(
     {"embd_pdrop", "attn_pdrop", "resid_pdrop", "dtype", "attention_impl", "remat"}
 )
+# The parameter layout (nn/scan.py): inference loading converts it, but a resumed run keeps
+# the saved one (its optimizer state is laid out alike), so check_same_model refuses a change.
+LAYOUT_FIELDS = frozenset({"scan_layers"})
+# What a run takes from its config when it loads a pretrained or saved model.
+LOAD_OVERRIDES = RESUMABLE_CHANGES | LAYOUT_FIELDS
+# GPT2Config fields that older checkpoints do not record, and the value they had then.
+_UNRECORDED = {"scan_layers": False}
 
 
 SET_ASIDE = "checkpoints_set_aside"  # <workdir>/<this>/<step>: checkpoints rolled back over
@@ -217,14 +225,19 @@ def await_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
 
 def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
     """Compares a saved GPT2Config dict with `cfg`, ignoring fields in RESUMABLE_CHANGES."""
-    current = cfg.to_dict()
+    current, saved = cfg.to_dict(), {**_UNRECORDED, **saved}
     diffs = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
              if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)}
     if diffs:
         shown = ", ".join(f"{k}: saved {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
+        layout = "scan_layers" in diffs and (
+            " A run resumes in the parameter layout it was saved in: set "
+            f"--config.model.scan_layers={saved['scan_layers']} (generation and evaluation "
+            "load either form).")
         raise CheckpointMismatchError(
             f"The checkpoint in {where} is of a different model ({shown}); nothing was restored "
             "or overwritten. Use a new --workdir, or set the config to the saved model."
+            + (layout or "")
         )
 
 
@@ -235,7 +248,8 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
     Args:
       workdir: a training workdir (holding `checkpoints/`).
       step: which checkpoint; None = the latest.
-      **config_overrides: GPT2Config fields to change, e.g. `dtype="bfloat16"`.
+      **config_overrides: GPT2Config fields to change, e.g. `dtype="bfloat16"`;
+        `scan_layers` converts the params to that layout (default: as saved).
     Returns:
       (cfg, params, tokenizer_meta): params as host-local jax arrays (e.g. `wte/embedding`
       [V, E]); tokenizer_meta is the dict the run saved (e.g. {"name": "char", ...}).
@@ -251,7 +265,9 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
     if step is None:
         raise WeightsError(f"{directory} holds no finished checkpoint; train longer or check it.")
     meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-    cfg = GPT2Config(**dict(meta["model"], **config_overrides))
+    saved = {**_UNRECORDED, **meta["model"]}
+    scan_layers = config_overrides.pop("scan_layers", saved["scan_layers"])
+    cfg = GPT2Config(**dict(saved, **config_overrides))  # restored in the saved layout
     shapes = jax.eval_shape(_abstract_params(cfg))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"params": jax.tree.map(
@@ -263,7 +279,8 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
             partial_restore=True,
         )))
     manager.close()
-    return cfg, restored["state"]["params"], dict(meta.get("tokenizer", {}))
+    params = to_layout(restored["state"]["params"], scan_layers)
+    return cfg.replace(scan_layers=scan_layers), params, dict(meta.get("tokenizer", {}))
 
 
 def _abstract_params(cfg: GPT2Config):

@@ -158,7 +158,7 @@ def _check_vocab(cfg: GPT2Config, tokenizer) -> None:
 
 def _runtime_overrides(config) -> dict:
     """config.model fields that may differ from a pretrained/saved model (not shapes)."""
-    return {k: config.model[k] for k in ckpt_lib.RESUMABLE_CHANGES if k in config.model}
+    return {k: config.model[k] for k in ckpt_lib.LOAD_OVERRIDES if k in config.model}
 
 
 def _restore_or_init(run: Run, mesh, rules) -> int:

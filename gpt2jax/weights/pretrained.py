@@ -34,6 +34,7 @@ import numpy as np
 
 from gpt2jax.errors import WeightsError
 from gpt2jax.nn.model import GPT2Config
+from gpt2jax.nn.scan import to_layout
 from gpt2jax.weights.hf_config import config_from_hf, config_to_hf, make_config  # noqa: F401
 from gpt2jax.weights.formats import (  # noqa: F401  (flax_msgpack_to_state_dict: public)
     flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file, resolve,
@@ -152,7 +153,8 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
         e.g. `h.0.attn.c_attn.weight` [E, 3E], `wte.weight` [V, E].
       cfg: the model config the tensors must fit.
     Returns:
-      params: `wte/embedding` [V, E], `h_i/attn/c_attn/kernel` [E, 3, H, D], ... (model.py).
+      params: `wte/embedding` [V, E], `h_i/attn/c_attn/kernel` [E, 3, H, D], ... (model.py);
+        with `cfg.scan_layers` stacked instead: `h/attn/c_attn/kernel` [L, E, 3, H, D].
     Raises:
       WeightsError: a tensor is missing, unexpected or has the wrong shape.
     """
@@ -187,20 +189,22 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value.reshape(_our_shape(cfg, name, expected[name]))
-    return params
+    return to_layout(params, cfg.scan_layers)
 
 
 def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PREFIX) -> StateDict:
     """The gpt2jax params pytree -> HF PyTorch-layout numpy tensors (inverse of the above).
 
     Args:
-      params: as produced by `init_params` / `load_pretrained` (jax or numpy leaves).
+      params: as produced by `init_params` / `load_pretrained` (jax or numpy leaves), in
+        either form (unrolled `h_i` or scan_layers' stacked `h`).
       cfg: its config.
       prefix: prepended to every name; `transformer.` is what `GPT2LMHeadModel` saves.
     Returns:
       name -> numpy array in the parameters' dtype, Conv1D weights [in, out].
     """
     check_gpt2_layout(cfg, exact=True)
+    params = to_layout(params, False)  # HF names one tensor per layer
     out, names = {}, _name_map(cfg)
     for name, shape in expected_hf_shapes(cfg).items():
         path = names[name]
