@@ -30,9 +30,11 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 0,
-    "Split the host CPU into this many JAX devices (0: JAX's default, one). With the default "
-    "mesh (data=-1) training then runs data-parallel across cores; the batch must divide.")
+    "cpu_devices", distributed.AUTO_CPU_DEVICES,
+    "Split the host CPU into this many JAX devices; with the default mesh (data=-1) training "
+    "then runs data-parallel across them (the batch must divide). -1 (default): for "
+    "--mode=train, one device per core, or the most that divide the micro-batch (exact: same "
+    "losses, faster on CPU); 0: JAX's default, one device.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "off"],
     "auto: initialise jax.distributed from the flags above, or by itself on Cloud TPU; off: never.")
@@ -49,13 +51,24 @@ def main(argv):
         output_json=_OUTPUT_JSON.value,
     )
     try:
-        distributed.set_cpu_devices(_CPU_DEVICES.value)
+        _split_cpu()
         _init_distributed()
         run_mode(_MODE.value, _CONFIG.value, args)
     except GPT2JaxError as e:
         logging.flush()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _split_cpu() -> None:
+    """--cpu_devices (its default: one device per core for training), before JAX starts."""
+    process_flags = distributed.ProcessFlags(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    count = distributed.default_cpu_devices(_CPU_DEVICES.value, _MODE.value, _CONFIG.value,
+                                            process_flags)
+    distributed.set_cpu_devices(count)
+    if count > 1:
+        logging.info("CPU host split into %d JAX devices (--cpu_devices=%d).", count, count)
 
 
 def _init_distributed() -> None:
