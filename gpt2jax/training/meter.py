@@ -123,7 +123,7 @@ class Meter:
 
 def peak_flops(run) -> float:
     """Peak FLOP/s of the whole mesh: configured per device, else a measured matmul."""
-    per_device = run.config.train.peak_flops or measure_matmul_peak()
+    per_device = run.setup.options.peak_flops or measure_matmul_peak()
     if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
         return per_device
     return per_device * len(run.trainer.mesh.devices.flat)

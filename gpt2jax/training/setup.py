@@ -1,0 +1,274 @@
+"""A training run's setup, read from the ConfigDict once, at the edge of the loop.
+
+`open_run(config, workdir)` turns `config` into typed, frozen values before anything runs
+(`GPT2Config`, `TrainConfig`, `LoopOptions`), then claims the workdir, builds the mesh, the
+data and the checkpointer, picks the model to start from (this workdir's latest checkpoint,
+`init_from`, or a random init), compiles the `Trainer`, writes the run files and yields a
+`Run`: the frozen `RunSetup` plus what changes while training (the state, the val loss).
+The loop reads only these typed fields, never `config` again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import logging
+
+from gpt2jax import data as data_lib
+from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.nn.model import GPT2Config
+from gpt2jax.parallel import sharding as sharding_lib
+from gpt2jax.training import checkpoint as ckpt_lib
+from gpt2jax.training.step import Trainer, TrainConfig, TrainState
+from gpt2jax.training.workdir_lock import workdir_lock
+from gpt2jax.weights.pretrained import load_pretrained
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """The loop's fields of `config.train` and `config.checkpoint` (configs/common.py)."""
+
+    log_every: int
+    eval_every: int
+    eval_batches: int
+    sample_tokens: int
+    sample_prompt: str
+    peak_flops: float
+    export_hf: bool
+    progress_bar: bool
+    lm_eval: Any  # config.train.lm_eval, handed as it is to eval.harness_train
+    save_every: int  # config.checkpoint.save_every
+    keep_best: int  # config.checkpoint.keep_best
+
+    @classmethod
+    def from_config(cls, config) -> LoopOptions:
+        t, ck = config.train, config.checkpoint
+        return cls(t.log_every, t.eval_every, t.eval_batches, t.sample_tokens, t.sample_prompt,
+                   t.peak_flops, t.export_hf, t.progress_bar, t.lm_eval, ck.save_every,
+                   ck.keep_best)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """What a run is, fixed before its first step.
+
+    `cfg` is the model trained (a resumed or pretrained model's shapes, with the config's
+    runtime fields); `tc.lr_decay_steps` is resolved (0 in the config = `num_steps`).
+    """
+
+    config: Any  # the ConfigDict as given; only written to <workdir>/config.json
+    workdir: Path
+    cfg: GPT2Config
+    tc: TrainConfig
+    options: LoopOptions
+    num_steps: int
+    start_step: int  # the checkpoint step resumed from; 0 for a new run
+    seed: int
+    ds: data_lib.Datasets
+    checkpointer: ckpt_lib.Checkpointer
+    trainer: Trainer
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop holds: the frozen `setup`, and what changes while training. Hooks
+    `hook(step, run)` may read it and replace `state` (tests inject a NaN that way)."""
+
+    setup: RunSetup
+    state: TrainState
+    writer: Any  # TensorBoard SummaryWriter (process 0) or _NullWriter
+    val_loss: float | None = None
+    val_step: int | None = None  # the step whose params gave val_loss
+
+    # The setup fields that hooks and the meter read, under their short names.
+    workdir = property(lambda self: self.setup.workdir)
+    cfg = property(lambda self: self.setup.cfg)
+    tc = property(lambda self: self.setup.tc)
+    ds = property(lambda self: self.setup.ds)
+    trainer = property(lambda self: self.setup.trainer)
+    checkpointer = property(lambda self: self.setup.checkpointer)
+
+
+Hook = Callable[[int, Run], None]  # called after each step as hook(step, run)
+
+
+@contextlib.contextmanager
+def open_run(config, workdir: str | Path) -> Iterator[Run]:
+    """The `Run` of `config` in `workdir` (created, locked); closes what it opened after.
+
+    Config errors are raised before the workdir is touched; on any user error
+    (GPT2JaxError) the directories this call created are removed while still empty.
+    """
+    tc, cfg = TrainConfig.from_config(config.train), GPT2Config.from_config(config.model)
+    options = LoopOptions.from_config(config)
+    workdir = Path(workdir).expanduser().resolve()
+    with _no_new_dirs_on_user_error(workdir):
+        _make_workdir(workdir)
+        with workdir_lock(workdir):  # a second run on this workdir stops here
+            _check_block_size(tc, cfg, config.init_from)
+            mesh, rules = sharding_lib.make_mesh(config.mesh), sharding_lib.rules(config.mesh)
+            ds = data_lib.build_datasets(config.data, tc.block_size, tc.batch_size, config.seed)
+            ck = config.checkpoint
+            checkpointer = ckpt_lib.Checkpointer(workdir, ck.keep, ck.keep_best, ck.async_save)
+            writer = None
+            try:
+                num_steps = _num_steps(tc, ds.train)
+                if tc.lr_decay_steps <= 0:
+                    tc = dataclasses.replace(tc, lr_decay_steps=num_steps)
+                latest = _resume_step(ck, checkpointer)
+                cfg, pretrained = _model(config, cfg, tc, checkpointer, latest)
+                _check_vocab(cfg, ds.tokenizer)
+                setup = RunSetup(config, workdir, cfg, tc, options, num_steps, latest or 0,
+                                 config.seed, ds, checkpointer, Trainer(cfg, tc, mesh, rules))
+                state = _first_state(setup, latest, pretrained)
+                _log_shardings(setup, state)
+                writer = _open_writer(setup)
+                yield Run(setup, state, writer)
+            finally:
+                checkpointer.close()
+                ds.train.close()
+                if writer is not None:
+                    writer.close()
+
+
+def _make_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the workdir {str(workdir)!r} ({e.strerror}); pass a "
+                          "writable --workdir (a directory, not a path below a file).") from e
+
+
+@contextlib.contextmanager
+def _no_new_dirs_on_user_error(workdir: Path):
+    """On a user error (GPT2JaxError), removes the directories this call created while they
+    are still empty (workdir/checkpoints, the workdir, its parents): a bad input leaves no
+    trace. Directories that hold anything (a checkpoint, metrics) are kept."""
+    candidates = [ckpt_lib.checkpoint_dir(workdir), workdir, *workdir.parents]
+    new = [d for d in candidates if not d.exists()]
+    try:
+        yield
+    except GPT2JaxError:
+        for d in new:  # deepest first
+            try:
+                if d.exists():
+                    d.rmdir()
+            except OSError:  # not empty: something was written, keep it and its parents
+                break
+        raise
+
+
+def _check_block_size(tc: TrainConfig, cfg: GPT2Config, init_from: str) -> None:
+    if tc.block_size > cfg.n_positions and not init_from:
+        raise ConfigError(
+            f"train.block_size={tc.block_size} exceeds model.n_positions="
+            f"{cfg.n_positions}; lower the block size or raise n_positions."
+        )
+
+
+def _check_vocab(cfg: GPT2Config, tokenizer) -> None:
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.vocab_size} is smaller than the {tokenizer.name!r} tokenizer's "
+            f"{tokenizer.vocab_size} tokens; set --config.model.vocab_size="
+            f"{tokenizer.vocab_size}."
+        )
+    if tokenizer.name == "char" and cfg.vocab_size != tokenizer.vocab_size:
+        logging.warning("model.vocab_size=%d > %d characters; extra rows stay unused.",
+                        cfg.vocab_size, tokenizer.vocab_size)
+
+
+def _num_steps(tc: TrainConfig, train_iter) -> int:
+    if tc.num_steps > 0:
+        return tc.num_steps
+    if train_iter.mode == "epochs" and train_iter.num_epochs > 0:
+        return train_iter.steps_per_epoch * train_iter.num_epochs
+    raise ConfigError("train.num_steps=0 needs data.mode='epochs' with data.num_epochs > 0; "
+                      "set one of them.")
+
+
+def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
+    """The checkpoint step to resume from (`config.checkpoint` = `ck`), None for a new run."""
+    if ck.restore_step and ck.resume:
+        checkpointer.roll_back_to(ck.restore_step)  # newer ones moved aside, not deleted
+    latest = checkpointer.latest_step() if ck.resume else None
+    if latest is None and checkpointer.latest_step() is not None:
+        raise ConfigError(f"{checkpointer.directory} holds checkpoints but checkpoint.resume="
+                          "False; use a new --workdir (checkpoints are never overwritten).")
+    return latest
+
+
+def _runtime_overrides(config) -> dict:
+    """config.model fields that may differ from a pretrained/saved model (not shapes)."""
+    return {k: config.model[k] for k in ckpt_lib.LOAD_OVERRIDES if k in config.model}
+
+
+def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None):
+    """(the GPT2Config trained, pretrained params or None): the checkpoint's model when
+    resuming, else `init_from`'s, else `cfg` itself."""
+    if latest is not None:
+        if config.init_from:  # fine-tuning: the model is the saved one
+            saved = checkpointer.read_meta(latest)["model"]
+            cfg = GPT2Config(**dict(saved, **_runtime_overrides(config)))
+        checkpointer.check_model(latest, cfg)
+        return cfg, None
+    if not config.init_from:
+        return cfg, None
+    cfg, pretrained = load_pretrained(config.init_from, **_runtime_overrides(config))
+    if tc.block_size > cfg.n_positions:
+        raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
+                          f"model's n_positions={cfg.n_positions}.")
+    return cfg, pretrained
+
+
+def _first_state(setup: RunSetup, latest: int | None, pretrained) -> TrainState:
+    """The restored checkpoint `latest` (and the data position), else an initial state."""
+    trainer = setup.trainer
+    if latest is not None:
+        state, data_state, _ = setup.checkpointer.restore(latest, trainer.abstract_state())
+        setup.ds.train.restore(data_state)
+        logging.info("Resumed from %s at step %d.", setup.checkpointer.directory, latest)
+        return state
+    if pretrained is not None:
+        return trainer.state_from_params(pretrained, setup.seed)
+    return trainer.init(setup.seed)
+
+
+def _log_shardings(setup: RunSetup, state: TrainState) -> None:
+    """Logs (process 0) every parameter's mesh sharding, and writes it to the workdir."""
+    if jax.process_index() != 0:
+        return
+    table = sharding_lib.format_sharding_table(setup.trainer.state_sharding.params,
+                                               state.params)
+    logging.info("mesh %s; parameter shardings:\n%s", dict(setup.trainer.mesh.shape), table)
+    (setup.workdir / "shardings.txt").write_text(table + "\n", encoding="utf-8")
+
+
+class _NullWriter:
+    """Stands in for the TensorBoard writer on processes other than 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    add_text = add_scalar
+
+    def close(self) -> None:
+        pass
+
+
+def _open_writer(setup: RunSetup):
+    """Writes config.json and tokenizer.json; the TensorBoard writer (process 0 writes)."""
+    if jax.process_index() != 0:
+        return _NullWriter()
+    config_json = json.loads(setup.config.to_json_best_effort())
+    ckpt_lib.save_json(setup.workdir / "config.json", config_json)
+    data_lib.save_tokenizer(setup.ds.tokenizer, setup.workdir / "tokenizer.json")
+    from tensorboardX import SummaryWriter  # optional at import time: only process 0 needs it
+
+    return SummaryWriter(str(setup.workdir / "tensorboard"))
