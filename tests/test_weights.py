@@ -99,9 +99,11 @@ def _hf_forward(model, ids, mask=None, positions=None):
     return out.logits.numpy(), float(out.loss)
 
 
-def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool) -> GPT2Config:
+def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool,
+                  scan_layers: bool = False) -> GPT2Config:
     """Logits <= 1e-4 and loss within 1e-5 relative, plain and left-padded 4 x 256 batches."""
-    cfg, params = load_pretrained(model_dir)
+    cfg, params = load_pretrained(model_dir, scan_layers=scan_layers)
+    assert cfg.scan_layers == scan_layers and ("h" in params) == scan_layers
     model = GPT2(cfg)
     fwd = jax.jit(lambda p, x, m, pos: model.apply({"params": p}, x, attention_mask=m,
                                                    position_ids=pos))
@@ -130,22 +132,27 @@ def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool) ->
     return cfg
 
 
-def test_parity_with_hf_tiny(tiny_hf, text_ids):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_parity_with_hf_tiny(tiny_hf, text_ids, scan_layers):
     model, path = tiny_hf
-    cfg = _check_parity(model, path, text_ids, unpadded_default_path=True)
+    cfg = _check_parity(model, path, text_ids, unpadded_default_path=True,
+                        scan_layers=scan_layers)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (2, 4, 64, 50257)
 
 
-def test_parity_with_hf_124m(tmp_path, text_ids):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_parity_with_hf_124m(tmp_path, text_ids, scan_layers):
     model = _hf_model(1)  # HF defaults: the 124M GPT-2 shape
     model.save_pretrained(tmp_path)
-    cfg = _check_parity(model, tmp_path, text_ids, unpadded_default_path=False)
-    assert cfg == GPT2Config()
+    cfg = _check_parity(model, tmp_path, text_ids, unpadded_default_path=False,
+                        scan_layers=scan_layers)
+    assert cfg == GPT2Config(scan_layers=scan_layers)
     assert param_count(cfg) == sum(p.numel() for p in model.parameters()) == 124_439_808
 
 
-def test_round_trip_our_save_loads_in_transformers(tmp_path, text_ids):
-    cfg = GPT2Config(**TINY, n_positions=256)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_round_trip_our_save_loads_in_transformers(tmp_path, text_ids, scan_layers):
+    cfg = GPT2Config(**TINY, n_positions=256, scan_layers=scan_layers)
     params = _init(cfg, 3)
     save_pretrained(cfg, params, tmp_path / "ours")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
@@ -157,8 +164,8 @@ def test_round_trip_our_save_loads_in_transformers(tmp_path, text_ids):
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
     assert config["activation_function"] == "gelu_new" and config["n_ctx"] == 256
-    cfg2, params2 = load_pretrained(tmp_path / "ours")
-    assert cfg2 == cfg
+    cfg2, params2 = load_pretrained(tmp_path / "ours", scan_layers=scan_layers)
+    assert cfg2 == cfg  # the export of either form loads back into it, equal
     jax.tree.map(np.testing.assert_array_equal, params2, params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours"]  # no temp dirs left
 
