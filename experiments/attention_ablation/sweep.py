@@ -29,7 +29,6 @@ def base_config(smoke: bool) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                     # replaced by each entry of `seeds`
     c.init_from = ""               # random init
-    c.tokenizer = "gpt2"           # tokenizer of generation
     c.model = common.model_config(
         n_positions=32 if smoke else 64,   # context (>= block_size)
         n_embd=32 if smoke else 64,        # small width: the 50,257-token head dominates cost
