@@ -24,8 +24,8 @@ import numpy as np
 
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError
-from gpt2jax.eval.perplexity import token_nll
 from gpt2jax.generation.generate import generate
+from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
 
 MIN_BUCKET = 16
@@ -69,16 +69,16 @@ def pack(pairs, length: int, max_length: int, rows: int):
 
 @functools.lru_cache(maxsize=16)
 def _score_fn(cfg: GPT2Config):
-    """A jitted `(params, inputs, targets, weights [B, L]) -> (logprob sums [B] f32,
-    all-greedy [B] bool)`."""
+    """A jitted `(params, inputs [B, L], positions, targets, weights [B, K]) -> (logprob sums
+    [B] f32, all-greedy [B] bool)`: the head only at the K continuation positions."""
     model = GPT2(cfg)
 
-    def score(params, inputs, targets, weights):
+    def score(params, inputs, positions, targets, weights):
         COMPILED.append((cfg,) + inputs.shape)  # runs once per trace (= per compile)
-        logits = model.apply({"params": params}, inputs)
-        logprob = -jnp.sum(token_nll(logits, targets) * weights, axis=-1)
-        greedy = jnp.argmax(logits, axis=-1) == targets
-        return logprob, jnp.all(greedy | (weights == 0), axis=-1)
+        hidden = model.apply({"params": params}, inputs, return_hidden=True)
+        nll, greedy = loss_lib.head_at(hidden, loss_lib.head_embedding(params), positions,
+                                       targets, weights, cfg.compute_dtype)
+        return -nll, jnp.all((greedy == targets) | (weights == 0), axis=-1)
 
     return jax.jit(score)
 
@@ -115,7 +115,11 @@ class Scorer:
             raise ValueError(f"score() takes 1..{self.batch_size} pairs, got {len(pairs)}.")
         longest = max(min(len(c) + len(t), self.max_length + 1) - 1 for c, t in pairs)
         length = bucket_length(longest, self.max_length, self.min_bucket)
-        arrays = pack(pairs, length, self.max_length, self.batch_size)
+        inputs, targets, weights = pack(pairs, length, self.max_length, self.batch_size)
+        # the head runs at the continuation positions only, k of them per row (bucketed)
+        k = bucket_length(int(np.count_nonzero(weights, axis=1).max()), length, self.min_bucket)
+        positions = loss_lib.scored_positions(weights, k)
+        arrays = (inputs, positions) + loss_lib.gather_scored(positions, targets, weights)
         arrays = self.placement.put_batch(arrays, local=False)
         with self.placement.context():
             logprob, greedy = jax.device_get(_score_fn(self.cfg)(self.params, *arrays))

@@ -43,8 +43,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gpt2jax.errors import DataError
-from gpt2jax.eval.perplexity import token_nll
 from gpt2jax.eval.stopwords import NLTK_ENGLISH
+from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config
 
 MIN_BUCKET = 64
@@ -92,11 +92,12 @@ def _bucket(n: int, cap: int, minimum: int = MIN_BUCKET) -> int:
 def _score_fn(cfg: GPT2Config):
     model = GPT2(cfg)
 
-    def score(params, inputs, targets, weights):
-        """inputs/targets/weights [B, L] -> (nll sums [B], all-greedy [B] bool, argmax [B, L])."""
-        logits = model.apply({"params": params}, inputs)
-        nll = jnp.sum(token_nll(logits, targets) * weights, axis=-1)
-        greedy = jnp.argmax(logits, axis=-1)
+    def score(params, inputs, positions, targets, weights):
+        """inputs [B, L], positions/targets/weights [B, K] (the target word's positions: the
+        head runs there only) -> (nll sums [B], all-greedy [B] bool, argmax [B, K])."""
+        hidden = model.apply({"params": params}, inputs, return_hidden=True)
+        nll, greedy = loss_lib.head_at(hidden, loss_lib.head_embedding(params), positions,
+                                       targets, weights, cfg.compute_dtype)
         ok = jnp.all((greedy == targets) | (weights == 0), axis=-1)
         return nll, ok, greedy
 
@@ -140,7 +141,10 @@ def score_examples(cfg: GPT2Config, params, examples, context_length: int = 1024
         longest = max(len(examples[r][0]) + len(examples[r][1]) - 1 for r in chunk)
         length = _bucket(longest, context_length, min_bucket)
         inputs, targets, weights = _pack(examples, rows, length)
-        sums, good, greedy = jax.device_get(fn(params, inputs, targets, weights))
+        k = _bucket(int(np.count_nonzero(weights, axis=1).max()), length, 8)
+        positions = loss_lib.scored_positions(weights, k)
+        targets, weights = loss_lib.gather_scored(positions, targets, weights)
+        sums, good, greedy = jax.device_get(fn(params, inputs, positions, targets, weights))
         for i, r in enumerate(chunk):
             nll[r], ok[r] = sums[i], good[i]
             greedy_tokens[r] = greedy[i][weights[i] > 0].tolist()

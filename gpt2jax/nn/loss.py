@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gpt2jax.parallel import sharding
 
@@ -117,8 +118,12 @@ def token_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> 
 
     Returns dict of float32 scalars: loss_sum (weighted NLL), weight_sum, correct_sum.
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    # log-sum-exp minus the target logit, not a gathered log_softmax: the same numbers, but
+    # no [b, T, V] log-probabilities to write and differentiate (2.3x faster fwd+bwd on CPU
+    # for a 50,257-token head; bench/finetune_overhead.py)
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     weights = weights.astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return {
@@ -162,3 +167,50 @@ def model_metrics(model, params, batch: dict, chunk_tokens: int, **apply_kwargs)
     hidden = model.apply(variables, batch["inputs"], return_hidden=True, **apply_kwargs)
     return chunked_metrics(hidden, head_embedding(params), batch["targets"], batch["weights"],
                            chunk_tokens, model.cfg.compute_dtype)
+
+
+def scored_positions(weights: np.ndarray, k: int) -> np.ndarray:
+    """Host side: the positions of each row whose weight is non-zero, in order, padded to `k`.
+
+    Args:
+      weights: [B, T] the per-position weights (0 = not scored); at most k non-zero per row.
+      k: the number of positions kept per row (a static shape: bucket it to limit compiles).
+    Returns:
+      positions [B, k] int32; the slots past a row's count point at position 0 (their weight
+      must be zeroed: `gather_scored` does).
+    """
+    weights = np.asarray(weights)
+    out = np.zeros((weights.shape[0], k), np.int32)
+    for i, row in enumerate(weights):
+        idx = np.flatnonzero(row)
+        if len(idx) > k:
+            raise ValueError(f"row {i} scores {len(idx)} positions, more than k={k}.")
+        out[i, :len(idx)] = idx
+    return out
+
+
+def gather_scored(positions: np.ndarray, *arrays: np.ndarray) -> tuple:
+    """Host side: `arrays` [B, T] at `positions` [B, k]; a weights array (the last) is zeroed on
+    the padding slots (those past each row's count of scored positions)."""
+    counts = np.count_nonzero(np.asarray(arrays[-1]), axis=1)
+    out = [np.take_along_axis(np.asarray(a), positions, axis=1) for a in arrays]
+    out[-1] = out[-1] * (np.arange(positions.shape[1])[None] < counts[:, None])
+    return tuple(out)
+
+
+def head_at(hidden: jax.Array, embedding: jax.Array, positions: jax.Array, targets: jax.Array,
+            weights: jax.Array, dtype=jnp.float32):
+    """The head at a few chosen positions only (continuation tokens of a scored pair).
+
+    Args:
+      hidden: [B, T, E] final hidden states; embedding: [V, E] the tied head.
+      positions: [B, K] int, the positions to score (`scored_positions`).
+      targets, weights: [B, K], the target token and weight at each of them.
+    Returns:
+      (nll [B] float32: the weighted sum of -log p(target), greedy [B, K] int32: the argmax).
+    """
+    h = jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+    logits = sharding.constrain(head_logits(h, embedding, dtype), ("batch", "length", "vocab"))
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = (jax.nn.logsumexp(logits, axis=-1) - target_logit) * weights.astype(jnp.float32)
+    return jnp.sum(nll, axis=-1), jnp.argmax(logits, axis=-1).astype(jnp.int32)
