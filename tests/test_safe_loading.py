@@ -3,7 +3,7 @@ data unsafely (an AST scan that resolves aliases, `tests/unsafe_scan.py`, itself
 snippets that must and must not be flagged), and saved models are plain, well-formed
 safetensors files.
 
-(Split out of tests/test_bad_inputs.py, whose catalogue runner stays there.)
+(Split out of the bad-input catalogue, tests/test_bad_inputs_api.py and _cli.py.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from test_bad_inputs import REPO, _malicious_pickle, save_tiny, tiny_model_config
+from helpers import MICRO, REPO, malicious_pickle, save_tiny, tiny_config
 from unsafe_scan import scan, unsafe_calls
 
 
@@ -24,7 +24,7 @@ def test_pickle_never_runs_without_flag_and_weights_only_with_it(tmp_path):
     from gpt2jax.weights.pretrained import load_pretrained
 
     victim = tmp_path / "pwned"
-    _malicious_pickle(tmp_path / "pytorch_model.bin", victim)
+    malicious_pickle(tmp_path / "pytorch_model.bin", victim)
     with pytest.raises(WeightsError, match="allow_pickle"):
         load_pretrained(tmp_path)
     assert not victim.exists()
@@ -156,7 +156,7 @@ def test_safe_roundtrip_keeps_the_safetensors_promises(tmp_path):
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no tmp dir left
     cfg, params = load_pretrained(model)
-    assert cfg == tiny_model_config()
+    assert cfg == tiny_config(**MICRO)
     import jax
 
     from gpt2jax.nn.model import init_params

@@ -1,0 +1,98 @@
+"""The bad-input catalogue's machinery, shared by test_bad_inputs_api.py and _cli.py.
+
+A `Case` is one bad input as data: its id, what it is (for the table), `make(work)` that builds
+it in a fresh case directory `work`, and the message fragments that name the problem and the
+fix. `experiments/reliability/run_catalogue.py` turns the recorded messages into a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+
+from gpt2jax.errors import GPT2JaxError
+from gpt2jax.training.checkpoint import Checkpointer
+from helpers import MICRO, tiny_config
+
+KEEP = "keep.txt"  # a file every case directory holds and that must survive
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One bad input. `make(work)` builds it in the case directory `work` and returns:
+    API: a zero-argument callable that must raise `error`; CLI: the argv after `run.py`.
+    `expect`: fragments (any case) that name the problem and the fix."""
+
+    id: str
+    what: str  # the bad input, for the table
+    make: Callable
+    expect: tuple[str, ...]
+    error: type = GPT2JaxError
+
+    def __post_init__(self):
+        object.__setattr__(self, "expect", tuple(e.lower() for e in self.expect))
+
+
+def case_dir(root: Path) -> Path:
+    """`root` created, holding the KEEP file (so an emptied or replaced directory shows)."""
+    root.mkdir()
+    (root / KEEP).write_text("a file that must survive")
+    return root
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over every path, type, size and content under `root` (the workdir's identity)."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
+        elif path.is_dir():
+            h.update(f"D {rel}\n".encode())
+        else:
+            h.update(f"F {rel} {path.stat().st_size}\n".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def tree_paths(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def tree_change(root: Path, before: set[str]) -> str:
+    """What appeared (+) or disappeared (-) under `root` since the listing `before`."""
+    after = tree_paths(root)
+    return ", ".join([f"+{p}" for p in sorted(after - before)] +
+                     [f"-{p}" for p in sorted(before - after)]) or "file contents changed"
+
+
+def check_ids(cases: list[Case], cli: bool) -> None:
+    """Ids are unique, and end in '-cli' exactly for the CLI surface (so the two files' ids
+    never collide either)."""
+    ids = [c.id for c in cases]
+    assert len(set(ids)) == len(ids), ids
+    assert all(i.endswith("-cli") == cli for i in ids), ids
+
+
+def truncate(model: Path, size: int | None = None) -> Path:
+    """Cuts `model`/model.safetensors to `size` bytes (default: half); returns `model`."""
+    f = model / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2 if size is None else size])
+    return model
+
+
+def fake_checkpoint(workdir: Path, **model) -> None:
+    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it."""
+    ck = Checkpointer(workdir, keep=3, keep_best=0, async_save=False)
+    ck.save(3, {"params": {"wte": jnp.zeros((4, 4))}}, {"position": 0},
+            {"model": tiny_config(**{**MICRO, **model}).to_dict(), "tokenizer": {"name": "char"}})
+    ck.close()
+
+
+# The checkpoint of another model that the workdir-other-model cases leave in the workdir.
+OTHER_MODEL = dict(vocab_size=65, n_positions=32, n_embd=8, n_layer=1, n_head=2)

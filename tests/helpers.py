@@ -1,0 +1,162 @@
+"""Helpers shared by the tests: tiny configs and models, HF reference models converted through
+gpt2jax's own converter, the `python run.py` subprocess harness and a free TCP port.
+
+Plain functions (no fixtures: those live in conftest.py); test files import them with
+`from helpers import ...` (pytest puts tests/ on sys.path). Test files do not import helpers
+from each other.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from gpt2jax.nn.model import GPT2Config, init_params
+from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
+                                        load_pretrained, save_pretrained)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The default tiny shape: 2 layers, 4 heads, 64 wide, 256 tokens, 64 positions.
+TINY = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=256, n_positions=64)
+# The released 124M GPT-2 shape (HF GPT2Config defaults), for full-width parity tests.
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+# The smallest valid model (1 layer, 8 wide, 50 tokens): for tests that only need a model file.
+MICRO = dict(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
+
+
+def tiny_config(**overrides) -> GPT2Config:
+    """`GPT2Config` of TINY with `overrides` (any GPT2Config field) on top."""
+    return GPT2Config(**{**TINY, **overrides})
+
+
+def tiny_params(cfg: GPT2Config, seed: int = 0):
+    """Random params of `cfg`, jitted (eager flax init compiles op by op: slow on CPU)."""
+    return jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
+
+
+def save_tiny(directory: Path, seed: int = 0, **overrides) -> Path:
+    """A valid HF-layout model (config.json + model.safetensors) of MICRO (+ `overrides`) with
+    random weights in `directory`; returns `directory`."""
+    cfg = tiny_config(**{**MICRO, **overrides})
+    return save_pretrained(cfg, init_params(cfg, jax.random.PRNGKey(seed)), directory)
+
+
+# ----------------------------------------------------------------------------- HF reference
+
+
+def hf_model(seed: int = 0, *, random_norms: bool = False, eager: bool = False,
+             **config) -> transformers.GPT2LMHeadModel:
+    """A random HF `GPT2LMHeadModel` of TINY (+ `config`, any HF GPT2Config field), eval mode.
+
+    random_norms: also randomise the LayerNorm scales/biases and every bias (HF inits them to
+    1 / 0, so a converter or hook that drops them would go unnoticed). eager: HF's eager
+    attention (the one that returns attentions); otherwise HF's default.
+    """
+    torch.manual_seed(seed)
+    extra = {"attn_implementation": "eager"} if eager else {}
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(**{**TINY, **config}, **extra)).eval()
+    if random_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or ".ln_" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def to_gpt2jax(hf: transformers.GPT2LMHeadModel, **overrides):
+    """(cfg, params) holding the same weights as the HF model, through gpt2jax's converter
+    (`config_from_hf` + `hf_state_dict_to_params`) in memory; `overrides`: GPT2Config fields."""
+    cfg = config_from_hf(hf.config.to_dict(), **overrides)
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    return cfg, hf_state_dict_to_params(state, cfg)
+
+
+def hf_tiny_model(seed: int = 0, **kwargs):
+    """(hf model, cfg, params): `hf_model(seed, **kwargs)` and its weights in gpt2jax."""
+    model = hf_model(seed, **kwargs)
+    return (model, *to_gpt2jax(model))
+
+
+def converted(model: transformers.GPT2LMHeadModel, path: Path, **overrides):
+    """(cfg, params) of `model` through HF's save_pretrained -> gpt2jax.load_pretrained."""
+    model.save_pretrained(path)
+    return load_pretrained(path, **overrides)
+
+
+def left_padded_batch(seed: int = 0, length: int = 12, pads: int = 4):
+    """Two rows: row 0 full, row 1 left-padded by `pads`. Returns (ids, mask, positions), each
+    [2, length] numpy int, positions as HF generate builds them (cumsum - 1, pads at 1)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, TINY["vocab_size"], (2, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :pads] = 0
+    positions = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1).astype(np.int32)
+    return ids, mask, positions
+
+
+def hf_forward(model, ids, mask=None, positions=None, **kwargs):
+    """HF forward on numpy inputs, no grad."""
+    with torch.no_grad():
+        return model(torch.as_tensor(ids, dtype=torch.long),
+                     attention_mask=None if mask is None else torch.as_tensor(mask),
+                     position_ids=None if positions is None else torch.as_tensor(
+                         positions, dtype=torch.long), **kwargs)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def cli_env(devices: int | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment for a CPU subprocess: JAX_PLATFORMS=cpu, `devices` simulated
+    CPU devices (None: XLA_FLAGS unset, i.e. one device; conftest simulates 8 in-process),
+    plus `extra` variables."""
+    flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, **extra}
+
+
+def run_cli(args: Sequence[str], *, env: Mapping[str, str] | None = None,
+            cwd: Path = REPO, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """`python run.py *args` in `cwd` with `env` (default: this process's), text output captured.
+
+    check: assert the exit status is 0, with the command and the tails of stdout and stderr in
+    the failure message. A run past `timeout` seconds raises subprocess.TimeoutExpired.
+    """
+    script = "run.py" if Path(cwd) == REPO else str(REPO / "run.py")
+    proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd,
+                          env=dict(os.environ if env is None else env), capture_output=True,
+                          text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, (
+            f"run.py {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"--- stdout (tail)\n{proc.stdout[-2000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for jax.distributed coordinators)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def malicious_pickle(path: Path, victim: Path) -> None:
+    """A pickle at `path` that creates `victim` when unpickled (what an untrusted .bin can do)."""
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (victim,))
+
+    path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))

@@ -1,0 +1,243 @@
+"""The catalogue of bad inputs through the CLI, `run.py` (the API's: test_bad_inputs_api.py).
+
+Each case builds its inputs in a fresh directory (the case's workdir), then runs `run.py` with
+the bad input. It passes when the exit status is non-zero, the output holds exactly one line
+(no traceback) and that line names the problem and the fix (the `expect` fragments,
+case-insensitive), and the workdir tree (names, sizes, bytes) is identical before and after.
+
+Cases run through `app.run(run.main, flags_parser=parse_flags)`, which is exactly what
+`python run.py` executes, in processes forked from one "zygote" that imported run.py once
+(a fresh `python run.py` costs seconds of imports per case on the 2-core CI machine); the
+first case is additionally run as a real `python run.py` subprocess to show that both paths
+agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
+from catalogue import tree_change, tree_hash, tree_paths
+from helpers import REPO, malicious_pickle, run_cli, save_tiny
+
+CLI_TIMEOUT_S = 120
+
+# A tiny model from configs/gpt2.py (keeps every case cheap).
+TINY = ("--config=configs/gpt2.py:small", "--config.model.n_layer=1", "--config.model.n_embd=8",
+        "--config.model.n_head=2")
+TRAIN = ("--mode=train", "--config=configs/shakespeare_char.py:cpu", "--workdir={work}/run")
+PREPARE = ("--mode=prepare", "--config=configs/prepare_shakespeare.py:char")
+SHARDS = ("--config.data.shards_dir={work}/shards", "--workdir={work}")
+GENERATE = ("--mode=generate", "--config=configs/gpt2.py:small")
+
+
+def argv(*args: str, setup: Callable[[Path], None] | None = None):
+    """make(work): `setup(work)`, then `args` with {work} replaced by the case directory."""
+    def make(work):
+        if setup is not None:
+            setup(work)
+        return [a.format(work=work) for a in args]
+    return make
+
+
+def write(name: str, content: str | bytes):
+    def setup(work):
+        if isinstance(content, bytes):
+            (work / name).write_bytes(content)
+        else:
+            (work / name).write_text(content)
+    return setup
+
+
+def pickle_model(work):
+    (work / "model").mkdir()
+    malicious_pickle(work / "model" / "pytorch_model.bin", work / "pwned")
+
+
+CASES = [
+    Case("config-unknown-key-cli", "--config.model.n_layr=2",
+         argv(*TINY, "--config.model.n_layr=2", "--workdir={work}"),
+         ("unknown config key", "did you mean 'model.n_layer'")),
+    Case("config-unknown-section-cli", "--config.modle.n_layer=2",
+         argv(*TINY, "--config.modle.n_layer=2", "--workdir={work}"),
+         ("unknown config key", "did you mean 'model'")),
+    Case("config-wrong-int-cli", "--config.model.n_layer=two",
+         argv("--config=configs/gpt2.py:small", "--config.model.n_layer=two", "--workdir={work}"),
+         ("not a valid int", "--config.model.n_layer=")),
+    Case("config-wrong-bool-cli", "--config.generate.do_sample=maybe",
+         argv(*TINY, "--config.generate.do_sample=maybe", "--workdir={work}"),
+         ("not a valid bool", "do_sample=true")),
+    Case("config-section-as-value-cli", "--config.model=3",
+         argv(*TINY, "--config.model=3", "--workdir={work}"),
+         ("is a section", "override one of its keys")),
+    Case("config-wrong-tuple-cli", "--config.mesh.rules=3 (rules are (name, axes) pairs)",
+         argv(*TRAIN, "--config.mesh.rules=3"),
+         ("--config.mesh.rules", "not a valid tuple", "('batch', ('data', 'fsdp'))")),
+    Case("config-file-missing-cli", "--config=configs/nope.py",
+         argv("--config=configs/nope.py", "--workdir={work}"),
+         ("does not exist", "--config=configs/gpt2.py:small")),
+    Case("config-file-bad-arg-cli", "--config=configs/gpt2.py:smal",
+         argv("--config=configs/gpt2.py:smal", "--workdir={work}"),
+         ("unknown gpt-2 size", "choose one of")),
+    Case("unknown-flag-cli", "--bogus=1", argv(*TINY, "--bogus=1", "--workdir={work}"),
+         ("unknown command line flag", "--helpshort")),
+    Case("impossible-shape-cli", "--config.model.n_head=5 with n_embd=128",
+         argv(*TRAIN, "--config.model.n_head=5"), ("not divisible by n_head", "choose n_embd")),
+    Case("data-missing-cli", "prepare from a missing text file",
+         argv(*PREPARE, "--config.data.train_file={work}/missing.txt", *SHARDS),
+         ("does not exist", "config.data.train_file")),
+    Case("data-binary-cli", "prepare from a binary file",
+         argv(*PREPARE, "--config.data.train_file={work}/blob.bin", *SHARDS,
+              setup=write("blob.bin", bytes(range(256)) * 4)),
+         ("not valid utf-8", "encoding_errors")),
+    Case("data-empty-cli", "prepare from an empty file",
+         argv(*PREPARE, "--config.data.train_file={work}/empty.txt", *SHARDS,
+              setup=write("empty.txt", "   \n")), ("is empty", "contains text")),
+    Case("mesh-device-mismatch-cli", "--config.mesh.data=3 on 8 devices",
+         argv(*TRAIN, "--config.mesh.data=3"), ("8 are available", "product is 8")),
+    Case("train-batch-not-divisible-cli", "--config.train.batch_size=12 on 8 devices",
+         argv(*TRAIN, "--config.train.num_steps=2"),
+         ("not divisible by the data-parallel size 8", "multiple of 8")),
+    Case("workdir-other-model-cli", "--workdir holding another model's checkpoint",
+         argv(*TRAIN, "--config.mesh.data=-1",
+              setup=lambda work: fake_checkpoint(work / "run", **OTHER_MODEL)),
+         ("different model", "new --workdir")),
+    Case("workdir-under-a-file-cli", "--workdir below a regular file",
+         argv("--mode=train", "--config=configs/shakespeare_char.py:cpu",
+              "--workdir={work}/afile/run", setup=write("afile", "x")),
+         ("workdir", "not a directory")),
+    Case("pickle-without-permission-cli", "--config.init_from=DIR with pytorch_model.bin",
+         argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi", setup=pickle_model),
+         ("pickle", "safetensors")),
+    Case("safetensors-truncated-cli", "--config.init_from=DIR with a truncated file",
+         argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi",
+              setup=lambda work: truncate(save_tiny(work / "model"), 100)),
+         ("not a readable safetensors", "again")),
+    Case("prompt-file-missing-cli", "--prompt_file that does not exist",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt_file={work}/nope.txt"),
+         ("does not exist", "one prompt per line")),
+    Case("prompt-and-file-cli", "both --prompt and --prompt_file",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt=hi", "--prompt_file={work}/p.txt",
+              setup=write("p.txt", "hello\n")), ("exactly one of",)),
+    Case("generate-bad-top-p-cli", "--config.generate.top_p=1.5 with do_sample",
+         argv(*TINY, "--mode=generate", "--prompt=hi", "--config.generate.do_sample=true",
+              "--config.generate.top_p=1.5"), ("top_p=1.5", "(0, 1]")),
+]
+
+ZYGOTE = textwrap.dedent(
+    """
+    import json, os, signal, sys, traceback
+    sys.path.insert(0, os.getcwd())
+    import run
+    from absl import app
+    from gpt2jax.cli.config_check import parse_flags
+    for name in ("jax", "gpt2jax.nn.model", "gpt2jax.weights.pretrained", "gpt2jax.cli.generate",
+                 "gpt2jax.cli.train", "gpt2jax.cli.eval", "gpt2jax.cli.prepare"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    results = []
+    for c in json.load(sys.stdin):
+        with open(c["log"], "wb") as log:
+            pid = os.fork()
+            if pid == 0:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                signal.alarm(c["timeout"])
+                sys.argv = ["run.py"] + c["argv"]  # config_flags reads overrides from here
+                try:
+                    app.run(run.main, flags_parser=parse_flags)
+                    code = 0
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        results.append(os.waitstatus_to_exitcode(status))
+    print(json.dumps(results))
+    """
+)
+
+
+def run_cli_batch(argvs: list[list[str]], logs: list[Path]) -> list[tuple[int, str]]:
+    """Runs each argv through run.py's entry point in a forked child: [(exit code, output)]."""
+    spec = [{"argv": a, "log": str(log), "timeout": CLI_TIMEOUT_S} for a, log in zip(argvs, logs)]
+    proc = subprocess.run(
+        [sys.executable, "-c", ZYGOTE], input=json.dumps(spec), cwd=REPO, capture_output=True,
+        text=True, timeout=CLI_TIMEOUT_S * 2 + 30 * len(argvs),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [(code, log.read_text(errors="replace")) for code, log in zip(codes, logs)]
+
+
+def _user_lines(output: str) -> list[str]:
+    """Output lines without absl/jax log lines (`I1128 ...`, `W1128 ...`) or blank lines."""
+    log_line = re.compile(r"^[IWEF]\d{4} ")
+    return [ln for ln in output.splitlines() if ln.strip() and not log_line.match(ln)]
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Builds every case and runs them all in one zygote: id -> (code, output, workdir hash
+    before, after, argv, what changed)."""
+    root = tmp_path_factory.mktemp("cli_cases")
+    argvs, logs, works, before, paths = [], [], [], [], []
+    for c in CASES:
+        work = case_dir(root / c.id)
+        argvs.append(c.make(work))
+        logs.append(root / f"{c.id}.log")
+        works.append(work)
+        before.append(tree_hash(work))
+        paths.append(tree_paths(work))
+    outs = run_cli_batch(argvs, logs)
+    results = {}
+    for c, (code, out), b, w, a, p in zip(CASES, outs, before, works, argvs, paths):
+        after = tree_hash(w)
+        results[c.id] = (code, out, b, after, a, tree_change(w, p) if after != b else "")
+    return results
+
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+def test_cli_case(c: Case, cli_results, record_property):
+    code, output, before, after, _, change = cli_results[c.id]
+    record_property("what", c.what)
+    lines = _user_lines(output)
+    record_property("message", " | ".join(lines)[:300])
+    if change:
+        record_property("workdir_change", change)
+    assert code != 0, output
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    for fragment in c.expect:
+        assert fragment in lines[0].lower(), (fragment, output)
+    assert after == before, f"the workdir changed: {change}"
+
+
+def test_real_subprocess_agrees_with_zygote(cli_results):
+    """`python run.py ...` prints the same line and exits the same as the forked entry point."""
+    c = CASES[0]
+    code, output, _, _, argv, _ = cli_results[c.id]
+    proc = run_cli(argv, timeout=CLI_TIMEOUT_S, check=False)
+    assert proc.returncode == code == 2
+    assert _user_lines(proc.stderr + proc.stdout) == _user_lines(output)
+
+
+def test_cli_catalogue_is_large_enough():
+    """With test_bad_inputs_api's: >= 30 cases on two surfaces, ids unique across both."""
+    assert len(CASES) >= 10, len(CASES)
+    check_ids(CASES, cli=True)
