@@ -13,6 +13,7 @@ from gpt2jax import data
 from gpt2jax.data.batching import BatchIterator, windows_batch
 from gpt2jax.data.shards import TokenStream
 from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.parallel.placement import Placement
 
 T, G = 16, 8
 
@@ -159,12 +160,10 @@ def test_val_batches_fixed_and_split_by_process(tmp_path):
         np.testing.assert_array_equal(got, v[b]["targets"])
 
 
-def test_to_global_assembles_the_batch_on_the_mesh():
-    from jax.sharding import PartitionSpec
-
+def test_placement_assembles_a_host_batch_on_the_mesh():
     mesh = jax.make_mesh((8, 1, 1), ("data", "fsdp", "tensor"))
     batch = windows_batch(_unique_stream(), np.arange(8) * 3, T, 0)
-    out = data.to_global(batch, mesh, PartitionSpec(("data", "fsdp")))
+    out = Placement(mesh, (("batch", ("data", "fsdp")),)).put_batch(batch)
     assert out["inputs"].shape == (8, T) and len(out["inputs"].addressable_shards) == 8
     for k in batch:
         np.testing.assert_array_equal(np.asarray(out[k]), batch[k])

@@ -5,7 +5,7 @@
     batch = next(ds.train)            # {"inputs", "targets": int32 [local_b, T], "weights"}
     state = ds.train.state()          # JSON dict; ds.train.restore(state) resumes exactly
     val = ds.val_batches(20)          # fixed validation batches, same layout
-    arrays = data.to_global(batch, mesh, sharding)   # global jax.Arrays on the mesh
+    arrays = Placement(mesh, rules).put_batch(batch)  # parallel.placement: on the mesh
 
 Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets),
 `shards` (token files written by `python run.py --mode=prepare`). See README `## Data`.
@@ -30,7 +30,6 @@ from gpt2jax.errors import ConfigError
 __all__ = [
     "BatchIterator", "CharTokenizer", "Datasets", "Gpt2Tokenizer", "TokenStream", "Tokenizer",
     "build_datasets", "load_streams", "load_tokenizer", "prepare_shards", "save_tokenizer",
-    "to_global",
 ]
 
 
@@ -104,30 +103,3 @@ def build_datasets(data_config, block_size: int, global_batch_size: int, seed: i
                        pad_id=tok.eot_id or 0)
     return Datasets(tok, it, train, val, block_size, global_batch_size, process_index,
                     process_count)
-
-
-def to_global(batch: dict[str, np.ndarray], mesh, sharding=None) -> dict:
-    """Assembles each process's rows into global `jax.Array`s on `mesh`.
-
-    Args:
-      batch: this process's arrays `[local_b, ...]`.
-      mesh: the device mesh.
-      sharding: a `NamedSharding`, a `PartitionSpec`, a dict of either per key, or None
-        (batch axis over mesh axes ("data", "fsdp")).
-    Returns:
-      dict of `jax.Array` `[local_b * process_count, ...]`.
-    """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    def resolve(s):
-        if s is None:
-            s = PartitionSpec(("data", "fsdp"))
-        return NamedSharding(mesh, s) if isinstance(s, PartitionSpec) else s
-
-    out = {}
-    for key, value in batch.items():
-        s = resolve(sharding.get(key) if isinstance(sharding, dict) else sharding)
-        shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(s, value, shape)
-    return out
