@@ -179,3 +179,24 @@ def test_perplexity_scores_only_scored_positions_equal_full_logits(length, strid
         logits = apply({"params": params}, jnp.asarray(inputs))
         full = float(jnp.sum(ppl_lib.token_nll(logits, jnp.asarray(targets)) * weights))
         np.testing.assert_allclose(ours[w], full, rtol=1e-6, err_msg=str(w))
+
+
+def test_head_at_continuation_positions_equals_full_logits():
+    """lm-eval / LAMBADA scoring: the head at the scored positions only (k = 4 slots, rows with
+    3, 0 and 2 scored positions) == full logits at those positions: NLL sums and argmax."""
+    params, batch = _params(), make_batch()
+    weights = np.zeros((B, T), np.float32)
+    weights[0, 7:10], weights[2, 11:13] = 1.0, 1.0
+    positions = loss_lib.scored_positions(weights, 4)
+    targets_k, weights_k = loss_lib.gather_scored(positions, np.asarray(batch["targets"]), weights)
+    assert weights_k.sum() == 5 and positions[0, :3].tolist() == [7, 8, 9]
+    hidden = jax.jit(functools.partial(GPT2(CFG).apply, return_hidden=True))(
+        {"params": params}, batch["inputs"])
+    nll, greedy = jax.jit(loss_lib.head_at)(hidden, loss_lib.head_embedding(params),
+                                            positions, targets_k, weights_k)
+    logits = jax.jit(GPT2(CFG).apply)({"params": params}, batch["inputs"])
+    full = ppl_lib.token_nll(logits, batch["targets"])
+    np.testing.assert_allclose(nll, np.sum(full * weights, axis=1), rtol=1e-6, atol=1e-6)
+    argmax = np.take_along_axis(np.asarray(jnp.argmax(logits, -1)), positions, 1)
+    np.testing.assert_array_equal(np.where(weights_k > 0, greedy, -1),
+                                  np.where(weights_k > 0, argmax, -1))
