@@ -4,6 +4,7 @@ XLA's `compiled.memory_analysis()`: no device memory is used, the step is only c
     python bench/loss_memory.py                          # 124M at 16 x 1024, chunk 0 vs 1024
     python bench/loss_memory.py --size=xl --batches=1,2  # 1.5B
     python bench/loss_memory.py --chunks=0,1024,4096
+    python bench/loss_memory.py --remat=full             # blocks rematerialised
 
 For each loss chunk size it compiles the real `Trainer` train step (AdamW, one micro-batch,
 block 1024, the config's default dropout) at two batch sizes on the default backend and
@@ -78,8 +79,11 @@ def main() -> None:
     p.add_argument("--chunks", default="0,1024", help="loss_chunk_size values (0 = full)")
     p.add_argument("--scan_layers", action="store_true",
                    help="compile the blocks as one nn.scan (faster compile of big models)")
+    p.add_argument("--remat", default="", help="model.remat override (full, dots_saveable)")
     args = p.parse_args()
     model = common.model_config(**common.GPT2_SIZES[args.size])
+    if args.remat:
+        model.remat = args.remat
     if args.scan_layers:
         model.scan_layers = True
     cfg = GPT2Config.from_config(model)
