@@ -1,0 +1,135 @@
+"""The main job side by side with nanoGPT's CPU recipe: tokens/s and val loss, one script.
+
+    python bench/cpu_shakespeare.py --nanogpt=/path/to/nanoGPT        # 2,000 steps each
+    python bench/cpu_shakespeare.py --nanogpt=/path/to/nanoGPT --steps=100   # smoke run
+
+nanoGPT (a checkout, not vendored; only read: its train.py, model.py, configurator.py,
+config/ and data/shakespeare_char/prepare.py are copied to a temporary folder, with Tiny
+Shakespeare from this package, so no download) runs its README's CPU recipe:
+
+    python train.py config/train_shakespeare_char.py --device=cpu --compile=False
+      --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
+      --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+
+gpt2jax runs the README's main command, `python run.py --mode=train
+--config=configs/shakespeare_char.py:cpu` (its defaults: one CPU device per core, a sample at
+each evaluation), plus `--ours_flags`. Both run one after the other, alone on the machine.
+
+Prints for each: steady tokens/s (median over the logged steps after the first 50, whose
+window holds no evaluation), wall time of the whole run (start-up, compilation, evaluations,
+samples, checkpoints), the final val loss; then the ratios gpt2jax / nanoGPT. Targets of issue
+15.4: steady tokens/s >= 2x nanoGPT, val loss <= 1.89.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = REPO / "gpt2jax" / "data" / "assets" / "tinyshakespeare" / "input.txt"
+TOKENS_PER_STEP = 12 * 64
+NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
+                 "data/shakespeare_char/prepare.py")
+
+
+def nanogpt_command(steps: int) -> list[str]:
+    """nanoGPT README's CPU recipe, `steps` iterations."""
+    return [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
+            "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+            "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+            f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dropout=0.0"]
+
+
+def run_nanogpt(checkout: Path, steps: int, tmp: Path) -> dict:
+    """Runs nanoGPT from a copy of `checkout`; parses its per-iteration times and val loss."""
+    work = tmp / "nanogpt"
+    for name in NANOGPT_FILES:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(checkout / name, work / name)
+    data = work / "data" / "shakespeare_char"
+    shutil.copy(TEXT, data / "input.txt")  # prepare.py downloads only when it is missing
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    start = time.perf_counter()
+    out = subprocess.run(nanogpt_command(steps), cwd=work, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"nanoGPT failed:\n{out.stderr[-3000:]}")
+    times = {int(i): float(ms) / 1e3 for i, ms in
+             re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", out.stdout, re.M)}
+    vals = re.findall(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", out.stdout, re.M)
+    steady = [t for i, t in times.items() if i > 50]
+    return {"steady_tokens_per_sec": TOKENS_PER_STEP / statistics.median(steady),
+            "wall_s": wall, "val_loss": float(vals[-1][1]), "val_step": int(vals[-1][0])}
+
+
+def run_ours(steps: int, tmp: Path, flags: list[str]) -> dict:
+    """Runs the README's main command; reads metrics.jsonl."""
+    workdir = tmp / "ours"
+    cmd = [sys.executable, "run.py", "--mode=train", "--config=configs/shakespeare_char.py:cpu",
+           f"--workdir={workdir}", f"--config.train.num_steps={steps}",
+           f"--config.train.lr_decay_steps={steps}", "--config.train.progress_bar=False", *flags]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        fatal = [ln for ln in out.stderr.splitlines() if "Fatal" in ln or "Error" in ln]
+        raise SystemExit(f"gpt2jax failed ({out.returncode}): {fatal[:3]}\n{out.stderr[-3000:]}")
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if "val_loss" in r]
+    evals = {r["step"] for r in vals}
+    log_every = 10
+    steady = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r
+              and r["step"] > 50 and not any(r["step"] - log_every < e <= r["step"]
+                                             for e in evals)]
+    split = re.search(r"CPU host split into (\d+) JAX devices", out.stderr)
+    return {"steady_tokens_per_sec": statistics.median(steady), "wall_s": wall,
+            "val_loss": vals[-1]["val_loss"] if vals else float("nan"),
+            "val_step": vals[-1]["step"] if vals else None,
+            "devices": int(split.group(1)) if split else 1}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (omit: gpt2jax only)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--ours_flags", default="", help="extra run.py flags, space separated")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    a = p.parse_args()
+    load = os.getloadavg()[0]
+    res = {"steps": a.steps, "cores": os.cpu_count(), "load_average_start": load}
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.nanogpt:
+            res["nanogpt"] = run_nanogpt(a.nanogpt.expanduser().resolve(), a.steps, Path(tmp))
+            print("nanoGPT:", json.dumps(res["nanogpt"]), flush=True)
+        res["gpt2jax"] = run_ours(a.steps, Path(tmp), a.ours_flags.split())
+        print("gpt2jax:", json.dumps(res["gpt2jax"]), flush=True)
+    res["load_average_end"] = os.getloadavg()[0]
+    if a.nanogpt:
+        ours, peer = res["gpt2jax"], res["nanogpt"]
+        res["ratio_steady"] = ours["steady_tokens_per_sec"] / peer["steady_tokens_per_sec"]
+        res["ratio_wall"] = peer["wall_s"] / ours["wall_s"]
+        print(f"steady tokens/s: gpt2jax {ours['steady_tokens_per_sec']:,.0f} "
+              f"({ours['devices']} device(s)), nanoGPT {peer['steady_tokens_per_sec']:,.0f}: "
+              f"{res['ratio_steady']:.2f}x (target >= 2x)")
+        print(f"wall: gpt2jax {ours['wall_s']:.0f} s, nanoGPT {peer['wall_s']:.0f} s: "
+              f"{res['ratio_wall']:.2f}x; val loss gpt2jax {ours['val_loss']:.4f}, nanoGPT "
+              f"{peer['val_loss']:.4f} (target <= 1.89 at 2,000 steps)")
+    print(f"load average {load:.1f} -> {res['load_average_end']:.1f} on {os.cpu_count()} cores"
+          " (ratios mean something only on an idle machine)")
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
