@@ -9,7 +9,7 @@ What is compared (see gpt2jax/eval/perplexity.py):
   n_scored against our per-window NLL sum and count, then the totals; and, separately, the
   guide's own `loss * (num_valid - 1)` formula, compared with our `guide_perplexity`.
 
-The HF model's random weights reach ours through `gpt2jax.weights.hf_state_dict_to_params`.
+The HF model's random weights reach ours through gpt2jax's converter (`helpers.to_gpt2jax`).
 
 To fit the CI budget, the tiny model (2 layers, 64 wide, 1024 positions) has a compact
 vocabulary: the GPT-2 ids occurring in the 20,000-token WikiText-2 slice and the 50 LAMBADA
@@ -33,12 +33,12 @@ import transformers
 import gpt2jax
 from configs import common
 from gpt2jax.parallel import sharding
-from gpt2jax.weights import pretrained as weights
 from gpt2jax.eval import lambada as lambada_lib
 from gpt2jax.eval import perplexity as ppl_lib
 from gpt2jax.eval import stopwords
 from gpt2jax.eval import tasks
 from gpt2jax.nn.model import GPT2Config, init_params
+from helpers import hf_tiny_model
 
 N_SLICE = 20_000
 N_LAMBADA = 50
@@ -80,16 +80,14 @@ def compact(tokenizer, wiki_ids, lambada_texts):
 @pytest.fixture(scope="module")
 def tiny(compact):
     """A 2-layer, 64-wide GPT-2 with 1024 positions, in HF and ours, same random weights."""
-    torch.manual_seed(0)
-    hf_cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
-                                     vocab_size=compact.vocab_size, bos_token_id=0, eos_token_id=0,
-                                     attn_implementation="eager")
-    model = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
-                     vocab_size=compact.vocab_size, embd_pdrop=0.0, attn_pdrop=0.0,
-                     resid_pdrop=0.0)
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    params = jax.tree.map(jnp.asarray, weights.hf_state_dict_to_params(state, cfg))
+    model, cfg, params = hf_tiny_model(
+        0, eager=True, n_layer=2, n_embd=64, n_head=2, n_positions=1024,
+        vocab_size=compact.vocab_size, bos_token_id=0, eos_token_id=0, embd_pdrop=0.0,
+        attn_pdrop=0.0, resid_pdrop=0.0)
+    assert cfg == GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=1024,
+                             vocab_size=compact.vocab_size, embd_pdrop=0.0, attn_pdrop=0.0,
+                             resid_pdrop=0.0)
+    params = jax.tree.map(jnp.asarray, params)
     ref = jax.eval_shape(lambda key: init_params(cfg, key), jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(ref)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)))

@@ -5,8 +5,6 @@ transformers with the same logits."""
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,8 +13,8 @@ import pytest
 from gpt2jax.training import checkpoint
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 from gpt2jax.weights.pretrained import save_pretrained
+from helpers import REPO, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALARS = {"train/loss", "val/loss", "train/learning_rate", "train/grad_norm",
            "train/param_norm", "perf/tokens_per_sec", "perf/mfu"}
 
@@ -29,17 +27,16 @@ def finetuned(tmp_path_factory, data_dir):
     save_pretrained(cfg, init_params(cfg, jax.random.key(0)), root / "pretrained")
     text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:12_000]
     (root / "train.txt").write_text(text)
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", "")
-    cmd = [sys.executable, "run.py", "--mode=train", "--config=configs/finetune.py",
-           f"--config.init_from={root / 'pretrained'}",
-           f"--config.data.train_file={root / 'train.txt'}", f"--workdir={root / 'w'}",
-           "--config.train.batch_size=8", "--config.train.log_every=1",
-           "--config.train.eval_every=2", "--config.train.eval_batches=1",
-           "--config.checkpoint.save_every=2", "--config.train.progress_bar=False"]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_cli(["--mode=train", "--config=configs/finetune.py",
+                   f"--config.init_from={root / 'pretrained'}",
+                   f"--config.data.train_file={root / 'train.txt'}", f"--workdir={root / 'w'}",
+                   "--config.train.batch_size=8", "--config.train.log_every=1",
+                   "--config.train.eval_every=2", "--config.train.eval_batches=1",
+                   "--config.checkpoint.save_every=2", "--config.train.progress_bar=False"],
+                  env=env)  # asserts exit status 0
     assert "done: step" in out.stdout
     return root / "w"
 

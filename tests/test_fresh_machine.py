@@ -16,8 +16,8 @@ import zipfile
 from pathlib import Path
 
 from gpt2jax.data import resolve
+from helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
@@ -32,11 +32,6 @@ def fresh_env(home: Path) -> dict[str, str]:
                TMPDIR=str(home / "tmp"))
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     return env
-
-
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def test_packaged_shakespeare_is_the_real_file(data_dir):
@@ -71,14 +66,12 @@ def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
     small = ["--config.train.num_steps=3", "--config.train.eval_every=3",
              "--config.train.eval_batches=1", "--config.train.log_every=1",
              "--config.checkpoint.save_every=3", "--config.train.sample_tokens=0"]
-    train = run(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
-                 f"--workdir={workdir}", *small], env)
-    assert train.returncode == 0, train.stderr[-3000:]
+    run_cli(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+             f"--workdir={workdir}", *small], env=env)  # asserts exit status 0
     assert (workdir / "tokenizer.json").is_file()
-    gen = run(["--mode=generate", "--config=configs/shakespeare_char.py:cpu",
-               f"--config.init_from={workdir}", "--prompt=ROMEO:",
-               "--config.generate.max_new_tokens=20"], env)
-    assert gen.returncode == 0, gen.stderr[-3000:]
+    gen = run_cli(["--mode=generate", "--config=configs/shakespeare_char.py:cpu",
+                   f"--config.init_from={workdir}", "--prompt=ROMEO:",
+                   "--config.generate.max_new_tokens=20"], env=env)  # asserts exit status 0
     assert "ROMEO:" in gen.stdout
     # Nothing was downloaded or cached: the text came from the package.
     cache = home / ".cache" / "gpt2jax"
@@ -88,9 +81,9 @@ def test_main_job_trains_and_samples_with_nothing_but_the_install(tmp_path):
 def test_offline_dataset_is_one_line_and_writes_nothing(tmp_path):
     home = tmp_path / "home"
     workdir = tmp_path / "runs" / "ptb"
-    proc = run(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
-                f"--workdir={workdir}", "--config.data.train_file=dataset:ptb/ptb.train.txt"],
-               fresh_env(home))
+    proc = run_cli(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+                    f"--workdir={workdir}", "--config.data.train_file=dataset:ptb/ptb.train.txt"],
+                   env=fresh_env(home), check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: Could not download ptb/ptb.train.txt from "

@@ -12,10 +12,10 @@ import torch
 import transformers
 
 import gpt2jax
-from gpt2jax.weights import pretrained as weights
 from gpt2jax.generation.generate import DECODERS, generate
 from gpt2jax.parallel.sharding import make_mesh, rules
 from configs import common
+from helpers import hf_model, to_gpt2jax
 
 PAD = 50256
 LENGTHS = (3, 7, 1, 5, 8, 2)
@@ -23,17 +23,7 @@ LENGTHS = (3, 7, 1, 5, 8, 2)
 
 def hf_tiny(seed: int = 0, **overrides) -> transformers.GPT2LMHeadModel:
     """A random HF GPT-2 (2 layers, 4 heads, 64 dims, real vocabulary), eval mode."""
-    config = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_positions=128)
-    config.update(overrides)
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
-
-
-def to_gpt2jax(hf: transformers.GPT2LMHeadModel):
-    """(cfg, params) holding the same weights as the HF model."""
-    cfg = weights.config_from_hf(hf.config.to_dict())
-    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    return cfg, weights.hf_state_dict_to_params(state, cfg)
+    return hf_model(seed, **{"vocab_size": 50257, "n_positions": 128, **overrides})
 
 
 def left_padded(lengths, vocab: int = 50000, seed: int = 0, width: int | None = None):

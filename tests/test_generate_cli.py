@@ -1,9 +1,6 @@
 """`run.py --mode=generate` end to end: the seed's example command reproduces HF's tokens."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,12 +10,11 @@ from configs import gpt2 as gpt2_configs
 from gpt2jax.cli import CliArgs
 from gpt2jax.cli import generate as cli
 from gpt2jax.errors import ConfigError
-from test_generate import hf_tiny
+from helpers import cli_env, hf_model, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The quick brown fox jumps over the"
 # one CPU device in the subprocesses (conftest simulates 8 for this process)
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+ENV = cli_env()
 SEED_EXAMPLE = dict(max_length=50, num_beams=5, no_repeat_ngram_size=2, top_k=50, top_p=0.95,
                     temperature=0.7)
 
@@ -26,7 +22,7 @@ SEED_EXAMPLE = dict(max_length=50, num_beams=5, no_repeat_ngram_size=2, top_k=50
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny random GPT-2 saved as an HF directory (config.json + model.safetensors)."""
-    hf = hf_tiny(seed=3)
+    hf = hf_model(seed=3, vocab_size=50257, n_positions=128)
     path = tmp_path_factory.mktemp("hf_tiny")
     hf.save_pretrained(path)
     return hf, path
@@ -47,12 +43,9 @@ def test_seed_example_command_matches_hf(hf_dir, tokenizer, tmp_path):
                           **SEED_EXAMPLE)[0].tolist()
     out = tmp_path / "out.json"
     overrides = [f"--config.generate.{k}={v}" for k, v in SEED_EXAMPLE.items()]
-    cmd = [sys.executable, "run.py", "--mode=generate", "--config=configs/gpt2.py:small",
-           f"--config.init_from={path}", f"--prompt={PROMPT}", f"--output_json={out}",
-           *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(["--mode=generate", "--config=configs/gpt2.py:small",
+                    f"--config.init_from={path}", f"--prompt={PROMPT}", f"--output_json={out}",
+                    *overrides], env=ENV)  # asserts exit status 0
     result = json.loads(out.read_text())
     assert result[0]["tokens"][0] == ref
     assert len(result[0]["scores"]) == 1
@@ -101,10 +94,9 @@ def test_blank_line_in_prompt_file_is_named(tmp_path):
 
 
 def test_cli_bad_generate_option_exits_2(tmp_path):
-    cmd = [sys.executable, "run.py", "--mode=generate", "--config=configs/gpt2.py:small",
-           "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
-           "--prompt=Hi", "--config.generate.top_p=1.5", "--config.generate.do_sample=True"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=ENV)
+    proc = run_cli(["--mode=generate", "--config=configs/gpt2.py:small",
+                    "--config.model.n_layer=1", "--config.model.n_embd=32",
+                    "--config.model.n_head=2", "--prompt=Hi", "--config.generate.top_p=1.5",
+                    "--config.generate.do_sample=True"], env=ENV, check=False)
     assert proc.returncode == 2
     assert "top_p" in proc.stderr and "(0, 1]" in proc.stderr

@@ -12,7 +12,7 @@ import pytest
 from gpt2jax import GPT2, GPT2Config, hook_names, init_params, run_with_cache, run_with_hooks
 from gpt2jax.errors import ConfigError
 from gpt2jax.nn import scan as scan_lib
-from hf_tiny import TINY, converted, hf_forward, hf_model, left_padded_batch
+from helpers import TINY, converted, hf_forward, hf_model, left_padded_batch
 
 TL_SHAPES = {  # TransformerLens's shapes, B=2, T=12, E=64, H=4, D=16, d_mlp=256
     "hook_embed": (2, 12, 64), "hook_pos_embed": (2, 12, 64), "hook_resid_pre": (2, 12, 64),
@@ -28,7 +28,7 @@ TL_SHAPES = {  # TransformerLens's shapes, B=2, T=12, E=64, H=4, D=16, d_mlp=256
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    model = hf_model(1)
+    model = hf_model(1, random_norms=True, eager=True)
     return model, converted(model, tmp_path_factory.mktemp("hf"))
 
 

@@ -13,12 +13,12 @@ import torch
 
 from gpt2jax import activation_patching, head_ablation, logit_difference, logit_lens
 from gpt2jax.errors import ConfigError
-from hf_tiny import converted, hf_forward, hf_model
+from helpers import converted, hf_forward, hf_model
 
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    model = hf_model(2)
+    model = hf_model(2, random_norms=True, eager=True)
     return model, converted(model, tmp_path_factory.mktemp("hf"))
 
 

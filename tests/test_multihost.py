@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from gpt2jax.parallel import distributed
+from helpers import free_port
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,15 +28,9 @@ WORKER = REPO / "tests" / "multihost_worker.py"
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(workdir: Path, start: int, stop: int, tag: str) -> list[dict]:
     """Runs 2 worker processes to completion (killed on timeout); returns their outputs."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     procs, outs = [], []

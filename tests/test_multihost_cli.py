@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_multihost import _free_port
+
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 30
@@ -99,7 +100,7 @@ class Job:
         return proc
 
     def start_pair(self, workdir: Path) -> list[subprocess.Popen]:
-        address = f"--coordinator_address=127.0.0.1:{_free_port()}"
+        address = f"--coordinator_address=127.0.0.1:{free_port()}"
         return [self.start(f"p{i}", workdir, address, "--num_processes=2", f"--process_id={i}")
                 for i in range(2)]
 

@@ -13,12 +13,12 @@ import transformers
 
 from gpt2jax import GPT2, ModelOutput, generate
 from gpt2jax.errors import ConfigError
-from hf_tiny import converted, hf_forward, hf_model, left_padded_batch
+from helpers import converted, hf_forward, hf_model, left_padded_batch
 
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    model = hf_model(0)
+    model = hf_model(0, random_norms=True, eager=True)
     return model, converted(model, tmp_path_factory.mktemp("hf"))
 
 

@@ -9,7 +9,6 @@ which shares its training subprocess machinery.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpt2jax.training.preemption import PreemptionGuard
+from helpers import free_port
 
 
 def test_sigterm_sets_flag_and_handlers_are_restored():
@@ -99,12 +99,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _progress(path: Path) -> int:
     try:
         return int(path.read_text() or 0)
@@ -117,7 +111,7 @@ def test_two_hosts_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
     service (not a Python handler, which would replace it) spreads the notice, and both
     processes stop at the same agreed step and exit 0 instead of one of them hanging in a
     collective."""
-    port, repo = _free_port(), str(Path(__file__).resolve().parents[1])
+    port, repo = free_port(), str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
     procs = []

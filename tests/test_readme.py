@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -15,8 +13,8 @@ import numpy as np
 import pytest
 
 from gpt2jax import GPT2, GPT2Config, init_params, load_pretrained, save_pretrained
+from helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128)
 
 
@@ -59,13 +57,11 @@ def _greedy(cfg, params, ids: list[int], steps: int) -> list[int]:
 def test_cli_generate_end_to_end(tiny_model_dir, tmp_path, tokenizer):
     prompt = "ROMEO: But soft, what light"
     out_json = tmp_path / "out.json"
-    cmd = [sys.executable, "run.py", "--mode=generate", "--config=configs/gpt2.py:small",
-           f"--config.init_from={tiny_model_dir}", f"--prompt={prompt}",
-           "--config.generate.max_new_tokens=6", "--config.generate.eos_token_id=-1",
-           f"--output_json={out_json}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(["--mode=generate", "--config=configs/gpt2.py:small",
+                    f"--config.init_from={tiny_model_dir}", f"--prompt={prompt}",
+                    "--config.generate.max_new_tokens=6", "--config.generate.eos_token_id=-1",
+                    f"--output_json={out_json}"],
+                   env={**os.environ, "PYTHONPATH": str(REPO)})  # asserts exit status 0
     assert proc.stdout.startswith(prompt)
     result = json.loads(out_json.read_text())
     cfg, params = load_pretrained(tiny_model_dir)

@@ -12,7 +12,7 @@ from transformers.generation import logits_process as hf_lp
 from gpt2jax.generation import sampling
 from gpt2jax.generation.generate import generate
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
-from test_generate import hf_tiny, to_gpt2jax
+from helpers import hf_model, to_gpt2jax
 
 
 def params(temperature=1.0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0, ngram=1,
@@ -141,7 +141,7 @@ def test_greedy_is_first_argmax():
 def tied_model():
     """A tiny HF GPT-2 whose 64 tokens come in 16 groups of 4 identical embeddings (the LM head
     is tied), so every logit is tied with 3 others: (HF model, cfg, params, prompt [1, 5])."""
-    hf = hf_tiny(seed=4, vocab_size=64, n_positions=32)
+    hf = hf_model(seed=4, vocab_size=64, n_positions=32)
     with torch.no_grad():
         wte = hf.transformer.wte.weight
         wte.copy_(wte[::4].repeat_interleave(4, dim=0))

@@ -23,8 +23,7 @@ from configs import prepare_tfds, shakespeare_char
 from gpt2jax.cli import CliArgs, run_mode
 from gpt2jax.data import shards
 from gpt2jax.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_cli
 NAME = "local_tiny_shakespeare"  # stands for tiny_shakespeare in the README's commands
 # The README's training command, shrunk to seconds on CPU.
 TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",
@@ -35,13 +34,6 @@ TINY = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n
         "--config.train.eval_batches=1", "--config.train.log_every=1",
         "--config.train.export_hf=False", "--config.train.progress_bar=False",
         "--config.train.peak_flops=1e9", "--config.checkpoint.save_every=2"]
-
-
-def _run_py(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
 
 
 def _without_tensorflow(tmp_path: Path) -> dict:
@@ -75,10 +67,10 @@ def test_recipe_trains_from_staged_shards_without_tensorflow(data_dir, tokenizer
     # 4. Every worker: stage the shards to local disk, then the training command.
     worker = tmp_path / "worker"
     shutil.copytree(bucket / "shards" / NAME, worker / "data" / NAME)
-    proc = _run_py(["--mode=train", f"--config={REPO}/configs/gpt2.py:small",
+    proc = run_cli(["--mode=train", f"--config={REPO}/configs/gpt2.py:small",
                     f"--config.data.shards_dir=data/{NAME}", "--config.mesh.data=-1",
                     "--workdir=runs/gpt2-small-shakespeare", *TINY],
-                   worker, _without_tensorflow(tmp_path))
+                   cwd=worker, env=_without_tensorflow(tmp_path))  # asserts exit status 0
     assert "done: step 2" in proc.stdout
     assert (worker / "runs" / "gpt2-small-shakespeare" / "checkpoints" / "2").is_dir()
 

@@ -17,19 +17,17 @@ from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.training.workdir_lock import WorkdirLockedError, acquire, lock_path, release
+from helpers import cli_env, run_cli
 from test_checkpoint import _config, text  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli_train(workdir: Path) -> subprocess.CompletedProcess:
     """`run.py --mode=train` on `workdir` (a tiny shakespeare_char:cpu run, one CPU device)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    cmd = [sys.executable, "run.py", "--mode=train", "--config=configs/shakespeare_char.py:cpu",
-           f"--workdir={workdir}", "--config.model.n_layer=1", "--config.model.n_embd=32",
-           "--config.model.n_head=2", "--config.train.num_steps=2",
-           "--config.train.eval_every=0", "--config.train.progress_bar=False"]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_cli(["--mode=train", "--config=configs/shakespeare_char.py:cpu",
+                    f"--workdir={workdir}", "--config.model.n_layer=1", "--config.model.n_embd=32",
+                    "--config.model.n_head=2", "--config.train.num_steps=2",
+                    "--config.train.eval_every=0", "--config.train.progress_bar=False"],
+                   env=cli_env(), check=False)
 
 
 def _lines(workdir: Path) -> list[dict]:
