@@ -45,13 +45,11 @@ def training_metrics(cfg: GPT2Config, params, lm_eval_config) -> dict[str, float
     return {f"lm_eval/{r['task']}/{r['metric']}": r["value"] for r in result_rows(results)}
 
 
-def log_training_metrics(cfg: GPT2Config, params, lm_eval_config, step: int, writer,
-                         write_record) -> dict[str, float]:
-    """`training_metrics` written as TensorBoard scalars (`writer.add_scalar`) and one
-    metrics.jsonl record (`write_record({"step": step, ...})`); returns them."""
+def log_training_metrics(cfg: GPT2Config, params, lm_eval_config, step: int,
+                         writer) -> dict[str, float]:
+    """`training_metrics` written as one record at `step` to the run's `writer`
+    (`training.metric_writers`: metrics.jsonl, TensorBoard, log); returns them."""
     metrics = training_metrics(cfg, params, lm_eval_config)
-    for name, value in metrics.items():
-        writer.add_scalar(name, value, step)
     if metrics:
-        write_record({"step": step, **metrics})
+        writer.write_scalars(step, metrics)
     return metrics

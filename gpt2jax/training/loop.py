@@ -24,7 +24,7 @@ from absl import logging
 from gpt2jax import data as data_lib
 from gpt2jax.errors import ConfigError
 from gpt2jax.generation.generate import generate
-from gpt2jax.training.meter import Meter, peak_flops
+from gpt2jax.training.meter import StepMetrics, Throughput, log_steps, peak_flops
 from gpt2jax.training.preemption import PreemptionGuard
 from gpt2jax.training.setup import Hook, Run, open_run
 from gpt2jax.training.step import Trainer, model_flops_per_token
@@ -58,7 +58,10 @@ def _meta(run: Run) -> dict:
 def _train(run: Run, hooks: Sequence[Hook]) -> dict:
     opt, start, num_steps, trainer = (run.setup.options, run.setup.start_step,
                                       run.setup.num_steps, run.trainer)
-    meter = Meter(run, model_flops_per_token(run.cfg, run.tc.block_size), peak_flops(run))
+    steps = StepMetrics(run.checkpointer)
+    speed = Throughput(run.tc.batch_size * run.tc.block_size,
+                       model_flops_per_token(run.cfg, run.tc.block_size), peak_flops(run))
+    train_loss = math.nan  # of the last logged step
     val_batches = _val_batches(run) if opt.eval_every > 0 else []
     bar = _progress(opt.progress_bar, start, num_steps)
     meta, every = _meta(run), opt.save_every
@@ -72,45 +75,58 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
                 break
             run.state, metrics = trainer.train_step(run.state, _to_global(run, batch))
             step += 1
-            meter.add(step, metrics)
+            steps.add(step, metrics)
             last = step == num_steps
             evaluate_now = bool(val_batches) and (step % opt.eval_every == 0 or last)
             save_now = (every > 0 and step % every == 0) or last
             if step % opt.log_every == 0 or evaluate_now or save_now:
-                meter.flush(bar)  # raises on a NaN loss/update before anything is saved
+                # raises on a NaN loss/update before anything is saved
+                train_loss = _log_train(steps, speed, run.writer, bar, train_loss)
             if evaluate_now:
-                _evaluate(run, val_batches, step, meter)
+                _evaluate(run, val_batches, step, train_loss)
             if save_now:
-                _save(run, step, meta, val_batches, meter, preempted=False)
+                _save(run, step, meta, val_batches, train_loss, preempted=False)
             if bar is not None:
                 bar.update(1)
             for hook in hooks:
                 hook(step, run)
             if guard.should_stop(step):  # preempted: the checkpoint is saved just below
                 break
-        meter.flush(bar)
+        train_loss = _log_train(steps, speed, run.writer, bar, train_loss)
         if step > start and run.checkpointer.latest_step() != step:  # data ended / preempted
             if val_batches and not guard.stop_requested:
-                _evaluate(run, val_batches, step, meter)
-            _save(run, step, meta, val_batches, meter, preempted=guard.stop_requested)
+                _evaluate(run, val_batches, step, train_loss)
+            _save(run, step, meta, val_batches, train_loss, preempted=guard.stop_requested)
     finally:
         guard.uninstall()
-        meter.close()
         if bar is not None:
             bar.close()
     run.checkpointer.wait_until_finished()
     if guard.stop_requested:
         logging.warning(guard.stop_message(step))
         print(guard.stop_message(step), flush=True)
-        return {"step": step, "train_loss": meter.last_loss, "val_loss": run.val_loss,
+        return {"step": step, "train_loss": train_loss, "val_loss": run.val_loss,
                 "preempted": True}
     if opt.export_hf:
         export_hf(run)
     logging.info("train_step compiled %d time(s).", trainer.compile_count())
-    return {"step": step, "train_loss": meter.last_loss, "val_loss": run.val_loss}
+    return {"step": step, "train_loss": train_loss, "val_loss": run.val_loss}
 
 
-def _save(run: Run, step: int, meta: dict, val_batches, meter: Meter, preempted: bool) -> None:
+def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float) -> float:
+    """Writes the pending steps' metrics (`meter.log_steps`) and shows the last on the bar;
+    returns the last train loss (`loss` when nothing was pending)."""
+    record = log_steps(steps, speed, writer)
+    if record is None:
+        return loss
+    writer.flush()
+    if bar is not None:
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}")
+    return record["loss"]
+
+
+def _save(run: Run, step: int, meta: dict, val_batches, train_loss: float,
+          preempted: bool) -> None:
     """Saves checkpoint `step`, ranked for keep_best only by a val loss of its own params.
 
     With keep_best > 0 a save at a step without an evaluation evaluates first; a preemption
@@ -119,7 +135,7 @@ def _save(run: Run, step: int, meta: dict, val_batches, meter: Meter, preempted:
     """
     if (run.setup.options.keep_best > 0 and val_batches and not preempted
             and run.val_step != step):
-        _evaluate(run, val_batches, step, meter)
+        _evaluate(run, val_batches, step, train_loss)
     own = run.val_loss if run.val_step == step else None
     run.checkpointer.save(step, run.state, run.ds.train.state(), meta, own)
 
@@ -159,29 +175,27 @@ def evaluate_batches(trainer: Trainer, params, batches: Sequence[dict]) -> dict:
             "tokens": float(sums["weight_sum"])}
 
 
-def _evaluate(run: Run, val_batches, step: int, meter: Meter) -> None:
+def _evaluate(run: Run, val_batches, step: int, train_loss: float) -> None:
+    """Val loss of the current params (and lm-eval tasks, a sample) written at `step`."""
     res = evaluate_batches(run.trainer, run.state.params, val_batches)
     run.val_loss, run.val_step = res["loss"], step
-    run.writer.add_scalar("val/loss", res["loss"], step)
-    run.writer.add_scalar("val/accuracy", res["accuracy"], step)
-    run.writer.add_scalar("val/perplexity", math.exp(min(res["loss"], 50.0)), step)
-    meter.write({"step": step, "val_loss": res["loss"], "val_accuracy": res["accuracy"]})
+    run.writer.write_scalars(step, {"val_loss": res["loss"], "val_accuracy": res["accuracy"],
+                                    "val_perplexity": math.exp(min(res["loss"], 50.0))})
     opt = run.setup.options
     if opt.lm_eval.tasks:
         from gpt2jax.eval import harness_train  # optional dependency: lm-eval (eval extra)
 
-        harness_train.log_training_metrics(run.cfg, run.state.params, opt.lm_eval,
-                                           step, run.writer, meter.write)
-    meter.jsonl.flush()
-    logging.info("step %d: train loss %.4f, val loss %.4f", step, meter.last_loss, res["loss"])
+        harness_train.log_training_metrics(run.cfg, run.state.params, opt.lm_eval, step,
+                                           run.writer)
     if jax.process_index() == 0:  # the console's metrics, like the files, are process 0's
-        print(f"step {step}: train loss {meter.last_loss:.4f}, val loss {res['loss']:.4f}",
+        print(f"step {step}: train loss {train_loss:.4f}, val loss {res['loss']:.4f}",
               flush=True)
     if opt.sample_tokens > 0:
         text = sample_text(run, step)
         if text is not None:
-            run.writer.add_text("sample", text, step)
+            run.writer.write_texts(step, {"sample": text})
             print(f"sample at step {step}:\n{text}", flush=True)
+    run.writer.flush()
 
 
 def sample_text(run: Run, step: int) -> str | None:

@@ -1,16 +1,15 @@
-"""Host side of the per-step training metrics, and the NaN/Inf guard.
+"""Host side of the per-step training metrics: the NaN/Inf guard, speed, MFU.
 
-`Meter` buffers the device metrics of each step (no host sync per step) and, at a flush,
-fetches them together, checks them (`check_finite`) and writes them to `metrics.jsonl`,
-TensorBoard and the progress bar. The loop flushes before every evaluation and every save,
-so a non-finite state is never evaluated or saved. Also the MFU denominator (`peak_flops`).
+`StepMetrics` keeps the device metrics of each step (no host sync per step) and fetches them
+together, checking each step (`check_finite`); `Throughput` turns wall time into tokens/s and
+MFU (`peak_flops` is the denominator); `log_steps` joins them and writes the records to a
+`metric_writers.MetricWriter` (jsonl, TensorBoard, log). The loop logs before every
+evaluation and every save, so a non-finite state is never evaluated or saved.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import jax
@@ -50,75 +49,77 @@ def check_finite(step: int, metrics: dict, checkpointer) -> None:
         "train.warmup_steps, then run again (it resumes from the last good checkpoint).")
 
 
-class Meter:
-    """Buffers per-step device metrics; flushes them to jsonl/TensorBoard/console together.
+class StepMetrics:
+    """The device metrics of the steps since the last fetch (no host sync per step).
 
     Args:
-      run: the loop's `Run` (workdir, tc, writer, checkpointer).
+      checkpointer: the run's `Checkpointer` (named in the divergence error).
+    """
+
+    def __init__(self, checkpointer):
+        self.checkpointer, self.pending = checkpointer, []
+
+    def add(self, step: int, metrics: dict) -> None:
+        """Keeps step `step`'s metrics (device arrays; nothing is fetched)."""
+        self.pending.append((step, metrics))
+
+    def fetch(self) -> list[tuple[int, dict]]:
+        """The pending steps' records `(step, train_record(...))`, fetched in one transfer.
+
+        Raises TrainingDivergedError at the first pending step that diverged.
+        """
+        pending, self.pending = self.pending, []
+        host = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, host):
+            check_finite(step, m, self.checkpointer)
+        return [(step, train_record(m)) for (step, _), m in zip(pending, host)]
+
+
+def train_record(m: dict) -> dict:
+    """metrics.jsonl's record of one step from its host metric sums (floats)."""
+    w = max(float(m["weight_sum"]), 1.0)
+    return {"loss": float(m["loss_sum"]) / w, "accuracy": float(m["correct_sum"]) / w,
+            "learning_rate": float(m["learning_rate"]), "grad_norm": float(m["grad_norm"]),
+            "param_norm": float(m["param_norm"])}
+
+
+class Throughput:
+    """tokens/s and MFU between two calls of `measure` (host wall clock).
+
+    Args:
+      tokens_per_step: global batch x block size.
       flops_per_token: model training FLOPs per token (MFU numerator).
       peak_flops: peak FLOP/s of the mesh (MFU denominator).
     """
 
-    def __init__(self, run, flops_per_token: float, peak_flops: float):
-        self.run, self.pending = run, []
-        self.flops_per_token, self.peak = flops_per_token, peak_flops
-        self.tokens_per_step = run.tc.batch_size * run.tc.block_size
-        self.t0: float | None = None
-        main = jax.process_index() == 0
-        self.jsonl = open(run.workdir / "metrics.jsonl" if main else os.devnull, "a")
-        self.last_loss = float("nan")
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak, self.t0 = peak_flops, None
 
-    def add(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
-
-    def flush(self, bar) -> None:
-        """Fetches the pending metrics (one host transfer), checks them, writes them.
-
-        Raises TrainingDivergedError at the first pending step that diverged.
-        """
-        if not self.pending:
-            return
-        host = jax.device_get([m for _, m in self.pending])
+    def measure(self, steps: int) -> dict:
+        """{tokens_per_sec, mfu} of the `steps` steps since the previous call; {} at the first
+        call (its interval would include compilation)."""
         now = time.perf_counter()
-        for (step, _), m in zip(self.pending, host):
-            check_finite(step, m, self.run.checkpointer)
-            loss = float(m["loss_sum"] / max(m["weight_sum"], 1.0))
-            record = {"step": step, "loss": loss,
-                      "accuracy": float(m["correct_sum"] / max(m["weight_sum"], 1.0)),
-                      "learning_rate": float(m["learning_rate"]),
-                      "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])}
-            if step == self.pending[-1][0]:
-                record.update(self._speed(now))
-            self.write(record)
-            self.last_loss = loss
-        self._tensorboard(self.pending[-1][0], record)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['learning_rate']:.2e}")
-        self.pending = []
-
-    def _speed(self, now: float) -> dict:
-        """tokens/s and MFU since the previous flush (the first flush includes compilation)."""
         previous, self.t0 = self.t0, now
-        if previous is None:
+        if previous is None or steps <= 0:
             return {}
-        tok_s = self.tokens_per_step * len(self.pending) / (now - previous)
+        tok_s = self.tokens_per_step * steps / (now - previous)
         return {"tokens_per_sec": tok_s, "mfu": tok_s * self.flops_per_token / self.peak}
 
-    def write(self, record: dict) -> None:
-        """Appends one JSON line to metrics.jsonl (process 0; /dev/null elsewhere)."""
-        self.jsonl.write(json.dumps(record) + "\n")
 
-    def _tensorboard(self, step: int, m: dict) -> None:
-        w = self.run.writer
-        for name in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm"):
-            w.add_scalar(f"train/{name}", m[name], step)
-        if "tokens_per_sec" in m:
-            w.add_scalar("perf/tokens_per_sec", m["tokens_per_sec"], step)
-            w.add_scalar("perf/mfu", m["mfu"], step)
-        self.jsonl.flush()
+def log_steps(steps: StepMetrics, speed: Throughput, writer) -> dict | None:
+    """Fetches and checks the pending steps, writes one record per step to `writer` (the last
+    with tokens/s and MFU); returns that last record (None if nothing was pending).
 
-    def close(self) -> None:
-        self.jsonl.close()
+    Raises TrainingDivergedError (before writing anything) if a pending step diverged.
+    """
+    records = steps.fetch()
+    if not records:
+        return None
+    records[-1][1].update(speed.measure(len(records)))
+    for step, record in records:
+        writer.write_scalars(step, record)
+    return records[-1][1]
 
 
 def peak_flops(run) -> float:

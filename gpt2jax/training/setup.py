@@ -25,6 +25,7 @@ from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.nn.model import GPT2Config
 from gpt2jax.parallel import sharding as sharding_lib
 from gpt2jax.training import checkpoint as ckpt_lib
+from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
 from gpt2jax.weights.pretrained import load_pretrained
@@ -82,7 +83,7 @@ class Run:
 
     setup: RunSetup
     state: TrainState
-    writer: Any  # TensorBoard SummaryWriter (process 0) or _NullWriter
+    writer: Any  # metric_writers.MultiWriter (metrics.jsonl, TensorBoard, log)
     val_loss: float | None = None
     val_step: int | None = None  # the step whose params gave val_loss
 
@@ -250,25 +251,12 @@ def _log_shardings(setup: RunSetup, state: TrainState) -> None:
     (setup.workdir / "shardings.txt").write_text(table + "\n", encoding="utf-8")
 
 
-class _NullWriter:
-    """Stands in for the TensorBoard writer on processes other than 0."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    add_text = add_scalar
-
-    def close(self) -> None:
-        pass
-
-
-def _open_writer(setup: RunSetup):
-    """Writes config.json and tokenizer.json; the TensorBoard writer (process 0 writes)."""
+def _open_writer(setup: RunSetup) -> metric_writers.MultiWriter:
+    """Writes config.json and tokenizer.json; the run's metric writer (metrics.jsonl,
+    TensorBoard, log on process 0; nothing elsewhere)."""
     if jax.process_index() != 0:
-        return _NullWriter()
+        return metric_writers.create_writer(setup.workdir, main_process=False)
     config_json = json.loads(setup.config.to_json_best_effort())
     ckpt_lib.save_json(setup.workdir / "config.json", config_json)
     data_lib.save_tokenizer(setup.ds.tokenizer, setup.workdir / "tokenizer.json")
-    from tensorboardX import SummaryWriter  # optional at import time: only process 0 needs it
-
-    return SummaryWriter(str(setup.workdir / "tensorboard"))
+    return metric_writers.create_writer(setup.workdir, main_process=True)
