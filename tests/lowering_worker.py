@@ -1,7 +1,7 @@
 """Ahead-of-time check: a config's train step lowers and compiles for N devices, nothing allocated.
 
     python tests/lowering_worker.py --config=configs/gpt2.py:xl --devices=64 --fsdp=16 \
-        --batch=64 --remat=full
+        --batch=64 --remat=full [--scan_layers=1]
 
 Runs in its own process (tests/test_lowering.py launches it) because the simulated device
 count (`--xla_force_host_platform_device_count`) must be set before JAX starts. The state
@@ -37,6 +37,8 @@ def parse() -> argparse.Namespace:
                         "config is always lowered")
     p.add_argument("--remat", default="full", help="none | full | dots_saveable")
     p.add_argument("--dtype", default="bfloat16", help="compute dtype")
+    p.add_argument("--scan_layers", type=int, default=0,
+                   help="1 = the blocks under nn.scan (model.scan_layers): one block compiled")
     p.add_argument("--fast_compile", type=int, default=1,
                    help="skip LLVM optimisations (bytes are decided before codegen)")
     return p.parse_args()
@@ -73,6 +75,7 @@ def main() -> None:
     t0 = time.perf_counter()
     config = load_config(args.config)
     config.model.remat, config.model.dtype = args.remat, args.dtype
+    config.model.scan_layers = bool(args.scan_layers)
     cfg = GPT2Config.from_config(config.model)
     full = lower_step(cfg, args)
     t_lower = time.perf_counter() - t0
@@ -91,6 +94,7 @@ def main() -> None:
         "config": args.config, "lowered_params": _count(full[1].params),
         "compiled_n_layer": cfg.n_layer, "compiled_params": _count(state.params),
         "mesh": dict(mesh.shape), "devices": jax.device_count(), "remat": args.remat,
+        "scan_layers": cfg.scan_layers,
         "state_bytes": sum(x.size * x.dtype.itemsize for x in leaves),
         "state_bytes_per_device": state_per_device,
         "memory": sharding.memory_analysis(compiled),
