@@ -28,6 +28,7 @@ from gpt2jax.training import checkpoint as ckpt_lib
 from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
+from gpt2jax.weights.loader import overrides_from
 from gpt2jax.weights.pretrained import load_pretrained
 
 
@@ -205,23 +206,18 @@ def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
     return latest
 
 
-def _runtime_overrides(config) -> dict:
-    """config.model fields that may differ from a pretrained/saved model (not shapes)."""
-    return {k: config.model[k] for k in ckpt_lib.LOAD_OVERRIDES if k in config.model}
-
-
 def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None):
     """(the GPT2Config trained, pretrained params or None): the checkpoint's model when
     resuming, else `init_from`'s, else `cfg` itself."""
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
             saved = checkpointer.read_meta(latest)["model"]
-            cfg = GPT2Config(**dict(saved, **_runtime_overrides(config)))
+            cfg = GPT2Config(**dict(saved, **overrides_from(config.model)))
         checkpointer.check_model(latest, cfg)
         return cfg, None
     if not config.init_from:
         return cfg, None
-    cfg, pretrained = load_pretrained(config.init_from, **_runtime_overrides(config))
+    cfg, pretrained = load_pretrained(config.init_from, **overrides_from(config.model))
     if tc.block_size > cfg.n_positions:
         raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
                           f"model's n_positions={cfg.n_positions}.")
