@@ -53,8 +53,11 @@ def text_file(tmp_path, data_dir):
     return path
 
 
-def _train(workdir: Path, text_file, *flags: str) -> subprocess.CompletedProcess:
+def _train(workdir: Path, text_file, *flags: str,
+           xla_flags: str = "") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
     cmd = [sys.executable, "run.py", "--mode=train", "--config=configs/shakespeare_char.py:cpu",
            f"--workdir={workdir}", f"--config.data.train_file={text_file}",
            "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
@@ -82,3 +85,18 @@ def test_main_job_default_splits_the_cpu_with_the_losses_of_one_device(tmp_path,
     a, b = _losses(tmp_path / "default"), _losses(tmp_path / "one")
     assert len(a) == len(b) == 3
     assert a == pytest.approx(b, rel=1e-5, abs=0)  # float32 rounding of the device sums
+
+
+def test_split_cpu_evaluates_many_times_without_a_collective_deadlock(tmp_path, text_file):
+    # Validation batches are independent programs with an all-reduce each; queued
+    # asynchronously on the two CPU devices they ran in different orders per device and
+    # XLA:CPU aborted ("Termination timeout for all reduce ... only 1 of them arrived"),
+    # within 3 evaluations in 3 of 3 runs of the README main job before the fix.
+    out = _train(tmp_path / "evals", text_file, "--config.model.n_layer=4",
+                 "--config.model.n_embd=128", "--config.model.n_head=4",  # the main job's model
+                 "--config.train.num_steps=24",
+                 "--config.train.eval_every=2", "--config.train.eval_batches=20",
+                 xla_flags="--xla_cpu_collective_call_terminate_timeout_seconds=20")
+    assert "CPU host split into 2 JAX devices" in out.stderr
+    lines = (tmp_path / "evals" / "metrics.jsonl").read_text().splitlines()
+    assert sum("val_loss" in r for r in map(json.loads, lines)) == 12

@@ -165,9 +165,15 @@ def _progress(enabled: bool, start: int, total: int):
 
 def evaluate_batches(trainer: Trainer, params, batches: Sequence[dict]) -> dict:
     """Token-weighted loss/accuracy of `params` over `batches` (global jax.Arrays)."""
+    # The batches are independent programs with an all-reduce each. Queued asynchronously on
+    # several XLA:CPU devices (the split CPU host) they ran in different orders per device and
+    # the in-process all-reduce aborted (tests/test_cpu_devices.py); so on CPU wait for each.
+    serial = jax.default_backend() == "cpu" and jax.device_count() > 1
     sums = None
     for b in batches:
         m = trainer.eval_step(params, b)
+        if serial:  # see above
+            m = jax.block_until_ready(m)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     sums = jax.device_get(sums)
     w = max(float(sums["weight_sum"]), 1.0)
