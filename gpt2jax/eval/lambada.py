@@ -106,9 +106,7 @@ def _score_fn(cfg: GPT2Config):
 
 def _pack(examples, rows, length: int):
     """Right-padded inputs/targets/weights [B, length] of `(ctx, cont)` examples."""
-    inputs = np.zeros((len(rows), length), np.int32)
-    targets = np.zeros((len(rows), length), np.int32)
-    weights = np.zeros((len(rows), length), np.float32)
+    inputs, targets, weights = loss_lib.empty_batch(len(rows), length)
     for i, r in enumerate(rows):
         if r < 0:
             continue

@@ -137,9 +137,7 @@ def window_batch(token_ids: np.ndarray, windows: Windows, rows: np.ndarray):
     """
     length = windows.context_length
     pos = np.arange(length)
-    inputs = np.zeros((len(rows), length), np.int32)
-    targets = np.zeros((len(rows), length), np.int32)
-    weights = np.zeros((len(rows), length), np.float32)
+    inputs, targets, weights = loss_lib.empty_batch(len(rows), length)
     for i, w in enumerate(rows):
         if w < 0:
             continue

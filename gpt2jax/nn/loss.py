@@ -169,6 +169,13 @@ def model_metrics(model, params, batch: dict, chunk_tokens: int, **apply_kwargs)
                            chunk_tokens, model.cfg.compute_dtype)
 
 
+def empty_batch(rows: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero inputs, targets (int32) and weights (float32), each [rows, length]: a host batch
+    whose rows score nothing until filled (padding rows stay so)."""
+    return (np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32),
+            np.zeros((rows, length), np.float32))
+
+
 def scored_positions(weights: np.ndarray, k: int) -> np.ndarray:
     """Host side: the positions of each row whose weight is non-zero, in order, padded to `k`.
 
