@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a training run: save, keep-K + best, resume, inference loading.
+"""Orbax checkpoints of a training run: save, keep-K + best, resume (reading one for
+inference: weights/workdir.py).
 
 A checkpoint at step s is `<workdir>/checkpoints/<s>/` with three items:
 - `state`: the `TrainState` (params, optimizer state, step, rng), sharded arrays;
@@ -22,39 +23,17 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gpt2jax.errors import ConfigError, WeightsError
+from gpt2jax.errors import ConfigError
 from gpt2jax.nn.model import GPT2Config
-from gpt2jax.nn.model import init_params
-from gpt2jax.nn.scan import to_layout
-
-ITEMS = ("state", "data", "meta")
-# GPT2Config fields that may change between a run and its resume (no effect on shapes).
-RESUMABLE_CHANGES = frozenset(
-    {"embd_pdrop", "attn_pdrop", "resid_pdrop", "dtype", "attention_impl", "remat"}
-)
-# The parameter layout (nn/scan.py): inference loading converts it, but a resumed run keeps
-# the saved one (its optimizer state is laid out alike), so check_same_model refuses a change.
-LAYOUT_FIELDS = frozenset({"scan_layers"})
-# What a run takes from its config when it loads a pretrained or saved model.
-LOAD_OVERRIDES = RESUMABLE_CHANGES | LAYOUT_FIELDS
-# GPT2Config fields that older checkpoints do not record, and the value they had then.
-_UNRECORDED = {"scan_layers": False}
-
+from gpt2jax.weights.workdir import (  # noqa: F401 (re-exported: the run-side names)
+    UNRECORDED, ITEMS, LAYOUT_FIELDS, LOAD_OVERRIDES, RESUMABLE_CHANGES,
+    CheckpointUnreadableError, checkpoint_dir, load_params_for_inference)
 
 SET_ASIDE = "checkpoints_set_aside"  # <workdir>/<this>/<step>: checkpoints rolled back over
 
 
 class CheckpointMismatchError(ConfigError):
     """The workdir holds a checkpoint of a different model; nothing was restored or written."""
-
-
-class CheckpointUnreadableError(WeightsError):
-    """A finalized checkpoint cannot be read (damaged files); it was left as it is."""
-
-
-def checkpoint_dir(workdir: str | Path) -> Path:
-    """Where a run keeps its checkpoints: `<workdir>/checkpoints`."""
-    return Path(workdir).expanduser().resolve() / "checkpoints"
 
 
 def _val_loss(metrics: dict) -> float:
@@ -225,7 +204,7 @@ def await_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
 
 def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
     """Compares a saved GPT2Config dict with `cfg`, ignoring fields in RESUMABLE_CHANGES."""
-    current, saved = cfg.to_dict(), {**_UNRECORDED, **saved}
+    current, saved = cfg.to_dict(), {**UNRECORDED, **saved}
     diffs = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
              if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)}
     if diffs:
@@ -239,56 +218,6 @@ def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
             "or overwritten. Use a new --workdir, or set the config to the saved model."
             + (layout or "")
         )
-
-
-def load_params_for_inference(workdir: str | Path, step: int | None = None,
-                              **config_overrides) -> tuple[GPT2Config, Any, dict]:
-    """Loads the params of a training run for generation/evaluation (no optimizer state).
-
-    Args:
-      workdir: a training workdir (holding `checkpoints/`).
-      step: which checkpoint; None = the latest.
-      **config_overrides: GPT2Config fields to change, e.g. `dtype="bfloat16"`;
-        `scan_layers` converts the params to that layout (default: as saved).
-    Returns:
-      (cfg, params, tokenizer_meta): params as host-local jax arrays (e.g. `wte/embedding`
-      [V, E]); tokenizer_meta is the dict the run saved (e.g. {"name": "char", ...}).
-    """
-    directory = checkpoint_dir(workdir)
-    if not directory.is_dir():
-        raise WeightsError(
-            f"No checkpoints in {directory}; pass the --workdir of a training run "
-            "(python run.py --mode=train ...)."
-        )
-    manager = ocp.CheckpointManager(directory, item_names=ITEMS)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise WeightsError(f"{directory} holds no finished checkpoint; train longer or check it.")
-    meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-    saved = {**_UNRECORDED, **meta["model"]}
-    scan_layers = config_overrides.pop("scan_layers", saved["scan_layers"])
-    cfg = GPT2Config(**dict(saved, **config_overrides))  # restored in the saved layout
-    shapes = jax.eval_shape(_abstract_params(cfg))
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"params": jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)}
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        )))
-    manager.close()
-    params = to_layout(restored["state"]["params"], scan_layers)
-    return cfg.replace(scan_layers=scan_layers), params, dict(meta.get("tokenizer", {}))
-
-
-def _abstract_params(cfg: GPT2Config):
-
-    def fn():
-        return init_params(cfg, jax.random.PRNGKey(0))
-
-    return fn
 
 
 def save_json(path: Path, obj: Any) -> None:

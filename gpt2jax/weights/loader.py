@@ -9,7 +9,7 @@ A source is one of
   BPE, or the `gpt2jax_tokenizer.json` that a training run's HF export wrote beside it.
 
 A loaded model keeps its shapes; the only fields a caller may change are
-`checkpoint.LOAD_OVERRIDES` (compute dtype, attention kernel, dropout, remat, layer layout),
+`saved_run.LOAD_OVERRIDES` (compute dtype, attention kernel, dropout, remat, layer layout),
 the one list that training's `init_from` uses too.
 """
 
@@ -24,7 +24,7 @@ import jax
 from gpt2jax.data.tokenizers import Tokenizer, get_tokenizer, load_tokenizer, tokenizer_from_json
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.nn.model import GPT2Config, init_params
-from gpt2jax.training import checkpoint
+from gpt2jax.weights import workdir as saved_run
 from gpt2jax.weights.pretrained import load_pretrained
 
 Params = dict[str, Any]
@@ -35,15 +35,15 @@ EXPORT_TOKENIZER = "gpt2jax_tokenizer.json"
 def overrides_from(model_config: Mapping[str, Any]) -> dict:
     """The `LOAD_OVERRIDES` fields of `config.model` (those it has), to apply to a loaded
     model: e.g. {"dtype": "bfloat16", "attention_impl": "xla"}."""
-    return {k: model_config[k] for k in sorted(checkpoint.LOAD_OVERRIDES) if k in model_config}
+    return {k: model_config[k] for k in sorted(saved_run.LOAD_OVERRIDES) if k in model_config}
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> None:
     """Raises ConfigError for a field a loaded model cannot change (its shapes are saved)."""
-    bad = sorted(set(overrides) - checkpoint.LOAD_OVERRIDES)
+    bad = sorted(set(overrides) - saved_run.LOAD_OVERRIDES)
     if bad:
         raise ConfigError(f"A loaded model keeps its saved {bad}; only "
-                          f"{sorted(checkpoint.LOAD_OVERRIDES)} may be changed.")
+                          f"{sorted(saved_run.LOAD_OVERRIDES)} may be changed.")
 
 
 def is_workdir(source: str | os.PathLike) -> bool:
@@ -88,7 +88,7 @@ def model_for_config(config, ranks_path: str = "") -> tuple[GPT2Config, Params, 
 def _load_workdir(workdir: Path, step: int | None, ranks_path: str,
                   overrides: dict) -> tuple[GPT2Config, Params, Tokenizer]:
     try:
-        cfg, params, meta = checkpoint.load_params_for_inference(workdir, step, **overrides)
+        cfg, params, meta = saved_run.load_params_for_inference(workdir, step, **overrides)
     except GPT2JaxError:
         raise
     except Exception as e:  # noqa: BLE001 - TensorStore / JSON errors have no common type
@@ -110,7 +110,7 @@ def _export_tokenizer(source: Path, ranks_path: str) -> Tokenizer:
 def _finalized_steps(workdir: Path) -> list[int]:
     """The steps of `<workdir>/checkpoints/<step>` folders (Orbax renames a finished save to
     its bare step number; unfinished ones carry a tmp suffix)."""
-    directory = checkpoint.checkpoint_dir(workdir)
+    directory = saved_run.checkpoint_dir(workdir)
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
@@ -118,13 +118,13 @@ def _unreadable(workdir: Path, step: int | None, error: Exception):
     """The one-line CheckpointUnreadableError of a checkpoint that loading failed on."""
     steps = _finalized_steps(workdir)
     step = steps[-1] if step is None and steps else step
-    path = checkpoint.checkpoint_dir(workdir) / str(step)
+    path = saved_run.checkpoint_dir(workdir) / str(step)
     first = (str(error).strip().splitlines() or [""])[0]
     first = first.split(" See full TensorStore details")[0]  # then a multi-line repr
     older = [s for s in steps if step is not None and s < step]
     way = (f"load step {older[-1]} instead (`load_model(workdir, step={older[-1]})`, or move "
            f"{path} out of {path.parent} for the command line)" if older else
            "there is no older checkpoint: train again, or move it elsewhere")
-    return checkpoint.CheckpointUnreadableError(
+    return saved_run.CheckpointUnreadableError(
         f"Checkpoint {path} cannot be read ({type(error).__name__}: {first[:200]}); it was "
         f"left as it is. To go on, {way}.")
