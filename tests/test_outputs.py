@@ -119,6 +119,3 @@ def test_output_scores_bad_requests(hf):
     ids = np.ones((1, 4), np.int32)
     with pytest.raises(ConfigError, match="return_dict=True"):
         generate(cfg, params, ids, output_scores=True, max_new_tokens=2)
-    with pytest.raises(ConfigError, match="num_beams=2"):
-        generate(cfg, params, ids, return_dict=True, output_scores=True, num_beams=2,
-                 max_new_tokens=2)

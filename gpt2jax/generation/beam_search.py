@@ -7,6 +7,11 @@ and HF's early-stopping heuristics for `early_stopping` True / False / "never". 
 rows are reordered with a gather after every step. `length_penalty` and `early_stopping`
 are traced values, so changing them does not recompile.
 
+With `plan.output_scores` (a separately compiled program; the plain one is unchanged) the loop
+also records HF's `output_scores` outputs in a `ScoreRecord`: each step's processed log-probs
+of the running beams (HF's `scores`: log_softmax -> processors (-> warpers when sampling),
+before the running beam scores are added) and HF's `beam_indices`.
+
 Shapes: B batch, K beams, C = candidates per step, L buffer length, V vocabulary.
 """
 
@@ -28,6 +33,16 @@ _BIG_NEG = -1.0e9  # HF's "very large negative value" for excluded beams
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
+class ScoreRecord:
+    """HF's `scores` and `beam_indices` as the loop makes them (N = plan.new_len columns)."""
+
+    scores: jax.Array           # [N, B*K, V] step t: the running beams' processed log-probs
+    running: jax.Array          # [B, K, N] running_beam_indices (-1 = not generated)
+    finished: jax.Array         # [B, K, N] beam_indices of the finished hypotheses
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
 class BeamState:
     """Loop state of beam search (HF names in comments)."""
 
@@ -42,6 +57,7 @@ class BeamState:
     cache: dict
     step: jax.Array             # i32 [], tokens generated so far
     done: jax.Array             # bool [], HF's this_peer_finished
+    record: ScoreRecord | None  # plan.output_scores only (None: not in the program)
 
 
 def num_candidates(num_beams: int, num_eos: int) -> int:
@@ -69,7 +85,8 @@ def _top_candidates(plan: Plan, rt: Runtime, acc: jax.Array, step: jax.Array):
 
 
 def _log_probs(plan: Plan, rt: Runtime, s: BeamState, logits: jax.Array, mask: jax.Array):
-    """log_softmax -> processors (-> warpers when sampling) -> + running scores: [B, K*V]."""
+    """log_softmax -> processors (-> warpers when sampling): ([B*K, V] HF's step scores,
+    [B, K*V] the same plus each beam's running score)."""
     batch, beams, length = s.running.shape
     cur_len = plan.prompt_len + s.step
     flat = s.running.reshape(batch * beams, length)
@@ -78,12 +95,15 @@ def _log_probs(plan: Plan, rt: Runtime, s: BeamState, logits: jax.Array, mask: j
                                      rt.offset, s.step, plan.score, rt.score)
     if plan.score.do_sample:
         logp = sampling.apply_warpers(logp, plan.score, rt.score)
-    logp = logp.reshape(batch, beams, -1) + s.running_scores[:, :, None]
-    return logp.reshape(batch, -1)
+    acc = logp.reshape(batch, beams, -1) + s.running_scores[:, :, None]
+    return logp, acc.reshape(batch, -1)
 
 
 def _update_finished(plan: Plan, rt: Runtime, s: BeamState, values, candidates, hits):
-    """HF `_update_finished_beams`: merge just-finished top-K candidates into the finished set."""
+    """HF `_update_finished_beams`: merge just-finished top-K candidates into the finished set.
+
+    Returns (the new finished-set fields, top [B, K]: their indices into finished + candidates).
+    """
     beams = plan.num_beams
     steps = s.step + 1
     just_finished = hits & (jnp.arange(hits.shape[1]) < beams)[None, :]
@@ -100,6 +120,21 @@ def _update_finished(plan: Plan, rt: Runtime, s: BeamState, values, candidates, 
         scores=_gather(merged_scores, top),
         finished=_gather(jnp.concatenate([s.finished, just_finished], axis=1), top),
         lengths=_gather(jnp.concatenate([s.lengths, new_lengths], axis=1), top),
+    ), top
+
+
+def _record_step(rec: ScoreRecord, step: jax.Array, logp: jax.Array, source: jax.Array,
+                 keep: jax.Array, top: jax.Array) -> ScoreRecord:
+    """Stores step scores logp [B*K, V] and follows HF's beam indices: the C candidates
+    extend beams source [B, C]; keep [B, K] / top [B, K] pick the running / finished ones."""
+    beams = rec.running.shape[1]
+    origin = source + jnp.arange(source.shape[0])[:, None] * beams  # HF: batch-offset beam
+    candidates = jax.lax.dynamic_update_slice_in_dim(
+        _gather(rec.running, source), origin[:, :, None].astype(jnp.int32), step, axis=2)
+    return ScoreRecord(
+        scores=jax.lax.dynamic_update_index_in_dim(rec.scores, logp, step, axis=0),
+        running=_gather(candidates, keep),
+        finished=_gather(jnp.concatenate([rec.finished, candidates], axis=1), top),
     )
 
 
@@ -118,7 +153,8 @@ def beam_step(plan: Plan, rt: Runtime, s: BeamState, logits: jax.Array, mask: ja
     """One step of HF beam search from logits [B*K, V] of the running beams."""
     vocab = logits.shape[-1]
     cur_len = plan.prompt_len + s.step
-    values, index = _top_candidates(plan, rt, _log_probs(plan, rt, s, logits, mask), s.step)
+    logp, acc = _log_probs(plan, rt, s, logits, mask)
+    values, index = _top_candidates(plan, rt, acc, s.step)
     source, token = index // vocab, (index % vocab).astype(s.running.dtype)
     candidates = jax.lax.dynamic_update_slice_in_dim(
         _gather(s.running, source), token[:, :, None], cur_len, axis=2)
@@ -129,7 +165,7 @@ def beam_step(plan: Plan, rt: Runtime, s: BeamState, logits: jax.Array, mask: ja
     running_values = values + hits.astype(jnp.float32) * _BIG_NEG
     keep = jax.lax.top_k(running_values, plan.num_beams)[1]
     running_scores = _gather(running_values, keep)
-    done_set = _update_finished(plan, rt, s, values, candidates, hits)
+    done_set, top = _update_finished(plan, rt, s, values, candidates, hits)
     improvable = _still_improvable(rt, s, running_scores, done_set["scores"],
                                    done_set["finished"])
     open_beam = ~(jnp.all(done_set["finished"]) & (rt.early_stopping == 1))
@@ -139,10 +175,21 @@ def beam_step(plan: Plan, rt: Runtime, s: BeamState, logits: jax.Array, mask: ja
         running=_gather(candidates, keep), running_scores=running_scores,
         source=_gather(source, keep), improvable=improvable, cache=s.cache,
         step=s.step + 1, done=done, **done_set,
+        record=None if s.record is None else _record_step(s.record, s.step, logp, source,
+                                                          keep, top),
     )
 
 
-def _initial_state(plan: Plan, prompt, real, cache, fill: jax.Array) -> BeamState:
+def _initial_record(plan: Plan, batch: int, vocab: int) -> ScoreRecord | None:
+    """Empty score record of plan.output_scores (None without: nothing enters the program)."""
+    if not plan.output_scores:
+        return None
+    unset = jnp.full((batch, plan.num_beams, plan.new_len), -1, jnp.int32)
+    return ScoreRecord(jnp.zeros((plan.new_len, batch * plan.num_beams, vocab), jnp.float32),
+                       unset, unset)
+
+
+def _initial_state(plan: Plan, prompt, real, cache, fill: jax.Array, vocab: int) -> BeamState:
     batch, beams = prompt.shape[0], plan.num_beams
     filler = jnp.full((batch, plan.new_len), fill, prompt.dtype)
     buffer = jnp.concatenate([prompt, filler], axis=1)
@@ -160,6 +207,7 @@ def _initial_state(plan: Plan, prompt, real, cache, fill: jax.Array) -> BeamStat
         cache=cache,
         step=jnp.array(0, jnp.int32),
         done=jnp.array(False),
+        record=_initial_record(plan, batch, vocab),
     )
 
 
@@ -181,14 +229,15 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Arr
       fill: i32 scalar, HF's filler of unwritten slots.
     Returns:
       (sequences [B, K, L], scores [B, K], lengths [B, K]) of the finished hypotheses, best
-      first.
+      first, and (ScoreRecord, steps: i32 loop iterations == HF's len(scores)) with
+      plan.output_scores, else None.
     """
     batch, beams = prompt.shape[0], plan.num_beams
     slot_mask = key_mask(mask, plan.new_len)
     logits, cache = model_step(cfg, params, cache, prompt, slot_mask, prompt_positions(mask))
     beam_mask, slot_mask = repeat_rows(mask, beams), repeat_rows(slot_mask, beams)
     cache = map_cache_rows(lambda x, axis: jnp.repeat(x, beams, axis=axis), cache)
-    state = _initial_state(plan, prompt, real, cache, fill)
+    state = _initial_state(plan, prompt, real, cache, fill, logits.shape[-1])
     next_position = repeat_rows(jnp.sum(mask, axis=-1).astype(jnp.int32), beams)
 
     def cond(carry):
@@ -206,4 +255,5 @@ def beam_search_impl(cfg: GPT2Config, plan: Plan, params, cache, prompt: jax.Arr
         return dataclasses.replace(s, cache=cache), logits
 
     state, _ = jax.lax.while_loop(cond, body, (state, repeat_rows(logits, beams)))
-    return state.sequences, state.scores, state.lengths
+    record = None if state.record is None else (state.record, state.step)
+    return state.sequences, state.scores, state.lengths, record

@@ -35,7 +35,7 @@ from gpt2jax.generation.plan import (DecodeState, Plan, Runtime, batch_bucket, b
                                      fill_value, key_mask, model_step, prompt_positions,
                                      valid_positions)
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
-from gpt2jax.generation.scores import check_output_scores, step_scores
+from gpt2jax.generation.scores import beam_outputs, check_output_scores, step_scores
 from gpt2jax.nn import model as model_lib
 from gpt2jax.nn.model import GPT2Config, init_cache
 from gpt2jax.parallel.placement import Placement
@@ -118,11 +118,15 @@ class GenerateOutput:
 
     sequences: [batch * num_return_sequences, prompt + new] int32.
     sequences_scores: [batch * num_return_sequences] float32 (beam search only, else None).
+    scores: output_scores only, one array per step (generation/scores.py): [batch *
+      num_return_sequences, V] greedy/sampling, [batch * num_beams, V] beam search.
+    beam_indices: beam search with output_scores only: [batch * num_return_sequences, new].
     """
 
     sequences: np.ndarray
     sequences_scores: np.ndarray | None = None
-    scores: tuple | None = None  # output_scores: per new token [rows, V] (generation/scores.py)
+    scores: tuple | None = None
+    beam_indices: np.ndarray | None = None
 
 
 def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=None,
@@ -140,13 +144,14 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
       return_dict: return a `GenerateOutput` (with beam `sequences_scores`) instead of ids.
       streamer: for greedy/sampling, called as streamer(step, tokens [rows]) from inside the
         compiled loop as each token is produced (a separately compiled variant).
-      output_scores: with return_dict, HF's per-step `scores` (greedy / sampling).
+      output_scores: with return_dict, HF's per-step `scores` (and, for beam search, HF's
+        `beam_indices`; a separately compiled beam program that records them).
       **kwargs: HF arguments, see `GenerationArgs`.
     Returns:
       int32 array [batch * num_return_sequences, prompt + new], or a `GenerateOutput`.
     """
     args = make_args(**kwargs)
-    check_output_scores(output_scores, return_dict, args.num_beams)
+    check_output_scores(output_scores, return_dict)
     if streamer is not None and mesh is not None:
         raise ConfigError("streamer= needs single-device decoding (ordered host callbacks); "
                           "drop mesh= or the streamer.")
@@ -162,6 +167,8 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     head, ids, mask = ids[:, :cut], ids[:, cut:], mask[:, cut:]
     plan, prompt, pmask, real = _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules,
                                       streamer is not None and args.num_beams == 1)
+    beams = args.num_beams > 1  # beam scores are recorded in the loop, greedy's recomputed
+    plan = dataclasses.replace(plan, output_scores=output_scores and beams)
     rt = _runtime(args, new_tokens, plan.prompt_len - ids.shape[1])
     cache = init_cache(cfg, plan.batch, plan.total_len)
     place = Placement(mesh, axis_rules)
@@ -176,7 +183,7 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
     rows = out.sequences.shape[0]
     out.sequences = np.concatenate([np.repeat(head, rows // len(head), axis=0), out.sequences],
                                    axis=1)
-    if output_scores:
+    if output_scores and not beams:
         out.scores = step_scores(cfg, params, out.sequences, prompt_mask, plan.score, rt.score)
     return out if return_dict else out.sequences
 
@@ -249,12 +256,15 @@ def _run_beams(cfg, plan, params, cache, prompt, pmask, real, rt, args, shape) -
 
     fill = jnp.int32(fill_value(args.pad_token_id if args.pad_token_id is not None
                                 else (args.eos_ids[0] if args.eos_ids else None), args.eos_ids))
-    seqs, scores, lengths = DECODERS.beam(cfg, plan, params, cache, prompt, pmask, real, fill,
-                                          rt)
+    seqs, scores, lengths, record = DECODERS.beam(cfg, plan, params, cache, prompt, pmask, real,
+                                                  fill, rt)
     rows, length = shape
     keep = args.num_return_sequences
     seqs, scores = np.asarray(seqs)[:rows, :keep], np.asarray(scores)[:rows, :keep]
     generated = int(np.asarray(lengths)[:rows, :keep].max())
     offset = plan.prompt_len - length
     seqs = seqs[:, :, offset:plan.prompt_len + generated]
-    return GenerateOutput(seqs.reshape(rows * keep, -1), scores.reshape(-1))
+    out = GenerateOutput(seqs.reshape(rows * keep, -1), scores.reshape(-1))
+    if record is not None:
+        out.scores, out.beam_indices = beam_outputs(*record, rows, keep, generated)
+    return out

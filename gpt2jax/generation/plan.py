@@ -27,6 +27,7 @@ class Plan:
     stream: bool = False       # call the streaming sink from inside the loop
     mesh: jax.sharding.Mesh | None = None
     axis_rules: tuple | None = None
+    output_scores: bool = False  # beam search: record HF's per-step scores in the loop
 
     @property
     def total_len(self) -> int:

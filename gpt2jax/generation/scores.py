@@ -1,4 +1,4 @@
-"""HF's per-step `scores` (`output_scores=True`) of greedy and sampled generation.
+"""HF's per-step `scores` (`output_scores=True`) of greedy, sampled and beam generation.
 
 HF's score for step t is the next-token logits after its logits processors (and, when
 sampling, its warpers: temperature, top-k, top-p), given the sequence generated so far. That
@@ -12,7 +12,13 @@ asked for.
                            output_scores=True)
     out.scores  # tuple of 8 arrays [batch * num_return_sequences, vocab], as HF
 
-Shapes: R rows, P prompt columns, N new tokens, L = P + N, V vocabulary.
+Beam search is different: HF's step scores belong to the running beams of that step, which the
+returned hypotheses do not determine, so the compiled beam loop records them as it goes (only in
+the program compiled for `output_scores`, see `beam_search.ScoreRecord`); `beam_outputs` turns
+that record into HF's `scores` (one [batch * num_beams, V] array per loop iteration: as many
+as HF's, which stops when every beam is done) and `beam_indices`.
+
+Shapes: R rows, P prompt columns, N new tokens, L = P + N, V vocabulary, B batch, K beams.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 
 from gpt2jax.errors import ConfigError
 from gpt2jax.generation import sampling
+from gpt2jax.generation.beam_search import ScoreRecord
 from gpt2jax.generation.plan import valid_positions
 from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from gpt2jax.nn.model import GPT2, GPT2Config
@@ -69,11 +76,25 @@ def step_scores(cfg: GPT2Config, params, sequences: np.ndarray, prompt_mask: np.
     return tuple(out[:, t] for t in range(out.shape[1]))
 
 
-def check_output_scores(output_scores: bool, return_dict: bool, num_beams: int) -> None:
+def beam_outputs(record: ScoreRecord, steps, rows: int, keep: int,
+                 generated: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """HF's beam-search `scores` and `beam_indices` from the loop's record.
+
+    Args:
+      record: the `ScoreRecord` of a bucketed batch; steps: i32 loop iterations.
+      rows: real prompts B; keep: num_return_sequences; generated: returned new columns.
+    Returns:
+      (`steps` arrays [B * K, V] float32, beam_indices [B * keep, generated] int32: the row of
+      scores[t] each returned token t came from, -1 after the hypothesis ended).
+    """
+    steps, beams = int(steps), record.running.shape[1]
+    scores = np.asarray(record.scores[:steps, :rows * beams])
+    indices = np.asarray(record.finished)[:rows, :keep, :generated]
+    return tuple(scores), indices.reshape(rows * keep, generated)
+
+
+def check_output_scores(output_scores: bool, return_dict: bool) -> None:
     """Rejects what `output_scores` cannot give (before any compile)."""
     if output_scores and not return_dict:
         raise ConfigError("output_scores=True returns the scores in a GenerateOutput; pass "
                           "return_dict=True too (HF: return_dict_in_generate=True).")
-    if output_scores and num_beams > 1:
-        raise ConfigError(f"output_scores=True is available for greedy and sampling, not beam "
-                          f"search (num_beams={num_beams}); use num_beams=1.")
