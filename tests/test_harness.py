@@ -9,7 +9,8 @@ configs/lm_eval_tasks read a data folder this module writes from the shared data
   greedy token after the context (so `acc` is neither 0 nor 1);
 - wikitext_local: the first two WikiText-2 test articles, each cut to its first lines (a few
   hundred tokens: the rolling windows of 64 roll);
-- multiple_choice_local: 8 LAMBADA contexts with 4 candidate last words (acc, acc_norm);
+- multiple_choice_local: 8 LAMBADA contexts with 4 candidate last words (acc, acc_norm;
+  one-token endings share a model input, so both backends read them from one row);
 - completion_local: 4 contexts (one longer than 64 - max_gen_toks, so it is left-truncated),
   stop strings taken from the middle of the reference's own greedy continuations, and half
   of the targets equal to the reference's cut output (exact_match neither 0 nor 1).
@@ -176,6 +177,9 @@ def test_tasks_reach_every_path(results, tiny, task_data):
                          for o, d in zip(outputs, docs))
     assert 0 < ref["results"]["completion_local"]["exact_match,none"] < 1
     assert max(len(tok.encode(d["context"])) for d in docs) > N_POS - MAX_GEN
+    # multiple choice: one-token endings of a question share a model input (one row)
+    mc = ref["samples"]["multiple_choice_local"]
+    assert max(sum(len(tok.encode(cont)) == 1 for _, cont in s["arguments"]) for s in mc) >= 2
 
 
 def test_our_lambada_protocol_equals_lm_eval(results, tiny, task_data):

@@ -1,6 +1,6 @@
 """The lm-eval backend's plumbing: `run.py --mode=eval --config=configs/eval.py:lm_eval`
 (sharded over 2 CPU devices) equals the in-process backend on one device; a training
-workdir loads the same model as its HF export; one compile per length bucket; the page
+workdir loads the same model as its HF export; one compile per bucket; shared rows; the page
 split of WikiText; bad input is one clear error. Parity with lm-eval's hf backend is
 tests/test_harness.py."""
 
@@ -49,25 +49,48 @@ def test_registered_as_gpt2jax_next_to_lm_evals_own_backends():
 
 def test_bucket_lengths():
     assert [harness_core.bucket_length(n, 1024) for n in (1, 16, 17, 25, 33, 49, 700, 2000)] \
-        == [16, 16, 24, 32, 48, 64, 768, 1024]
+        == [16, 16, 20, 28, 40, 56, 768, 1024]  # 4 steps per octave: at most 25% padding
+    assert [harness_core.bucket_length(n, None, 4, steps=2) for n in (1, 5, 7, 9, 13, 100)] \
+        == [4, 6, 8, 12, 16, 128]
 
 
-def test_one_compile_per_length_bucket_and_padding_changes_nothing(model):
+def test_one_compile_per_bucket_and_padding_changes_nothing(model):
     cfg, params, _, _ = model
     scorer = harness_core.Scorer(cfg, params, batch_size=4, max_length=64)
     rng = np.random.default_rng(0)
     pair = lambda n: (rng.integers(0, 50257, n - 2).tolist(), rng.integers(0, 50257, 3).tolist())
-    short, mid, long_ = pair(10), pair(30), pair(100)  # inputs 11, 31, 64 -> buckets 16, 32, 64
+    short, mid, long_ = pair(10), pair(30), pair(100)  # inputs 10, 30, 64 -> buckets 16, 32, 64
     harness_core._score_fn.cache_clear()  # a fresh jit: other tests may have compiled CFG
     before = len(harness_core.COMPILED)
-    alone = [scorer.score([p])[0] for p in (short, mid, long_)]
-    assert len(harness_core.COMPILED) - before == 3
-    together = scorer.score([long_, mid, short])  # all padded to the 64 bucket
-    again = scorer.score([short, short])
-    assert len(harness_core.COMPILED) - before == 3
+    alone = [scorer.score([p])[0] for p in (short, mid, long_)]  # [1 row, length, k=4]
+    assert harness_core.COMPILED[before:] == [(cfg, 1, 16, 4), (cfg, 1, 32, 4), (cfg, 1, 64, 4)]
+    together = scorer.score([long_, mid, short])  # 3 rows -> 4, all padded to the 64 bucket
+    again = scorer.score([short, short])  # one shared row scoring 2 x 3 positions
+    assert harness_core.COMPILED[before:][3:] == [(cfg, 4, 64, 4), (cfg, 1, 16, 6)]
     for a, b in zip(alone, together[::-1]):
         assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1] == b[1]
     assert again[0] == again[1] == alone[0]
+
+
+def test_shared_model_inputs_run_one_row_and_score_as_alone(model):
+    """Multiple choice: requests whose model input is equal, or a prefix of another's, read
+    one forward row (lm-eval's hf backend shares equal inputs of one-token continuations)."""
+    cfg, params, hf_dir, _ = model
+    lm = harness.GPT2JaxLM(pretrained=str(hf_dir), batch_size=4, progress=False)
+    rng = np.random.default_rng(3)
+    ctx_a, ctx_b, ctx_c = (rng.integers(0, 50257, n).tolist() for n in (12, 20, 70))
+    requests = ([(None, ctx_a, [w]) for w in (5, 6, 7, 8)]  # input ctx_a ...
+                + [(None, ctx_a, [9, 10])]                  # ... a prefix of ctx_a + [9]
+                + [(None, ctx_b, [w]) for w in (5, 6, 7, 8)]
+                + [(None, ctx_c, [1, 2]), (None, ctx_c, [3, 4])])  # left-truncated to 64
+    before = lm.scorer.rows_run
+    together = lm._loglikelihood_tokens(requests)
+    assert lm.scorer.rows_run - before == 4  # 11 requests: rows ctx_a+[9], ctx_b, 2 of ctx_c
+    alone = [lm.scorer.score([(ctx, cont)])[0] for _, ctx, cont in requests]
+    assert lm.scorer.rows_run - before == 4 + 11
+    for a, b in zip(together, alone):
+        assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1] == b[1]
+    assert len({a[0] for a in together[:4]}) == 4  # each ending scored at its own target
 
 
 def test_training_workdir_loads_the_model_of_its_hf_export(model):

@@ -19,7 +19,8 @@ are equal on the same weights: the same tokenization (`TemplateLM._encode_pair`,
 contexts get the EOT prefix), the same order (`Collator`, longest first), the same left
 truncation, rolling windows from lm-eval's own `get_rolling_token_windows`, and generation
 that stops and is cut by lm-eval's own `handle_stop_sequences` / `postprocess_generated_text`.
-The model side (bucketed, sharded, compiled once per length bucket) is `harness_core`.
+The model side (requests of equal model input share one row; bucketed, sharded, compiled
+once per length bucket) is `harness_core`.
 """
 
 from __future__ import annotations
@@ -137,26 +138,21 @@ class GPT2JaxLM(TemplateLM):
                 "model_source": str(self.pretrained)}
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
-        """[(request strings or None, context ids, continuation ids)] -> [(logprob, greedy)],
-        in fixed-size batches, longest first (the hf backend's order)."""
+        """[(request strings or None, context ids, continuation ids)] -> [(logprob, greedy)].
+        The scorer reads requests of equal (or prefix) model input from one row, batch_size
+        rows per forward pass, longest first (the hf backend shares equal inputs)."""
         for _, ctx, cont in requests:
             if not ctx or not cont or len(cont) > self.max_length:
                 raise ConfigError(f"A loglikelihood request has {len(ctx)} context and "
                                   f"{len(cont)} continuation tokens; both must be non-empty and "
                                   f"the continuation at most max_length={self.max_length}.")
-        order = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
-        results = []
-        bar = tqdm(total=len(requests), desc="gpt2jax loglikelihood",
-                   disable=disable_tqdm or not self.progress)
-        for chunk in order.get_batched(n=self.batch_size):
-            answers = self.scorer.score([(ctx, cont) for _, ctx, cont in chunk])
-            for (strings, _, _), answer in zip(chunk, answers):
-                if strings is not None:
-                    self.cache_hook.add_partial("loglikelihood", strings, answer)
-            results.extend(answers)
-            bar.update(len(chunk))
-        bar.close()
-        return order.get_original(results)
+        with tqdm(total=len(requests), desc="gpt2jax loglikelihood",
+                  disable=disable_tqdm or not self.progress) as bar:
+            results = self.scorer.score([(ctx, cont) for _, ctx, cont in requests], bar.update)
+        for (strings, _, _), answer in zip(requests, results):
+            if strings is not None:
+                self.cache_hook.add_partial("loglikelihood", strings, answer)
+        return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Each text's full log-likelihood, in lm-eval's disjoint rolling windows (every token
