@@ -10,22 +10,28 @@
 
 Each sweep is one compiled forward mapped over its grid (`jax.lax.map`): the layer, head or
 position being changed is a traced index selected with `where`, so a grid of n runs
-compiles once. Shapes: L layers, H heads, B batch, T positions, V vocabulary.
+compiles once. The tools are jitted here (the config, mode and hook names static), so a
+second call with the same shapes compiles nothing, eagerly or inside the caller's `jax.jit`;
+a `logit_difference` metric is a pytree whose token ids are traced (a new pair does not
+recompile). Shapes: L layers, H heads, B batch, T positions, V vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 from gpt2jax.errors import ConfigError
 from gpt2jax.interp.cache import run_with_cache, run_with_hooks
 from gpt2jax.nn.model import GPT2Config, layer_norm
 
-__all__ = ["activation_patching", "head_ablation", "logit_difference", "logit_lens"]
+__all__ = ["LogitDifference", "activation_patching", "head_ablation", "logit_difference",
+           "logit_lens"]
 
 PATCHABLE = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
              "hook_mlp_out")
@@ -42,6 +48,11 @@ def logit_lens(cfg: GPT2Config, params, input_ids: jax.Array, attention_mask=Non
     Returns:
       [L + 1, B, T, V] float32 logits.
     """
+    return _logit_lens(cfg, params, input_ids, attention_mask, position_ids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logit_lens(cfg: GPT2Config, params, input_ids, attention_mask, position_ids) -> jax.Array:
     last = f"blocks.{cfg.n_layer - 1}.hook_resid_post"
     names = [f"blocks.{i}.hook_resid_pre" for i in range(cfg.n_layer)] + [last]
     _, cache = run_with_cache(cfg, params, input_ids, names, attention_mask=attention_mask,
@@ -75,6 +86,12 @@ def head_ablation(cfg: GPT2Config, params, input_ids: jax.Array, attention_mask=
     """
     if mode not in ("zero", "mean"):
         raise ConfigError(f"head_ablation mode={mode!r}; choose 'zero' or 'mean'.")
+    return _head_ablation(cfg, params, input_ids, attention_mask, position_ids, mode)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _head_ablation(cfg: GPT2Config, params, input_ids, attention_mask, position_ids,
+                   mode: str) -> jax.Array:
     names = [f"blocks.{i}.attn.hook_z" for i in range(cfg.n_layer)]
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids)
     clean_logits, cache = run_with_cache(cfg, params, input_ids, names, **kwargs)
@@ -103,49 +120,85 @@ def head_ablation(cfg: GPT2Config, params, input_ids: jax.Array, attention_mask=
     return (losses - clean).reshape(cfg.n_layer, cfg.n_head)
 
 
-def logit_difference(correct: int, wrong: int, position: int = -1) -> Callable:
-    """A patching metric: mean over the batch of logits[:, position, correct] - [..., wrong]."""
-    def metric(logits: jax.Array) -> jax.Array:
-        return jnp.mean(logits[:, position, correct] - logits[:, position, wrong])
-    return metric
+@struct.dataclass
+class LogitDifference:
+    """A patching metric: mean over the batch of logits[:, position, correct] - [..., wrong].
+
+    A pytree: `correct` / `wrong` (token ids, int or int32 []) are its leaves, traced under
+    jit, so a new pair reuses the compiled program; `position` is static.
+    """
+
+    correct: jax.Array | int
+    wrong: jax.Array | int
+    position: int = struct.field(pytree_node=False, default=-1)
+
+    def __call__(self, logits: jax.Array) -> jax.Array:
+        """logits [B, T, V] -> scalar."""
+        return jnp.mean(logits[:, self.position, self.correct]
+                        - logits[:, self.position, self.wrong])
+
+
+def logit_difference(correct: int, wrong: int, position: int = -1) -> LogitDifference:
+    """The metric `logits -> mean(logits[:, position, correct] - logits[:, position, wrong])`."""
+    return LogitDifference(correct, wrong, position)
 
 
 def activation_patching(cfg: GPT2Config, params, clean_ids: jax.Array,
                         corrupted_ids: jax.Array, metric: Callable[[jax.Array], jax.Array],
-                        hook: str = "hook_resid_pre", attention_mask=None,
+                        hook: str | Sequence[str] = "hook_resid_pre", attention_mask=None,
                         position_ids=None) -> jax.Array:
     """The patching map: run the corrupted prompt with one (layer, position) of the `hook`
     activation taken from the clean run, and score the logits with `metric`.
 
     Args:
       clean_ids, corrupted_ids: [B, T] int, same shape (same positions are patched).
-      metric: fn(logits [B, T, V]) -> scalar, traceable (e.g. `logit_difference`).
-      hook: a per-layer residual point: one of PATCHABLE (TransformerLens's names without
-        the `blocks.i.` prefix).
+      metric: fn(logits [B, T, V]) -> scalar, traceable (e.g. `logit_difference`). A plain
+        function is static (the same function object reuses the compiled program).
+      hook: a per-layer residual point, one of PATCHABLE (TransformerLens's names without
+        the `blocks.i.` prefix), or a sequence of them: one program patches each in turn
+        (as TransformerLens's `get_act_patch_block_every`).
     Returns:
-      [L, T] float32 metric values (compare with metric(clean) and metric(corrupted)).
+      [L, T] float32 metric values for one hook, [len(hook), L, T] for a sequence (compare
+      with metric(clean) and metric(corrupted)).
     """
-    if hook not in PATCHABLE:
-        raise ConfigError(f"activation_patching hook={hook!r}; choose one of {list(PATCHABLE)}.")
+    hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    for h in hooks:
+        if h not in PATCHABLE:
+            raise ConfigError(
+                f"activation_patching hook={h!r}; choose one of {list(PATCHABLE)}.")
     if clean_ids.shape != corrupted_ids.shape:
         raise ConfigError(f"Clean ids {clean_ids.shape} and corrupted ids {corrupted_ids.shape} "
                           "must have the same shape (pad them to the same length).")
-    names = [f"blocks.{i}.{hook}" for i in range(cfg.n_layer)]
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(metric)):
+        metric = jax.tree_util.Partial(metric)  # a plain function: static, by identity
+    maps = _patching(cfg, params, clean_ids, corrupted_ids, metric, hooks, attention_mask,
+                     position_ids)
+    return maps[0] if isinstance(hook, str) else maps
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _patching(cfg: GPT2Config, params, clean_ids, corrupted_ids, metric, hooks: tuple,
+              attention_mask, position_ids) -> jax.Array:
+    """[len(hooks), L, T] float32: the maps of `activation_patching`."""
+    names = [[f"blocks.{i}.{h}" for i in range(cfg.n_layer)] for h in hooks]  # [K][L]
     kwargs = dict(attention_mask=attention_mask, position_ids=position_ids)
-    _, clean = run_with_cache(cfg, params, clean_ids, names, **kwargs)
+    _, clean = run_with_cache(cfg, params, clean_ids, sum(names, []), **kwargs)
     length = clean_ids.shape[1]
 
-    def patched_metric(pair):
-        layer, pos = pair[0], pair[1]
+    def patched_metric(cell):
+        k, layer, pos = cell[0], cell[1], cell[2]
         at = (jnp.arange(length) == pos)[None, :, None]
 
-        def patch(i):
-            return lambda value, name: jnp.where((layer == i) & at, clean[names[i]], value)
+        def patch(j, i):
+            name = names[j][i]
+            return lambda value, _: jnp.where((k == j) & (layer == i) & at, clean[name], value)
 
         logits = run_with_hooks(cfg, params, corrupted_ids,
-                                [(n, patch(i)) for i, n in enumerate(names)], **kwargs)
+                                [(names[j][i], patch(j, i)) for j in range(len(hooks))
+                                 for i in range(cfg.n_layer)], **kwargs)
         return metric(logits)
 
-    grid = jnp.stack(jnp.meshgrid(jnp.arange(cfg.n_layer), jnp.arange(length),
-                                  indexing="ij"), -1).reshape(-1, 2)
-    return jax.lax.map(patched_metric, grid).reshape(cfg.n_layer, length).astype(jnp.float32)
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(len(hooks)), jnp.arange(cfg.n_layer),
+                                  jnp.arange(length), indexing="ij"), -1).reshape(-1, 3)
+    maps = jax.lax.map(patched_metric, grid)
+    return maps.reshape(len(hooks), cfg.n_layer, length).astype(jnp.float32)
