@@ -99,16 +99,25 @@ def _hf_forward(model, ids, mask=None, positions=None):
     return out.logits.numpy(), float(out.loss)
 
 
-def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool,
+def _references(hf_model, text_ids) -> dict:
+    """HF's (logits, loss) on the two batches `_check_parity` compares: "plain" (4 x 256 of
+    text) and "padded" (the same text left-padded to rows of 256, 190, 97 and 40 tokens)."""
+    ids = text_ids[:1024].reshape(4, 256)
+    padded = _left_padded(text_ids, [256, 190, 97, 40], 256)
+    return {"plain": (ids, _hf_forward(hf_model, ids)),
+            "padded": (padded, _hf_forward(hf_model, *padded))}
+
+
+def _check_parity(model_dir, references: dict, unpadded_default_path: bool,
                   scan_layers: bool = False) -> GPT2Config:
-    """Logits <= 1e-4 and loss within 1e-5 relative, plain and left-padded 4 x 256 batches."""
+    """Logits <= 1e-4 and loss within 1e-5 relative, plain and left-padded 4 x 256 batches,
+    against HF's `references` (`_references`) of the model saved in `model_dir`."""
     cfg, params = load_pretrained(model_dir, scan_layers=scan_layers)
     assert cfg.scan_layers == scan_layers and ("h" in params) == scan_layers
     model = GPT2(cfg)
     fwd = jax.jit(lambda p, x, m, pos: model.apply({"params": p}, x, attention_mask=m,
                                                    position_ids=pos))
-    ids = text_ids[:1024].reshape(4, 256)
-    ref_logits, ref_loss = _hf_forward(hf_model, ids)
+    ids, (ref_logits, ref_loss) = references["plain"]
     if unpadded_default_path:
         ours = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, ids))
     else:
@@ -120,8 +129,7 @@ def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool,
     assert np.abs(ours - ref_logits).max() <= 1e-4
     assert abs(loss - ref_loss) <= 1e-5 * ref_loss
 
-    ids, mask, positions = _left_padded(text_ids, [256, 190, 97, 40], 256)
-    ref_logits, ref_loss = _hf_forward(hf_model, ids, mask, positions)
+    (ids, mask, positions), (ref_logits, ref_loss) = references["padded"]
     ours = np.asarray(fwd(params, ids, mask, positions))
     real = mask == 1
     loss = _our_loss(ours, ids, _target_mask(mask))
@@ -135,19 +143,28 @@ def _check_parity(hf_model, model_dir, text_ids, unpadded_default_path: bool,
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_parity_with_hf_tiny(tiny_hf, text_ids, scan_layers):
     model, path = tiny_hf
-    cfg = _check_parity(model, path, text_ids, unpadded_default_path=True,
+    cfg = _check_parity(path, _references(model, text_ids), unpadded_default_path=True,
                         scan_layers=scan_layers)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (2, 4, 64, 50257)
 
 
+@pytest.fixture(scope="module")
+def hf_124m(tmp_path_factory, text_ids):
+    """A random HF model of the 124M GPT-2 shape (HF defaults) saved once for both layouts:
+    (its directory, its parameter count, HF's `_references`). HF's init, save and forwards
+    are shared; each layout loads and runs its own."""
+    model = _hf_model(1)
+    path = tmp_path_factory.mktemp("hf_124m")
+    model.save_pretrained(path)
+    return path, sum(p.numel() for p in model.parameters()), _references(model, text_ids)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_parity_with_hf_124m(tmp_path, text_ids, scan_layers):
-    model = _hf_model(1)  # HF defaults: the 124M GPT-2 shape
-    model.save_pretrained(tmp_path)
-    cfg = _check_parity(model, tmp_path, text_ids, unpadded_default_path=False,
-                        scan_layers=scan_layers)
+def test_parity_with_hf_124m(hf_124m, scan_layers):
+    path, hf_params, references = hf_124m
+    cfg = _check_parity(path, references, unpadded_default_path=False, scan_layers=scan_layers)
     assert cfg == GPT2Config(scan_layers=scan_layers)
-    assert param_count(cfg) == sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert param_count(cfg) == hf_params == 124_439_808
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
