@@ -17,8 +17,12 @@ from gpt2jax.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_sweep_writes_table_plots_and_results(tmp_path, data_dir):
-    env = dict(os.environ, GPT2JAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
+def test_smoke_sweep_writes_table_plots_and_results(tmp_path, tmp_path_factory, data_dir):
+    # A fresh XLA compilation cache for this sweep: seed 1 of a variant compiles the programs
+    # seed 0 just compiled (as tests/test_crash_safety.py's zygote does).
+    cache = tmp_path_factory.mktemp("xla_cache")
+    env = dict(os.environ, GPT2JAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_FLAGS", None)  # one CPU device, like a user's run
     proc = subprocess.run(
         [sys.executable, "run.py", "--mode=sweep",
