@@ -35,7 +35,8 @@ def place():
 
 @pytest.fixture(scope="module")
 def params():
-    return init_params(CFG, jax.random.key(3))
+    # jitted: eager flax init compiles op by op (slow on CPU)
+    return jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(3))
 
 
 def test_uneven_vocab_is_replicated_other_uneven_dims_refused(place, params):
