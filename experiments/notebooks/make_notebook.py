@@ -19,7 +19,8 @@ INTRO = """\
 # Inside the model: a tiny Shakespeare GPT-2, opened up
 
 This notebook trains a character-level GPT-2 on Tiny Shakespeare (2 layers, 4 heads, 64 wide,
-600 steps; about 50 s of CPU time, the whole notebook about 90 s), then looks inside it with
+600 steps of 8 x 64 characters; the whole notebook, training included, runs in under a minute
+on a 2-core CPU), then looks inside it with
 gpt2jax's hook points, which carry TransformerLens's names (`blocks.0.attn.hook_pattern`, ...):
 
 1. the **attention patterns** of every head on one line of held-out text;
@@ -44,7 +45,6 @@ import warnings
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
@@ -61,13 +61,12 @@ sys.path.insert(0, str(Path(gpt2jax.__file__).resolve().parents[1]))
 from configs import shakespeare_char  # noqa: E402
 
 NOTEBOOK_START = time.time()
-# The tools are pure functions of arrays: under jax.jit each compiles once (op-by-op
-# dispatch is several times slower on CPU). The config (and metric, hook, mode) are static.
-logit_lens = jax.jit(gpt2jax.logit_lens, static_argnums=0)
-head_ablation = jax.jit(gpt2jax.head_ablation, static_argnums=0, static_argnames="mode")
-activation_patching = jax.jit(gpt2jax.activation_patching, static_argnums=(0, 4),
-                              static_argnames="hook")
+# gpt2jax's tools (logit_lens, head_ablation, activation_patching) are jitted inside: each
+# compiles once per shape. run_with_cache is the building block: jit it here, the config and
+# the hook names static. One batch shape [32, 64] is used throughout, so each program
+# compiles once.
 run_with_cache = jax.jit(gpt2jax.run_with_cache, static_argnums=(0, 3))
+loss_of = jax.jit(next_token_loss)  # logits [B, T, V], ids [B, T] -> mean nats
 
 
 def show(ch: str) -> str:
@@ -80,31 +79,32 @@ TRAIN_MD = """\
 
 `run.py --mode=train`'s own loop (`gpt2jax.training.loop.train_and_evaluate`) on nanoGPT's
 CPU recipe (`configs/shakespeare_char.py:cpu`), shrunk: 2 layers, 4 heads, 64 wide, 600 steps
-of 16 windows of 64 characters, peak learning rate 1e-2 (a model this small takes a rate 10x
-the recipe's). The workdir is a fresh temporary folder.
+of 8 windows of 64 characters, peak learning rate 1e-2 (a model this small takes a rate 10x
+the recipe's). No validation pass during training: the next cell measures the held-out loss.
+The workdir is a fresh temporary folder.
 """
 
 TRAIN = """\
 WORKDIR = os.environ.get("GPT2JAX_NOTEBOOK_WORKDIR", "")
 if not WORKDIR:
+    STEPS = 600
     config = shakespeare_char.get_config("cpu")
     config.model.update(n_layer=2, n_head=4, n_embd=64)
     config.train.update(
-        num_steps=600, lr_decay_steps=600, warmup_steps=30, batch_size=16,
+        num_steps=STEPS, lr_decay_steps=STEPS, warmup_steps=30, batch_size=8,
         learning_rate=1e-2, min_learning_rate=1e-3,
-        eval_every=600, eval_batches=5, log_every=100, sample_tokens=0,
-        export_hf=False, progress_bar=False,
+        eval_every=0,  # the held-out loss is measured below, on the notebook's own windows
+        log_every=100, sample_tokens=0, export_hf=False, progress_bar=False,
         peak_flops=1.0,  # > 0: skip measuring the matmul peak (it only scales the MFU log)
     )
-    config.checkpoint.update(save_every=600, keep_best=0, async_save=False)
+    config.checkpoint.update(save_every=STEPS, keep_best=0, async_save=False)
     WORKDIR = tempfile.mkdtemp(prefix="inside_the_model_")
     start = time.time()
     result = train_and_evaluate(config, WORKDIR)
     print(f"trained {result['step']} steps in {time.time() - start:.0f} s on "
           f"{jax.device_count()} {jax.default_backend()} device(s): "
-          f"train loss {result['train_loss']:.3f}, val loss {result['val_loss']:.3f}")
+          f"train loss {result['train_loss']:.3f}")
 cfg, params, tok = load_model(WORKDIR)
-forward = jax.jit(lambda params, ids: gpt2jax.GPT2(cfg).apply({"params": params}, ids))
 print(f"{WORKDIR}: {cfg.n_layer} layers x {cfg.n_head} heads, d_model {cfg.n_embd}, "
       f"{gpt2jax.param_count(cfg):,} parameters, {tok.vocab_size} characters")
 """
@@ -112,8 +112,10 @@ print(f"{WORKDIR}: {cfg.n_layer} layers x {cfg.n_head} heads, d_model {cfg.n_emb
 DATA_MD = """\
 ## Held-out text and two baselines
 
-The run's validation split is the last 10% of the characters. 32 random 64-character windows
-of it are the batch for the loss numbers below. Two count-based baselines say how much of the
+The run's validation split is the last 10% of the characters. 32 of its 64-character windows
+are the batch for everything below (one shape, so each program compiles once): the first
+starts at the line section 1 draws, the other 31 at random. One `run_with_cache` pass gives
+the model's logits and every head's attention pattern. Two count-based baselines say how much of the
 model's loss a lookup table already gets: predicting each character from its frequency
 (unigram) and from the previous character (bigram).
 """
@@ -130,10 +132,15 @@ bigram = -np.log((counts / counts.sum(1, keepdims=True))[val_ids[:-1], val_ids[1
 unigram_p = (np.bincount(train_ids, minlength=V) + 1) / (len(train_ids) + V)
 unigram = -np.log(unigram_p[val_ids]).mean()
 
-starts = np.random.default_rng(0).integers(0, len(val_ids) - cfg.n_positions, 32)
-batch = jnp.asarray(np.stack([val_ids[s:s + cfg.n_positions] for s in starts]))  # [32, 64]
-logits = forward(params, batch)  # [32, 64, V]
-model_loss = float(next_token_loss(logits, batch))
+# window 0 starts at the line section 1 looks at; 31 more start at random
+PROMPT = "GREMIO:\\nGood morrow, neighbour Baptista."
+first = text.index(PROMPT, split) - split  # a character tokenizer: ids index the text
+starts = [first, *np.random.default_rng(0).integers(0, len(val_ids) - cfg.n_positions, 31)]
+batch = np.stack([val_ids[s:s + cfg.n_positions] for s in starts])  # [32, 64]
+PATTERNS = tuple(f"blocks.{i}.attn.hook_pattern" for i in range(cfg.n_layer))
+logits, cache = run_with_cache(cfg, params, batch, PATTERNS)  # [32, 64, V], the patterns
+cache = {name: np.asarray(x) for name, x in cache.items()}  # [32, head, 64, 64] each
+model_loss = float(loss_of(logits, batch))
 print(f"next-character loss on held-out text (nats): unigram {unigram:.3f}, "
       f"bigram {bigram:.3f}, model {model_loss:.3f}")
 """
@@ -147,26 +154,23 @@ the characters it attends to; the causal mask leaves the upper triangle empty. B
 plot, each head's average attention to the previous character, to itself and to the first
 character over the 32 held-out windows (TransformerLens's `detect_head` scores).
 
-What we saw: the four layer-0 heads are local, a band along the diagonal (each character
-reads itself and the one to three before it; on average 0.23-0.38 of the weight on the
-previous character, 0.16-0.23 on itself), none of them a clean previous-token head. The
-layer-1 heads are diffuse, and L1H1 / L1H2 park much of their weight on a few early positions
-(the first character, the start of the line). Section 3 says how little layer 1 matters.
+What we saw: the layer-0 heads are local. L0H2 is a band along the diagonal (on average 0.26
+of its weight on the previous character, 0.18 on itself), L0H0 and L0H1 spread their weight
+over the last dozen or so characters, L0H3 is sparse; none is a clean previous-token head.
+The layer-1 heads park much of their weight on a few early positions: L1H1 on the newline
+that starts the line, L1H0 on the first characters. Section 3 says how little layer 1
+matters.
 """
 
 ATTN = """\
-PROMPT = "GREMIO:\\nGood morrow, neighbour Baptista."
-ids = jnp.asarray([tok.encode(PROMPT)])  # [1, T]
 labels = [show(c) for c in PROMPT]
 T = len(labels)
-PATTERNS = tuple(f"blocks.{i}.attn.hook_pattern" for i in range(cfg.n_layer))
-_, cache = run_with_cache(cfg, params, ids, PATTERNS)
-
 fig, axes = plt.subplots(cfg.n_layer, cfg.n_head, squeeze=False,
                          figsize=(3.4 * cfg.n_head, 3.6 * cfg.n_layer))
 for layer in range(cfg.n_layer):
-    pattern = np.asarray(cache[f"blocks.{layer}.attn.hook_pattern"][0])  # [head, query, key]
-    for head in range(cfg.n_head):
+    # window 0, its first T characters: a causal model's prefix does not see what follows
+    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, :T, :T]
+    for head in range(cfg.n_head):  # pattern: [head, query, key]
         ax = axes[layer, head]
         ax.imshow(pattern[head], cmap="Blues", vmin=0.0, vmax=1.0)
         ax.set_title(f"L{layer}H{head}", fontsize=10)
@@ -183,11 +187,10 @@ fig.savefig("attention_patterns.png", dpi=90)  # the README's figure
 plt.close(fig)
 display(Image("attention_patterns.png"))  # the saved file, not a second drawing
 
-_, cache = run_with_cache(cfg, params, batch, PATTERNS)
 q = np.arange(1, batch.shape[1])
 print("head   prev   self  first   (mean attention weight, queries 1..63, 32 windows)")
 for layer in range(cfg.n_layer):
-    pattern = np.asarray(cache[f"blocks.{layer}.attn.hook_pattern"])  # [B, H, T, T]
+    pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [B, H, T, T]
     for head in range(cfg.n_head):
         p = pattern[:, head]
         print(f"L{layer}H{head}  {p[:, q, q - 1].mean():.3f}  {p[:, q, q].mean():.3f}  "
@@ -205,15 +208,15 @@ held-out windows.
 
 What we saw: the embedding readout predicts the input character itself (the unembedding is
 the embedding transposed, and each character's embedding is closest to its own row), so its
-loss (8.6 nats) is worse than guessing uniformly (ln 65 = 4.2). After layer 0 the readout is
-already almost the model: 2.074 nats against the final 2.039. Layer 1 adds 0.035 nats, and
-the two readouts agree on 33 of the line's 40 positions.
+loss (7.3 nats) is worse than guessing uniformly (ln 65 = 4.2). After layer 0 the readout is
+already almost the model: 2.273 nats against the final 2.232. Layer 1 adds 0.041 nats, and
+the two readouts agree on 37 of the line's 40 positions.
 """
 
 LENS = """\
-lens = np.asarray(logit_lens(cfg, params, ids))[:, 0]  # [L + 1, T, V]
+lens = np.asarray(gpt2jax.logit_lens(cfg, params, batch))  # [L + 1, 32, 64, V]
 readouts = ["embed"] + [f"after L{i}" for i in range(cfg.n_layer)]
-top = lens.argmax(-1)  # [L + 1, T]
+top = lens[:, 0, :T].argmax(-1)  # [L + 1, T]: window 0, the line
 print("input  " + "  ".join(f"{r:>8}" for r in readouts) + "  actual next")
 for t in range(T):
     row = "  ".join(f"{show(tok.decode([int(top[r, t])])):>8}" for r in range(len(readouts)))
@@ -222,12 +225,10 @@ for t in range(T):
 print(f"{readouts[-2]} and {readouts[-1]} agree on {int((top[-2] == top[-1]).sum())} of {T} "
       "positions")
 
-lens_batch = logit_lens(cfg, params, batch)  # [L + 1, 32, 64, V]
 print("\\nreadout   loss   top-1 accuracy (32 held-out windows)")
+hits = lens[:, :, :-1].argmax(-1) == batch[None, :, 1:]  # [L + 1, 32, 63]
 for r, name in enumerate(readouts):
-    loss = float(next_token_loss(lens_batch[r], batch))
-    acc = float(jnp.mean(lens_batch[r][:, :-1].argmax(-1) == batch[:, 1:]))
-    print(f"{name:>8}  {loss:.3f}  {acc:.3f}")
+    print(f"{name:>8}  {float(loss_of(lens[r], batch)):.3f}  {hits[r].mean():.3f}")
 """
 
 ABLATE_MD = """\
@@ -238,14 +239,14 @@ projection) and measures the next-character loss on the 32 held-out windows, for
 "zero" sets it to 0, "mean" to its mean over the batch (the gentler ablation, as
 TransformerLens's demos prefer). Each cell is loss(ablated) - loss(clean) in nats.
 
-What we saw: each layer-0 head costs 0.06-0.15 nats (L0H3 the most; 0.43 for the four
-together), each layer-1 head less than 0.01. After 600 steps layer 1's attention is nearly
-idle, as the logit lens said: its patterns above look structured but carry almost no loss.
-Zero and mean ablation agree here.
+What we saw: L0H2, the diagonal band, costs 0.22 nats alone; the four layer-0 heads 0.30
+together (0.32 mean-ablated), the four layer-1 heads 0.012 together. After 600 steps layer
+1's attention is nearly idle, as the logit lens said: its patterns above look structured but
+carry almost no loss. Zero and mean ablation agree here.
 """
 
 ABLATE = """\
-effects = {mode: np.asarray(head_ablation(cfg, params, batch, mode=mode))
+effects = {mode: np.asarray(gpt2jax.head_ablation(cfg, params, batch, mode=mode))
            for mode in ("zero", "mean")}  # [L, H] each
 fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * cfg.n_head, 1 + 1.2 * cfg.n_layer))
 vmax = max(float(np.abs(e).max()) for e in effects.values())
@@ -274,15 +275,16 @@ difference at the last position between the clean run's top next character and t
 corrupted run's (`gpt2jax.logit_difference`). `gpt2jax.activation_patching` runs the
 corrupted prompt with one [layer, position] activation taken from the clean run, for every
 layer and position, on three hook points as TransformerLens's `get_act_patch_block_every`
-does: the residual stream entering each block, the attention output and the MLP output.
-Shown normalized: 0 = the corrupted run's metric, 1 = the clean run's.
+does, in one compiled program: the residual stream entering each block, the attention
+output and the MLP output. Shown normalized: 0 = the corrupted run's metric, 1 = the clean
+run's.
 
-What we saw (clean predicts `e`, corrupted `a`): entering layer 0 the information sits in the
-three characters of the name (patching `p` alone restores 0.70, `a` 0.41, and `B` -0.25: a
-clean `B` inside the corrupted `Bre` pushes the wrong way). Entering layer 1 it sits entirely
-at the last position (1.01): layer 0 has moved it there, its attention output at the last
-position restoring 0.39 and its MLP output 1.20 (more than the whole difference). Layer 1
-adds nothing, and no position before the name matters: a local, last-few-characters
+What we saw (clean predicts `e`, corrupted a space): entering layer 0 the information sits in
+the last two characters. Patching `p` alone overshoots (1.85: `Grp` favours `e` more than
+`Bap` does) and `a` pushes the wrong way (-0.77: `Gae`). Entering layer 1 it sits entirely at
+the last position (1.00): layer 0 has moved it there, its MLP output at the last position
+restoring 1.04 while its attention output there pushes against it (-0.53). Layer 1 adds
+nothing, and no position before the name matters: a local, last-few-characters
 prediction. (The speaker `GREMIO` is the same in both prompts, so this pair cannot show
 whether the model would use it.)
 """
@@ -290,18 +292,17 @@ whether the model would use it.)
 PATCH = """\
 clean = "GREMIO:\\nGood morrow, neighbour Bap"
 corrupted = "GREMIO:\\nGood morrow, neighbour Gre"
-clean_ids, corrupted_ids = jnp.asarray([tok.encode(clean)]), jnp.asarray([tok.encode(corrupted)])
-clean_logits, corrupted_logits = forward(params, clean_ids), forward(params, corrupted_ids)
-right, wrong = int(clean_logits[0, -1].argmax()), int(corrupted_logits[0, -1].argmax())
-metric = gpt2jax.logit_difference(right, wrong)
-m_clean, m_corrupted = float(metric(clean_logits)), float(metric(corrupted_logits))
+pair = np.asarray([tok.encode(clean), tok.encode(corrupted)])  # [2, T]
+pair_logits = np.asarray(run_with_cache(cfg, params, pair, ())[0][:, -1])  # [2, V]
+right, wrong = int(pair_logits[0].argmax()), int(pair_logits[1].argmax())
+m_clean, m_corrupted = pair_logits[:, right] - pair_logits[:, wrong]
 print(f"clean predicts {show(tok.decode([right]))!r}, corrupted {show(tok.decode([wrong]))!r}; "
       f"logit difference clean {m_clean:.3f}, corrupted {m_corrupted:.3f}")
 
 hooks = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
-maps = {h: (np.asarray(activation_patching(cfg, params, clean_ids, corrupted_ids,
-                                                   metric, hook=h)) - m_corrupted)
-        / (m_clean - m_corrupted) for h in hooks}  # [L, T] each
+raw = gpt2jax.activation_patching(cfg, params, pair[:1], pair[1:],
+                                  gpt2jax.logit_difference(right, wrong), hook=hooks)
+maps = dict(zip(hooks, (np.asarray(raw) - m_corrupted) / (m_clean - m_corrupted)))  # [L, T]
 chars = [show(c) for c in clean]
 fig, axes = plt.subplots(len(hooks), 1, sharex=True,
                          figsize=(12, 1.5 + 1.1 * cfg.n_layer * len(hooks)))
@@ -324,13 +325,13 @@ print(f"notebook ran in {time.time() - NOTEBOOK_START:.0f} s")
 SUMMARY_MD = """\
 ## What this small model shows
 
-- It beats a bigram table (2.04 against 2.48 nats per character on held-out text), and the
-  extra context comes from layer 0: four local heads, each worth 0.06-0.15 nats.
-- Layer 1 is nearly idle after 600 steps: its heads cost under 0.01 nats each when ablated
-  and it improves the logit-lens readout by 0.035 nats. Structure in an attention pattern
-  is not evidence that the head matters; the ablation is.
-- The patching map shows the same locality: the answer is read from the last three
-  characters and gathered into the last position by layer 0 (attention and MLP).
+- It beats a bigram table (2.23 against 2.48 nats per character on held-out text), and the
+  extra context comes from layer 0: local heads worth 0.30 nats together, most of it L0H2's.
+- Layer 1 is nearly idle after 600 steps: its four heads cost 0.012 nats together when
+  ablated and it improves the logit-lens readout by 0.041 nats. Structure in an attention
+  pattern is not evidence that the head matters; the ablation is.
+- The patching map shows the same locality: the answer is read from the last two
+  characters and gathered into the last position by layer 0's MLP.
 - Not shown: copying earlier text (induction), which needs a larger, longer-trained model.
   The README's first command trains a 4-layer model for 2,000 steps; point
   `GPT2JAX_NOTEBOOK_WORKDIR` at its workdir to open it with the same cells.
