@@ -1,17 +1,19 @@
 """lm-eval speed: the gpt2jax backend vs lm-eval's own `hf` backend (PyTorch), on the same
 random weights saved in HF format, the same tasks, documents and batch size, in one run.
 
-    GPT2JAX_DATA_DIR=../shared/data python bench/lm_eval.py [--limit 200] [--batch 8]
+    GPT2JAX_DATA_DIR=../shared/data python bench/lm_eval.py [--limit 200] [--batch 8] [--repeats 3]
     python bench/lm_eval.py --n_layer 2 --n_embd 64 --n_head 2 --n_positions 128 --limit 8
 
 Default shape: GPT-2 124M (12 layers, 768 wide, 1024 positions). Tasks (configs/lm_eval_tasks,
 offline): lambada_openai_local (loglikelihood), wikitext_local (rolling loglikelihood) and
 multiple_choice_local (4 endings per LAMBADA context, HellaSwag-like), `--limit` documents
-each. Each backend runs `simple_evaluate` twice; the time is what its request methods take
-(loglikelihood / loglikelihood_rolling / generate_until), so task building is left out. The
-first gpt2jax run includes compiling (one per length bucket); the second is the steady state.
-Prints seconds per backend, the ratio (hf / gpt2jax: > 1 means gpt2jax is faster), and the
-largest relative metric difference (the backends must agree).
+each. The time is what the request methods take (loglikelihood / loglikelihood_rolling /
+generate_until), so task building is left out. gpt2jax runs `simple_evaluate` once first
+(compiling: one per bucket), then both backends alternate `--repeats` times (the order
+swapped every repeat, so load from other processes hits both alike); the ratio is the median
+of the per-repeat ratios (hf / gpt2jax: > 1 means gpt2jax is faster). Also printed: forward
+rows each backend ran, the load average before and after, and the largest relative metric
+difference (the backends must agree).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +37,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from configs import common  # noqa: E402
 from gpt2jax.eval import harness  # noqa: E402
+from gpt2jax.parallel import distributed, sharding  # noqa: E402
 from gpt2jax.eval.lambada import read_lambada  # noqa: E402
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "lm_eval_tasks"
@@ -88,8 +93,23 @@ def timed(lm) -> dict:
 def run(lm, tasks, manager, limit) -> tuple[float, dict]:
     seconds = timed(lm)
     res = harness.evaluate(lm, tasks, manager, limit=limit)
+    for name in METHODS:  # unwrap: the next run wraps afresh
+        delattr(lm, name)
     return seconds["total"], {(r["task"], r["metric"]): r["value"]
                               for r in harness.result_rows(res)}
+
+
+def count_hf_rows(hf) -> dict:
+    """Counts the rows of every forward pass of lm-eval's hf backend (its `_model_call`)."""
+    rows = {"rows": 0}
+    call = hf._model_call
+
+    def counted(inps, *a, **k):
+        rows["rows"] += inps.shape[0]
+        return call(inps, *a, **k)
+
+    hf._model_call = counted
+    return rows
 
 
 def main() -> None:
@@ -100,10 +120,17 @@ def main() -> None:
     p.add_argument("--n_positions", type=int, default=1024)
     p.add_argument("--limit", type=int, default=200, help="documents per task")
     p.add_argument("--batch", type=int, default=8, help="rows per forward, both backends")
+    p.add_argument("--repeats", type=int, default=3, help="alternated runs of each backend")
+    p.add_argument("--cpu_devices", type=int, default=0,
+                   help="split the CPU into N JAX devices, rows data-parallel (0: one device)")
     p.add_argument("--tasks", default="lambada_openai_local,wikitext_local,multiple_choice_local")
     args = p.parse_args()
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
     tasks = args.tasks.split(",")
+    distributed.set_cpu_devices(args.cpu_devices)
+    mesh_config = common.mesh_config()  # data-parallel over every device
+    mesh = sharding.make_mesh(mesh_config) if args.cpu_devices > 1 else None
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, data_dir = Path(tmp) / "model", Path(tmp) / "data"
         make_model(args, model_dir, data)
@@ -111,23 +138,45 @@ def main() -> None:
         manager = harness.task_manager(str(TASKS_DIR), data_dir, include_defaults=False)
         hf = HFLM(pretrained=str(model_dir), batch_size=args.batch, device="cpu",
                   dtype="float32")
-        hf_s, hf_rows = run(hf, tasks, manager, args.limit)
+        hf_rows = count_hf_rows(hf)
         ours = harness.GPT2JaxLM(pretrained=str(model_dir), batch_size=args.batch,
-                                 progress=False)
+                                 progress=False, mesh=mesh,
+                                 axis_rules=sharding.rules(mesh_config) if mesh else ())
         first_s, _ = run(ours, tasks, manager, args.limit)
-        our_s, our_rows = run(ours, tasks, manager, args.limit)
-    worst = max(abs(our_rows[k] - v) / max(abs(v), 1e-12) for k, v in hf_rows.items())
-    print(f"device: {jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}; "
-          f"GPT-2 {args.n_layer}x{args.n_embd} ctx {args.n_positions}, random weights; "
-          f"tasks {','.join(tasks)}, {args.limit} docs each, batch {args.batch}")
-    print(f"{'backend':<30}{'seconds':>10}")
-    print(f"{'lm-eval hf (torch)':<30}{hf_s:>10.1f}")
-    print(f"{'gpt2jax, first (compiles)':<30}{first_s:>10.1f}")
-    print(f"{'gpt2jax, steady':<30}{our_s:>10.1f}")
-    print(f"ratio hf / gpt2jax: {hf_s / our_s:.2f}x steady, {hf_s / first_s:.2f}x incl. compile")
-    print(f"largest relative metric difference: {worst:.2e} over {len(hf_rows)} metrics")
-    for key in sorted(hf_rows):
-        print(f"  {key[0]:<24}{key[1]:<18}hf {hf_rows[key]:<14.6g}gpt2jax {our_rows[key]:.6g}")
+        times, metrics = {"hf": [], "gpt2jax": []}, {}
+        for i in range(args.repeats):
+            for name in ("hf", "gpt2jax")[::1 if i % 2 == 0 else -1]:
+                secs, metrics[name] = run(hf if name == "hf" else ours, tasks, manager,
+                                          args.limit)
+                times[name].append(secs)
+    rows = {"hf": hf_rows["rows"] // args.repeats,
+            "gpt2jax": ours.scorer.rows_run // (args.repeats + 1)}
+    report(args, tasks, times, first_s, rows, metrics, (load_before, os.getloadavg()))
+
+
+def report(args, tasks, times, first_s, rows, metrics, loads) -> None:
+    """Prints the table: seconds (median of the repeats), rows, ratios, metric agreement."""
+    hf_s, our_s = statistics.median(times["hf"]), statistics.median(times["gpt2jax"])
+    ratio = statistics.median(h / o for h, o in zip(times["hf"], times["gpt2jax"]))
+    hf_m, our_m = metrics["hf"], metrics["gpt2jax"]
+    worst = max(abs(our_m[k] - v) / max(abs(v), 1e-12) for k, v in hf_m.items())
+    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, torch threads "
+          f"{torch.get_num_threads()}; GPT-2 {args.n_layer}x{args.n_embd} ctx "
+          f"{args.n_positions}, random weights; tasks {','.join(tasks)}, {args.limit} docs "
+          f"each, batch {args.batch}, {args.repeats} alternated repeats")
+    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
+          "{:.2f}".format(*loads[0], *loads[1]))
+    print(f"{'backend':<30}{'seconds':>10}{'rows':>8}   each repeat")
+    print(f"{'lm-eval hf (torch)':<30}{hf_s:>10.1f}{rows['hf']:>8}   "
+          + " ".join(f"{t:.1f}" for t in times["hf"]))
+    print(f"{'gpt2jax, first (compiles)':<30}{first_s:>10.1f}{rows['gpt2jax']:>8}")
+    print(f"{'gpt2jax, steady':<30}{our_s:>10.1f}{rows['gpt2jax']:>8}   "
+          + " ".join(f"{t:.1f}" for t in times["gpt2jax"]))
+    print(f"ratio hf / gpt2jax: {ratio:.2f}x steady (median of repeats), "
+          f"{hf_s / first_s:.2f}x first run incl. compiles")
+    print(f"largest relative metric difference: {worst:.2e} over {len(hf_m)} metrics")
+    for key in sorted(hf_m):
+        print(f"  {key[0]:<24}{key[1]:<18}hf {hf_m[key]:<14.6g}gpt2jax {our_m[key]:.6g}")
 
 
 if __name__ == "__main__":
