@@ -48,8 +48,12 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def _env() -> dict:
+def _env(cache=None) -> dict:
+    """One CPU device; `cache`: an XLA compilation cache directory shared by the runs."""
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", "")
     return env
@@ -79,9 +83,12 @@ def runs(tmp_path_factory, text):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
+    # the three runs compile the same programs: the resumed and the straight run reuse the
+    # killed run's compiles from a cache (as test_crash_safety's zygote does)
+    env = _env(tmp_path / "xla_cache")
     proc = subprocess.Popen([sys.executable, str(script), text, str(killed), "block"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=_env(), cwd=REPO)
+                            env=env, cwd=REPO)
     deadline = time.time() + 600
     for line in proc.stdout:  # wait for the marker printed after step 12's checkpoint
         if "CHECKPOINT-12-DONE" in line or time.time() > deadline:
@@ -93,7 +100,7 @@ def runs(tmp_path_factory, text):
     assert max(_losses(killed)) == 12
     for workdir in (killed, straight):  # resume; and an uninterrupted run
         subprocess.run([sys.executable, str(script), text, str(workdir), "run"], check=True,
-                       env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                       env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     return killed, straight
 
