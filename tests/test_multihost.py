@@ -31,8 +31,12 @@ TIMEOUT_S = 240
 def _launch(workdir: Path, start: int, stop: int, tag: str) -> list[dict]:
     """Runs 2 worker processes to completion (killed on timeout); returns their outputs."""
     port = free_port()
+    # One XLA compilation cache for the launches of this test: the second run's processes
+    # reuse the train step the first run compiled (as test_crash_safety's zygote does).
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_COMPILATION_CACHE_DIR=str(workdir.parent / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     procs, outs = [], []
     for pid in range(2):
         out = workdir.parent / f"{tag}_p{pid}.json"
