@@ -73,8 +73,12 @@ AUDIT = textwrap.dedent("""
 def _env(audit_dir: Path, audit_log: Path, root: Path) -> dict:
     """One CPU device per process unless --cpu_devices says otherwise (no test XLA_FLAGS)."""
     path = os.pathsep.join(p for p in (str(audit_dir), os.environ.get("PYTHONPATH")) if p)
+    # One XLA compilation cache for the test's runs (beside the workdirs, outside the audit):
+    # the resumed pair reuses the first pair's compiles (only process 0 writes entries).
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path, PYTHONFAULTHANDLER="1",
-               AUDIT_ROOT=str(root), AUDIT_LOG=str(audit_log))
+               AUDIT_ROOT=str(root), AUDIT_LOG=str(audit_log),
+               JAX_COMPILATION_CACHE_DIR=str(audit_dir.parent / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_FLAGS", None)
     return env
 
