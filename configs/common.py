@@ -168,6 +168,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start
     c.export_hf = True             # at the end, write params to <workdir>/hf (HF safetensors)
     c.progress_bar = True          # tqdm progress bar with ETA on the console
+    c.steps_per_call = 1           # optimizer steps per jitted call (a lax.scan; the same
+    #                                updates, fewer dispatches); logs/evals/saves stay per step
     # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard
     # and metrics.jsonl (gpt2jax/eval/harness.py; needs `pip install -e ".[eval]"`)
     c.lm_eval = ml_collections.ConfigDict()

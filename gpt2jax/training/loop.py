@@ -66,16 +66,16 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
     bar = _progress(opt.progress_bar, start, num_steps)
     meta, every = _meta(run), opt.save_every
     step = start
+    per_call = opt.steps_per_call if not hooks else 1  # a hook sees every step's state
     guard = PreemptionGuard().install()  # SIGTERM/SIGINT: save, wait, return (exit 0)
     try:
         while step < num_steps:
-            try:
-                batch = next(run.ds.train)
-            except StopIteration:
+            batches = _next_batches(run.ds.train, _call_length(step, per_call, num_steps, opt,
+                                                               bool(val_batches)))
+            if not batches:  # the data ended
                 break
-            run.state, metrics = trainer.train_step(run.state, _to_global(run, batch))
-            step += 1
-            steps.add(step, metrics)
+            first, step = step + 1, _run_steps(run, batches, step, per_call, steps)
+            # only the last step of a call may log, evaluate or save (`_call_length`)
             last = step == num_steps
             evaluate_now = bool(val_batches) and (step % opt.eval_every == 0 or last)
             save_now = (every > 0 and step % every == 0) or last
@@ -87,11 +87,12 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
             if save_now:
                 _save(run, step, meta, val_batches, train_loss, preempted=False)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(batches))
             for hook in hooks:
                 hook(step, run)
-            if guard.should_stop(step):  # preempted: the checkpoint is saved just below
-                break
+            # every step is offered to the guard (multi-host: the agreed stop step is one)
+            if any([guard.should_stop(s) for s in range(first, step + 1)]):
+                break  # preempted: the checkpoint is saved just below
         train_loss = _log_train(steps, speed, run.writer, bar, train_loss)
         if step > start and run.checkpointer.latest_step() != step:  # data ended / preempted
             if val_batches and not guard.stop_requested:
@@ -111,6 +112,48 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
         export_hf(run)
     logging.info("train_step compiled %d time(s).", trainer.compile_count())
     return {"step": step, "train_loss": train_loss, "val_loss": run.val_loss}
+
+
+def _run_steps(run: Run, batches: list[dict], step: int, per_call: int,
+               steps: StepMetrics) -> int:
+    """Trains on `batches` after `step` (one `train_steps` call when they are `per_call`
+    > 1, else `train_step` each), keeps their metrics in `steps`; returns the new step."""
+    trainer = run.trainer
+    if 1 < len(batches) == per_call:  # one call, the steps' metrics stacked [n]
+        run.state, metrics = trainer.train_steps(run.state, trainer.put_steps(batches))
+        steps.add_steps(range(step + 1, step + len(batches) + 1), metrics)
+        return step + len(batches)
+    for batch in batches:  # one step (or the data's last batches, one by one)
+        run.state, metrics = trainer.train_step(run.state, _to_global(run, batch))
+        step += 1
+        steps.add(step, metrics)
+    return step
+
+
+def _call_length(step: int, per_call: int, num_steps: int, opt, evaluates: bool) -> int:
+    """Steps in the next call after `step`: `per_call` (`train.steps_per_call`) when none of
+    the steps before its last logs, evaluates, saves or ends the run, else 1; so there are
+    two programs at most (n = per_call and n = 1), and every log, evaluation and save sees
+    the state of its own step."""
+
+    def event(s: int) -> bool:
+        return (s % opt.log_every == 0 or (evaluates and s % opt.eval_every == 0)
+                or (opt.save_every > 0 and s % opt.save_every == 0) or s == num_steps)
+
+    if per_call <= 1 or step + per_call > num_steps:
+        return 1
+    return 1 if any(event(s) for s in range(step + 1, step + per_call)) else per_call
+
+
+def _next_batches(train_iter, n: int) -> list[dict]:
+    """Up to `n` host batches (fewer when the data ends)."""
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(train_iter))
+        except StopIteration:
+            break
+    return out
 
 
 def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float) -> float:

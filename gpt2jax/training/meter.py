@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,11 @@ class StepMetrics:
 
     def add(self, step: int, metrics: dict) -> None:
         """Keeps step `step`'s metrics (device arrays; nothing is fetched)."""
-        self.pending.append((step, metrics))
+        self.pending.append(((step,), metrics, False))
+
+    def add_steps(self, steps: Sequence[int], metrics: dict) -> None:
+        """Keeps the metrics of `steps`, each array stacked [len(steps)] (`train_steps`)."""
+        self.pending.append((tuple(steps), metrics, True))
 
     def fetch(self) -> list[tuple[int, dict]]:
         """The pending steps' records `(step, train_record(...))`, fetched in one transfer.
@@ -69,10 +74,13 @@ class StepMetrics:
         Raises TrainingDivergedError at the first pending step that diverged.
         """
         pending, self.pending = self.pending, []
-        host = jax.device_get([m for _, m in pending])
-        for (step, _), m in zip(pending, host):
+        host = jax.device_get([m for _, m, _ in pending])
+        per_step = [(step, {k: v[i] for k, v in m.items()} if stacked else m)
+                    for (steps, _, stacked), m in zip(pending, host)
+                    for i, step in enumerate(steps)]
+        for step, m in per_step:
             check_finite(step, m, self.checkpointer)
-        return [(step, train_record(m)) for (step, _), m in zip(pending, host)]
+        return [(step, train_record(m)) for step, m in per_step]
 
 
 def train_record(m: dict) -> dict:

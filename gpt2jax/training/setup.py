@@ -47,13 +47,19 @@ class LoopOptions:
     lm_eval: Any  # config.train.lm_eval, handed as it is to eval.harness_train
     save_every: int  # config.checkpoint.save_every
     keep_best: int  # config.checkpoint.keep_best
+    steps_per_call: int  # config.train.steps_per_call (Trainer.train_steps)
+
+    def __post_init__(self):
+        if not isinstance(self.steps_per_call, int) or self.steps_per_call < 1:
+            raise ConfigError(f"train.steps_per_call={self.steps_per_call!r} must be an int >= 1 "
+                              "(optimizer steps per jitted call; 1 = one call per step).")
 
     @classmethod
     def from_config(cls, config) -> LoopOptions:
         t, ck = config.train, config.checkpoint
         return cls(t.log_every, t.eval_every, t.eval_batches, t.sample_tokens, t.sample_prompt,
                    t.peak_flops, t.export_hf, t.progress_bar, t.lm_eval, ck.save_every,
-                   ck.keep_best)
+                   ck.keep_best, t.steps_per_call)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""Training math: the optimizer, `TrainState`, and the pure, sharded `train_step` / `eval_step`.
+"""Training math: `TrainState` and the pure, sharded `train_step` / `train_steps` / `eval_step`.
 
-The host loop (data, logging, checkpoints) lives in `loop.py`; nothing here does I/O.
+The host loop (data, logging, checkpoints) lives in `loop.py`; nothing here does I/O. The
+optimizer and `TrainConfig` live in `optimizer.py` (re-exported here).
 
-- Optimizer (GPT-2 / nanoGPT practice): AdamW with no weight decay on biases, LayerNorm and
-  (unless `train.decay_embeddings`) embeddings; learning rate warmed up linearly, then cosine
-  decayed to a minimum (nanoGPT's `get_lr`, exactly); global-norm gradient clipping.
 - `train_step(state, batch) -> (state, metrics)`: gradient accumulation by a `lax.scan` over
   micro-batches inside the step (one optimizer update per step); dropout rng
   `fold_in(state.rng, step)`; metrics are sums and token counts so that losses are exactly
   token-weighted whatever the sharding or accumulation.
+- `train_steps(state, batches) -> (state, metrics)`: n of those steps in one call (a
+  `lax.scan` over n stacked batches), each metric stacked [n]; the same updates, bit for bit,
+  with one dispatch and one host round-trip instead of n (`train.steps_per_call`).
 - `Trainer`: builds the mesh-aware pieces once: sharded init from abstract shapes and the
   steps jitted once with in/out shardings and state donation.
 
@@ -17,16 +18,14 @@ Shapes: B global batch, T block size, V vocabulary, k = grad_accum_steps.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 from flax import struct
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -35,62 +34,14 @@ from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.generation.compiled import TraceCounter
 from gpt2jax.nn.loss import model_metrics, token_metrics  # noqa: F401 (token_metrics: API)
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes
+from gpt2jax.training.optimizer import (  # noqa: F401 (re-exported: the step's API)
+    Schedule, TrainConfig, learning_rate_schedule, make_optimizer, weight_decay_mask)
 
-Schedule = Literal["cosine", "constant"]
+BATCH_KEYS = ("inputs", "targets", "weights")  # a training batch's arrays, each [B, T]
 
 
 class TrainingDivergedError(GPT2JaxError, FloatingPointError):
     """The loss became NaN/inf: training stopped, the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The optimisation fields of `config.train` (see configs/common.py: train_config)."""
-
-    batch_size: int
-    grad_accum_steps: int
-    block_size: int
-    num_steps: int
-    learning_rate: float
-    min_learning_rate: float
-    warmup_steps: int
-    lr_decay_steps: int
-    schedule: Schedule
-    weight_decay: float
-    decay_embeddings: bool
-    beta1: float
-    beta2: float
-    eps: float
-    grad_clip: float
-    loss_chunk_size: int = 0  # tokens per logits chunk (nn/loss.py); 0 = full logits
-
-    def __post_init__(self):
-        if self.batch_size <= 0 or self.grad_accum_steps <= 0:
-            raise ConfigError("train.batch_size and train.grad_accum_steps must be positive.")
-        if self.batch_size % self.grad_accum_steps:
-            raise ConfigError(
-                f"train.batch_size={self.batch_size} is not divisible by train.grad_accum_steps="
-                f"{self.grad_accum_steps}; the global batch is split into that many micro-batches."
-            )
-        if self.schedule not in Schedule.__args__:
-            raise ConfigError(
-                f"train.schedule={self.schedule!r}; choose one of {Schedule.__args__}.")
-        if not isinstance(self.loss_chunk_size, int) or self.loss_chunk_size < 0:
-            raise ConfigError(f"train.loss_chunk_size={self.loss_chunk_size!r} must be an int >= "
-                              "0 (tokens per logits chunk; 0 = full logits).")
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum_steps
-
-    @classmethod
-    def from_config(cls, train_config) -> TrainConfig:
-        """Reads the fields of this dataclass from `config.train` (extra keys are loop options)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in train_config]
-        if missing:
-            raise ConfigError(f"config.train is missing {missing}; add them to the config file.")
-        return cls(**{n: train_config[n] for n in names})
 
 
 @struct.dataclass
@@ -101,58 +52,6 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
-
-
-# ----------------------------------------------------------------------------- optimizer
-
-
-def learning_rate_schedule(tc: TrainConfig):
-    """nanoGPT's `get_lr`: `lr * (s+1)/(warmup+1)` while s < warmup, then cosine to min_lr at
-    `lr_decay_steps`, then min_lr. `s` is the 0-based update count."""
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = tc.learning_rate * (step + 1) / (tc.warmup_steps + 1)
-        if tc.schedule == "constant":
-            return jnp.where(step < tc.warmup_steps, warm, tc.learning_rate)
-        span = max(tc.lr_decay_steps - tc.warmup_steps, 1)
-        ratio = jnp.clip((step - tc.warmup_steps) / span, 0.0, 1.0)
-        coeff = 0.5 * (1.0 + jnp.cos(math.pi * ratio))
-        cosine = tc.min_learning_rate + coeff * (tc.learning_rate - tc.min_learning_rate)
-        return jnp.where(step < tc.warmup_steps, warm, cosine)
-
-    return schedule
-
-
-def weight_decay_mask(params, decay_embeddings: bool = False):
-    """True for leaves that get weight decay: every `kernel`, plus `embedding`s if asked.
-
-    Biases, LayerNorm scales/biases (and embeddings by default) are not decayed. Works on
-    boxed (`nn.Partitioned`) and plain params alike.
-    """
-
-    def decide(path, _):
-        name = getattr(path[-1], "key", str(path[-1]))
-        return name == "kernel" or (decay_embeddings and name == "embedding")
-
-    return jax.tree_util.tree_map_with_path(
-        decide, params, is_leaf=lambda x: isinstance(x, nn.Partitioned)
-    )
-
-
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping (if grad_clip > 0), then AdamW with the schedule and decay mask."""
-    adamw = optax.adamw(
-        learning_rate=learning_rate_schedule(tc),
-        b1=tc.beta1,
-        b2=tc.beta2,
-        eps=tc.eps,
-        weight_decay=tc.weight_decay,
-        mask=functools.partial(weight_decay_mask, decay_embeddings=tc.decay_embeddings),
-    )
-    if tc.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw)
-    return adamw
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -230,6 +129,19 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
     return train_step
 
 
+def make_train_steps(train_step):
+    """`train_steps(state, batches) -> (state, metrics)`: `train_step` applied to n batches
+    stacked on a leading axis ({"inputs": int32 [n, B, T], ...}), in order, in one program
+    (a `lax.scan`); each metric stacked [n]. The same updates as n calls of `train_step`,
+    bit for bit, with one dispatch instead of n (XLA:CPU spends a share of a small model's
+    step on the call itself: bench/cpu_shakespeare.py)."""
+
+    def train_steps(state: TrainState, batches: dict) -> tuple[TrainState, dict]:
+        return jax.lax.scan(train_step, state, batches)
+
+    return train_steps
+
+
 def make_eval_step(cfg: GPT2Config, loss_chunk_size: int = 0):
     """The pure `eval_step(params, batch) -> metrics` (sums; no dropout; logits a chunk of
     `loss_chunk_size` tokens at a time, 0 = all at once)."""
@@ -281,11 +193,20 @@ class Trainer:
         micro_spec = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
         self.state_sharding = self._state_sharding()
         metric_sharding = self.placement.replicated()
-        batch_shardings = {n: self.batch_sharding for n in ("inputs", "targets", "weights")}
+        batch_shardings = {n: self.batch_sharding for n in BATCH_KEYS}
+        # train_steps' batches [n, B, T]: the steps' axis whole on every device
+        self.steps_sharding = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
+        step = make_train_step(cfg, tc, self.tx, micro_spec)
         self._traces = TraceCounter()  # jit compiles once per trace
         self._train_step = jax.jit(
-            self._traces.counted("train_step", make_train_step(cfg, tc, self.tx, micro_spec)),
+            self._traces.counted("train_step", step),
             in_shardings=(self.state_sharding, batch_shardings),
+            out_shardings=(self.state_sharding, metric_sharding),
+            donate_argnums=(0,),
+        )
+        self._train_steps = jax.jit(
+            self._traces.counted("train_steps", make_train_steps(step)),
+            in_shardings=(self.state_sharding, {n: self.steps_sharding for n in BATCH_KEYS}),
             out_shardings=(self.state_sharding, metric_sharding),
             donate_argnums=(0,),
         )
@@ -351,6 +272,20 @@ class Trainer:
         with self.context():
             return self._train_step(state, batch)
 
+    def train_steps(self, state: TrainState, batches: dict) -> tuple[TrainState, dict]:
+        """n optimizer updates in one call, equal to n `train_step`s (the input state is
+        donated). batches: global arrays [n, B, T] (`put_steps`). Returns (state, metrics
+        stacked [n])."""
+        with self.context():
+            return self._train_steps(state, batches)
+
+    def put_steps(self, batches: Sequence[dict]) -> dict:
+        """n host batches of this process's rows ({"inputs": [b, T], ...}, as `put_batch`
+        takes them) -> global arrays [n, B, T] for `train_steps`."""
+        return {n: jax.make_array_from_process_local_data(
+                    self.steps_sharding, np.stack([b[n] for b in batches]))
+                for n in BATCH_KEYS}
+
     def eval_step(self, params, batch: dict) -> dict:
         """Metric sums of `params` on one batch."""
         with self.context():
@@ -359,12 +294,13 @@ class Trainer:
     def put_batch(self, batch: dict) -> dict:
         """A host (numpy) global batch -> jax.Arrays sharded on the batch axis (the whole
         batch; with several processes each passes the same one)."""
-        arrays = {n: batch[n] for n in ("inputs", "targets", "weights")}
+        arrays = {n: batch[n] for n in BATCH_KEYS}
         return self.placement.put_batch(arrays, local=False)
 
     def compile_count(self) -> int:
-        """How many times train_step was compiled (1 in a healthy loop)."""
-        return self._traces.count("train_step")
+        """How many times the train programs were compiled: 1 in a healthy loop, 2 when it
+        uses both `train_step` and `train_steps` (`train.steps_per_call` > 1)."""
+        return self._traces.count("train_step") + self._traces.count("train_steps")
 
 
 def model_flops_per_token(cfg: GPT2Config, block_size: int) -> float:
