@@ -76,18 +76,20 @@ class Placement:
             return 1
         return axes_size(self.mesh, self.batch_sharding(1).spec[0])
 
-    def batch_sharding(self, ndim: int = 2) -> NamedSharding | None:
-        """Sharding of a batch [batch, ...] of rank `ndim`: rows over the `batch` rule's axes."""
+    def batch_sharding(self, ndim: int = 2, lead: int = 0) -> NamedSharding | None:
+        """Sharding of a batch [batch, ...] of rank `ndim`: rows over the `batch` rule's axes.
+        `lead` whole leading axes come first ([steps, batch, ...] for lead=1)."""
         if self.mesh is None:
             return None
-        spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), self.axis_rules)
+        logical = (None,) * lead + ("batch",) + (None,) * (ndim - 1 - lead)
+        spec = nn.logical_to_mesh_axes(logical, self.axis_rules)
         return NamedSharding(self.mesh, spec)
 
     def replicated(self) -> NamedSharding | None:
         """A full copy on every device (metrics, scalars); None without a mesh."""
         return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
-    def put_batch(self, host_arrays: PyTree, *, local: bool = True) -> PyTree:
+    def put_batch(self, host_arrays: PyTree, *, local: bool = True, lead: int = 0) -> PyTree:
         """Host arrays [rows, ...] -> global `jax.Array`s [batch, ...] split on the batch axes.
 
         Args:
@@ -97,6 +99,8 @@ class Placement:
             shape following from the sharding. False: every process passes the same whole
             batch (generation and evaluation inputs), put by `jax.device_put`. With one
             process both are the same.
+          lead: whole leading axes before the batch axis (1 for the stacked [steps, rows,
+            ...] batches of `Trainer.train_steps`).
         Returns:
           The arrays on the mesh; without a mesh, `host_arrays` as they are (jit puts them on
           the default device).
@@ -106,9 +110,10 @@ class Placement:
 
         def put(x):
             x = np.asarray(x)
+            sharding = self.batch_sharding(x.ndim, lead)
             if local:
-                return jax.make_array_from_process_local_data(self.batch_sharding(x.ndim), x)
-            return jax.device_put(x, self.batch_sharding(x.ndim))
+                return jax.make_array_from_process_local_data(sharding, x)
+            return jax.device_put(x, sharding)
 
         return jax.tree.map(put, host_arrays)
 

@@ -195,7 +195,7 @@ class Trainer:
         metric_sharding = self.placement.replicated()
         batch_shardings = {n: self.batch_sharding for n in BATCH_KEYS}
         # train_steps' batches [n, B, T]: the steps' axis whole on every device
-        self.steps_sharding = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
+        self.steps_sharding = self.placement.batch_sharding(3, lead=1)
         step = make_train_step(cfg, tc, self.tx, micro_spec)
         self._traces = TraceCounter()  # jit compiles once per trace
         self._train_step = jax.jit(
@@ -282,9 +282,8 @@ class Trainer:
     def put_steps(self, batches: Sequence[dict]) -> dict:
         """n host batches of this process's rows ({"inputs": [b, T], ...}, as `put_batch`
         takes them) -> global arrays [n, B, T] for `train_steps`."""
-        return {n: jax.make_array_from_process_local_data(
-                    self.steps_sharding, np.stack([b[n] for b in batches]))
-                for n in BATCH_KEYS}
+        return self.placement.put_batch({n: np.stack([b[n] for b in batches])
+                                         for n in BATCH_KEYS}, lead=1)
 
     def eval_step(self, params, batch: dict) -> dict:
         """Metric sums of `params` on one batch."""
