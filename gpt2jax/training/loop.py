@@ -12,6 +12,7 @@ Workdir: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (a 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,8 +71,8 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
     guard = PreemptionGuard().install()  # SIGTERM/SIGINT: save, wait, return (exit 0)
     try:
         while step < num_steps:
-            batches = _next_batches(run.ds.train, _call_length(step, per_call, num_steps, opt,
-                                                               bool(val_batches)))
+            n = _call_length(step, per_call, num_steps, opt, bool(val_batches))
+            batches = list(itertools.islice(run.ds.train, n))  # fewer when the data ends
             if not batches:  # the data ended
                 break
             first, step = step + 1, _run_steps(run, batches, step, per_call, steps)
@@ -143,17 +144,6 @@ def _call_length(step: int, per_call: int, num_steps: int, opt, evaluates: bool)
     if per_call <= 1 or step + per_call > num_steps:
         return 1
     return 1 if any(event(s) for s in range(step + 1, step + per_call)) else per_call
-
-
-def _next_batches(train_iter, n: int) -> list[dict]:
-    """Up to `n` host batches (fewer when the data ends)."""
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(train_iter))
-        except StopIteration:
-            break
-    return out
 
 
 def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float) -> float:
