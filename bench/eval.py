@@ -5,9 +5,11 @@ tokens/s at context 1024 on the same random 124M weights, side by side in one ru
 
 Both score the same WikiText-2 raw tokens with disjoint 1024-token windows (stride 1024), so
 the scored tokens are identical; their perplexities are printed and must agree. HF runs the
-guide's loop (`model(input_ids, labels=...)`, batch 1, eager attention, torch.no_grad);
-gpt2jax runs `perplexity(..., batch_size=--batch)`, compiled once (compile time reported
-apart from the steady-state rate). Prints tokens/s for both and the ratio.
+guide's loop (`model(input_ids, labels=...)`, batch 1, torch.no_grad) twice: with eager
+attention (the baseline issue 15 measured against) and with SDPA (transformers' default,
+what the guide's `from_pretrained` gives). gpt2jax runs `perplexity(..., batch_size=--batch)`,
+compiled once (compile time reported apart from the steady-state rate). Prints tokens/s for
+all three and gpt2jax's ratio to each HF run.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from gpt2jax.data.bpe import get_encoding  # noqa: E402
 from gpt2jax.weights.pretrained import config_to_hf, params_to_hf_state_dict  # noqa: E402
 
 
-def hf_model(cfg: GPT2Config, params):
+def hf_model(cfg: GPT2Config, params, attention: str):
     import torch
     import transformers
 
-    hf_cfg = transformers.GPT2Config(**config_to_hf(cfg), attn_implementation="eager")
+    hf_cfg = transformers.GPT2Config(**config_to_hf(cfg), attn_implementation=attention)
     model = transformers.GPT2LMHeadModel(hf_cfg).eval()
     state = {k: torch.from_numpy(np.ascontiguousarray(v))
              for k, v in params_to_hf_state_dict(params, cfg).items()}
@@ -77,8 +79,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2,
                    help="gpt2jax windows per forward (on a CPU 1-2 beat 8: smaller working set)")
     p.add_argument("--dtype", default="float32", help="gpt2jax compute dtype")
-    p.add_argument("--attention_impl", default="xla",
-                   help="gpt2jax attention kernel (configs/eval.py's default: xla; einsum = "
+    p.add_argument("--attention_impl", default="blocked",
+                   help="gpt2jax attention kernel (configs/eval.py's default: blocked; einsum = "
                         "the reference)")
     args = p.parse_args()
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
@@ -89,19 +91,23 @@ def main() -> None:
     cfg = GPT2Config(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, dtype=args.dtype,
                      attention_impl=args.attention_impl)
     params = init_params(cfg, jax.random.key(0))
-    model = hf_model(cfg, params)
-    hf_nll, hf_count, hf_s = hf_loop(model, ids, length)
+    hf = {}
+    for attention in ("eager", "sdpa"):
+        hf[attention] = hf_loop(hf_model(cfg, params, attention), ids, length)
     res, first_s, our_s = ours(cfg, params, ids, length, args.batch)
-    assert res.token_count == hf_count
+    assert all(count == res.token_count for _, count, _ in hf.values())
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, "
           f"{args.windows} windows x {length} tokens, 124M random weights")
-    print(f"{'':<26}{'tokens/s':>12}{'ppl':>14}")
-    print(f"{'HF transformers (torch)':<26}{hf_count / hf_s:>12.1f}"
-          f"{math.exp(hf_nll / hf_count):>14.2f}")
-    print(f"{'gpt2jax perplexity':<26}{res.token_count / our_s:>12.1f}{res.perplexity:>14.2f}"
+    print(f"{'':<30}{'tokens/s':>12}{'ppl':>14}")
+    for attention, (nll, count, seconds) in hf.items():
+        print(f"{'HF transformers, ' + attention:<30}{count / seconds:>12.1f}"
+              f"{math.exp(nll / count):>14.2f}")
+    ours_rate = res.token_count / our_s
+    print(f"{'gpt2jax perplexity':<30}{ours_rate:>12.1f}{res.perplexity:>14.2f}"
           f"   (attention {args.attention_impl}; first call incl. compile {first_s:.1f} s, "
           f"batch {args.batch}, {args.dtype})")
-    print(f"ratio gpt2jax / HF: {(res.token_count / our_s) / (hf_count / hf_s):.2f}x")
+    for attention, (_, count, seconds) in hf.items():
+        print(f"ratio gpt2jax / HF {attention}: {ours_rate / (count / seconds):.2f}x")
 
 
 if __name__ == "__main__":

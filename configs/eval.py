@@ -97,9 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     c = ml_collections.ConfigDict()
     c.model = common.model_config()
-    # Scoring is deterministic (no attention dropout), so it can use jax.nn.dot_product_attention:
-    # equal to the einsum reference within 1e-5, and ~20% faster end to end on CPU (bench/README).
-    c.model.attention_impl = "xla"
+    # Scoring is deterministic (no attention dropout), so it can use the blocked causal kernel:
+    # equal to the einsum reference within 1e-5; it skips the masked half of the scores and is
+    # the fastest kernel on a CPU at long lengths (bench/README.md, "Evaluation").
+    c.model.attention_impl = "blocked"
     c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
     c.seed = 0                     # PRNG seed for random init and for sampling
     c.data_dir = ""                # folder of the data files; "" = data dir, cache, download

@@ -159,6 +159,20 @@ def test_config_key_is_checked():
         train.TrainConfig.from_config(common.train_config(loss_chunk_size=-1))
 
 
+def test_perplexity_windows_one_at_a_time_equal_the_whole_batch():
+    """On a CPU the scoring program runs a batch's windows one pass each (`lax.map`): the
+    same per-window sums as one pass over the whole batch."""
+    params = _params()
+    ids = np.random.default_rng(5).integers(0, CFG.vocab_size, 40)
+    windows = ppl_lib.plan_windows(len(ids), 8, 8)
+    arrays = [jnp.asarray(a) for a in ppl_lib.window_batch(ids, windows, np.arange(4))]
+    assert ppl_lib.rows_per_pass(4, data_parallel=1) == 1  # what window_nll_sums uses here
+    one = ppl_lib._window_nll_fn(CFG, 0, 3, 1)(params, *arrays)
+    whole = ppl_lib._window_nll_fn(CFG, 0, 3, 4)(params, *arrays)
+    np.testing.assert_allclose(one, whole, rtol=1e-6)
+    assert ppl_lib.rows_per_pass(4, data_parallel=2) == 4  # a mesh shards the batch instead
+
+
 @pytest.mark.parametrize("length,stride", [(8, 3), (8, 8), (8, 7), (6, 1)])
 def test_perplexity_scores_only_scored_positions_equal_full_logits(length, stride, monkeypatch):
     """Strided windows: the head on scored positions only, chunked lse (3 tokens: chunks that
@@ -170,7 +184,7 @@ def test_perplexity_scores_only_scored_positions_equal_full_logits(length, strid
     make_fn = ppl_lib._window_nll_fn
     monkeypatch.setattr(ppl_lib, "_window_nll_fn", lambda *a: calls.append(a) or make_fn(*a))
     ours = ppl_lib.window_nll_sums(CFG, params, ids, windows, batch_size=2, chunk_tokens=3)
-    offsets = {offset for _, offset, _ in calls}
+    offsets = {offset for _, offset, *_ in calls}
     # the later windows skipped the head on all but their last `stride` positions
     assert offsets == ({0} if stride >= length - 1 else {0, length - 1 - stride})
     apply = jax.jit(GPT2(CFG).apply)

@@ -170,10 +170,25 @@ def scored_offset(windows: Windows, first: bool) -> int:
     return 0 if first or not len(later) else int(later.min())
 
 
+# Windows that one forward pass holds at once on a CPU: the activations of one 1024-token
+# 124M window (~60 MB) stay near the cache, those of 8 do not. The 124M forward at batch 8
+# ran 351 tokens/s as one [8, 1024] pass and 417 as eight [1, 1024] passes (bench/README.md).
+CPU_ROWS_PER_PASS = 1
+
+
+def rows_per_pass(batch_size: int, data_parallel: int) -> int:
+    """Windows each forward pass holds: `CPU_ROWS_PER_PASS` on a single CPU device, else the
+    whole batch (an accelerator wants the widest matmuls; a mesh shards the batch)."""
+    if jax.default_backend() == "cpu" and data_parallel == 1:
+        return min(CPU_ROWS_PER_PASS, batch_size)
+    return batch_size
+
+
 @functools.lru_cache(maxsize=16)
-def _window_nll_fn(cfg: GPT2Config, offset: int, chunk_tokens: int):
+def _window_nll_fn(cfg: GPT2Config, offset: int, chunk_tokens: int, rows: int):
     """A jitted `(params, inputs [B,L], targets [B,L], weights [B,L]) -> nll sums [B]` that
-    applies the head only to positions [offset, L - 1), `chunk_tokens` tokens at a time."""
+    applies the head only to positions [offset, L - 1), `chunk_tokens` tokens at a time, and
+    runs the B windows `rows` at a time (a `lax.map` over B / rows passes; rows divides B)."""
     model = GPT2(cfg)
 
     def window_nll(params, inputs, targets, weights):
@@ -184,7 +199,14 @@ def _window_nll_fn(cfg: GPT2Config, offset: int, chunk_tokens: int):
             weights[:, offset:end], chunk_tokens, cfg.compute_dtype, with_correct=False)
         return nll
 
-    return jax.jit(window_nll)
+    def batched(params, *arrays):
+        batch = arrays[0].shape[0]
+        if rows >= batch:
+            return window_nll(params, *arrays)
+        passes = [a.reshape(batch // rows, rows, *a.shape[1:]) for a in arrays]
+        return jax.lax.map(lambda xs: window_nll(params, *xs), passes).reshape(batch)
+
+    return jax.jit(batched)
 
 
 def check_tokens(cfg: GPT2Config, token_ids: np.ndarray) -> np.ndarray:
@@ -212,7 +234,8 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
     with empty rows), so the forward pass compiles at most twice: the first batch applies
     the head to every position (the first window scores them all), later ones only to the
     last `stride` positions. The log-sum-exp runs over `chunk_tokens` tokens at a time
-    (0 = all at once), so no [batch, length, vocab] logits exist.
+    (0 = all at once), so no [batch, length, vocab] logits exist. On one CPU device the
+    program runs the batch's windows one at a time (`rows_per_pass`).
     """
     place = Placement(mesh, axis_rules)
     params = place.put_params(params, logical_axes(cfg))
@@ -228,7 +251,7 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         offset = scored_offset(windows, first=start == 0)
         # the head sees positions [offset, L - 1) only: no weight may lie outside them
         assert not arrays[2][:, :offset].any() and not arrays[2][:, -1].any(), offset
-        fn = _window_nll_fn(cfg, offset, chunk_tokens)
+        fn = _window_nll_fn(cfg, offset, chunk_tokens, rows_per_pass(batch_size, dp))
         arrays = place.put_batch(arrays, local=False)
         with place.context():
             sums = np.asarray(fn(params, *arrays), np.float64)

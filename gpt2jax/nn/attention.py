@@ -15,6 +15,8 @@ Variants are fields of `GPT2Config` (validated once there, see `check_supported`
 - kernels (`attention_impl`):
   "einsum" the reference (explicit scores, float32 softmax, attention dropout);
   "xla" / "cudnn" `jax.nn.dot_product_attention(implementation=...)` (cudnn: NVIDIA GPU);
+  "blocked" causal query blocks in plain JAX that skip the keys after each block (exact;
+  `blocked_attention.py`; the fastest on a CPU at long lengths);
   "pallas" the flash-attention kernels of JAX's Pallas library
   (`jax.experimental.pallas.ops.gpu.attention.mha` on GPU, run in interpret mode on CPU;
   `...ops.tpu.flash_attention` on TPU). Pallas handles causal + padding masks only, so it
@@ -33,11 +35,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax.nn import hooks
+from gpt2jax.nn.blocked_attention import blocked_attention
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
-AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas"]
+AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas", "blocked"]
 Position = Literal["learned", "rope", "alibi", "none"]
 NormPosition = Literal["pre", "post"]
 
@@ -201,6 +204,10 @@ def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropou
         )
     if impl == "pallas":
         return pallas_attention(q, k, v, key_mask, dtype)
+    if impl == "blocked":
+        if k.shape[1] == q.shape[1]:
+            return blocked_attention(q, k, v, mask, bias, dtype)
+        impl = "xla"  # a cached decode step: its query slots are not static
     if impl in ("xla", "cudnn"):
         if impl == "cudnn" and jax.default_backend() != "gpu":
             raise UnsupportedAttention(
@@ -213,7 +220,8 @@ def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropou
         )
         return out.astype(dtype)
     raise UnsupportedAttention(
-        f"attention_impl={impl!r} is not available; use 'einsum', 'xla', 'cudnn' or 'pallas'."
+        f"attention_impl={impl!r} is not available; use 'einsum', 'xla', 'cudnn', 'pallas' "
+        "or 'blocked'."
     )
 
 
