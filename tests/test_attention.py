@@ -218,7 +218,7 @@ def test_pallas_kernel_matches_einsum_in_interpret_mode():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["cudnn", "pallas", "xla"])
+@pytest.mark.parametrize("impl", ["cudnn", "pallas", "xla", "blocked"])
 def test_gpu_kernels_match_einsum(impl):
     """Logits and loss gradients of each kernel against the einsum reference on a GPU.
 
