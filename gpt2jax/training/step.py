@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, GPT2JaxError
@@ -70,7 +70,7 @@ def _all_finite(grad_norm: jax.Array, params) -> jax.Array:
     return jnp.logical_and(jnp.isfinite(grad_norm), jnp.all(jnp.stack(leaves)))
 
 
-def _split_micro(x: jax.Array, k: int, spec: PartitionSpec | None) -> jax.Array:
+def _split_micro(x: jax.Array, k: int, spec: NamedSharding | None) -> jax.Array:
     """[B, ...] -> [k, B/k, ...] with micro-batch i = rows i, i+k, ... (keeps each device's
     rows local when the batch is sharded in contiguous blocks)."""
     y = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
@@ -80,7 +80,7 @@ def _split_micro(x: jax.Array, k: int, spec: PartitionSpec | None) -> jax.Array:
 
 
 def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransformation,
-                    micro_spec: PartitionSpec | None = None):
+                    micro_spec: NamedSharding | None = None):
     """The pure step `train_step(state, batch) -> (state, metrics)`.
 
     batch: {"inputs" int32 [B, T], "targets" int32 [B, T], "weights" float32 [B, T]}.
@@ -189,8 +189,7 @@ class Trainer:
         self.tx = make_optimizer(tc)
         self._check_batch()
         self.batch_sharding = self.placement.batch_sharding()
-        batch_axes = self.batch_sharding.spec[0]
-        micro_spec = NamedSharding(self.mesh, PartitionSpec(None, batch_axes))
+        micro_spec = self.placement.batch_sharding(2, lead=1)  # [k, B/k, ...] micro-batches
         self.state_sharding = self._state_sharding()
         metric_sharding = self.placement.replicated()
         batch_shardings = {n: self.batch_sharding for n in BATCH_KEYS}
