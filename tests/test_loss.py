@@ -160,17 +160,23 @@ def test_config_key_is_checked():
 
 
 def test_perplexity_windows_one_at_a_time_equal_the_whole_batch():
-    """On a CPU the scoring program runs a batch's windows one pass each (`lax.map`): the
+    """On a CPU the scoring program can run a batch's windows one pass each (`lax.map`): the
     same per-window sums as one pass over the whole batch."""
     params = _params()
     ids = np.random.default_rng(5).integers(0, CFG.vocab_size, 40)
     windows = ppl_lib.plan_windows(len(ids), 8, 8)
     arrays = [jnp.asarray(a) for a in ppl_lib.window_batch(ids, windows, np.arange(4))]
-    assert ppl_lib.rows_per_pass(4, data_parallel=1) == 1  # what window_nll_sums uses here
     one = ppl_lib._window_nll_fn(CFG, 0, 3, 1)(params, *arrays)
     whole = ppl_lib._window_nll_fn(CFG, 0, 3, 4)(params, *arrays)
     np.testing.assert_allclose(one, whole, rtol=1e-6)
-    assert ppl_lib.rows_per_pass(4, data_parallel=2) == 4  # a mesh shards the batch instead
+
+
+def test_rows_per_pass_keeps_a_cpu_pass_near_the_cache():
+    assert ppl_lib.rows_per_pass(8, 1, length=1024, n_embd=768) == 1  # 124M: 12.6 MB a row
+    assert ppl_lib.rows_per_pass(8, 1, length=1024, n_embd=128) == 8  # 2 MB a row
+    assert ppl_lib.rows_per_pass(8, 1, length=1024, n_embd=256) == 4
+    assert ppl_lib.rows_per_pass(6, 1, length=1024, n_embd=256) == 3  # a divisor of the batch
+    assert ppl_lib.rows_per_pass(8, 2, length=1024, n_embd=768) == 8  # a mesh shards the batch
 
 
 @pytest.mark.parametrize("length,stride", [(8, 3), (8, 8), (8, 7), (6, 1)])

@@ -170,17 +170,21 @@ def scored_offset(windows: Windows, first: bool) -> int:
     return 0 if first or not len(later) else int(later.min())
 
 
-# Windows that one forward pass holds at once on a CPU: the activations of one 1024-token
-# 124M window (~60 MB) stay near the cache, those of 8 do not. The 124M forward at batch 8
-# ran 351 tokens/s as one [8, 1024] pass and 417 as eight [1, 1024] passes (bench/README.md).
-CPU_ROWS_PER_PASS = 1
+# On a CPU a forward pass holds as many windows as keep its largest activation, the MLP's
+# [rows, L, 4E] float32, within this many bytes: near the cache, not far beyond it. Scoring 8
+# windows in turns in one process (bench/README.md): 124M at L = 1024 (12.6 MB a window) ran
+# 343 tokens/s one window per pass and 290 as one [8, 1024] pass; a 2-layer, 128-wide model
+# at L = 256 (0.5 MB a window) ran 3,488 with the whole batch and 3,232 one per pass.
+CPU_PASS_BYTES = 16 * 2**20
 
 
-def rows_per_pass(batch_size: int, data_parallel: int) -> int:
-    """Windows each forward pass holds: `CPU_ROWS_PER_PASS` on a single CPU device, else the
-    whole batch (an accelerator wants the widest matmuls; a mesh shards the batch)."""
+def rows_per_pass(batch_size: int, data_parallel: int, length: int, n_embd: int) -> int:
+    """Windows each forward pass holds, a divisor of `batch_size`. On a single CPU device:
+    the most that fit `CPU_PASS_BYTES` (at least 1); on an accelerator or a mesh the whole
+    batch (the widest matmuls; a mesh shards the batch)."""
     if jax.default_backend() == "cpu" and data_parallel == 1:
-        return min(CPU_ROWS_PER_PASS, batch_size)
+        fit = max(1, CPU_PASS_BYTES // (length * 4 * n_embd * 4))
+        return max(d for d in range(1, min(fit, batch_size) + 1) if batch_size % d == 0)
     return batch_size
 
 
@@ -235,7 +239,7 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
     the head to every position (the first window scores them all), later ones only to the
     last `stride` positions. The log-sum-exp runs over `chunk_tokens` tokens at a time
     (0 = all at once), so no [batch, length, vocab] logits exist. On one CPU device the
-    program runs the batch's windows one at a time (`rows_per_pass`).
+    program runs a large model's windows a few at a time (`rows_per_pass`).
     """
     place = Placement(mesh, axis_rules)
     params = place.put_params(params, logical_axes(cfg))
@@ -251,7 +255,8 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         offset = scored_offset(windows, first=start == 0)
         # the head sees positions [offset, L - 1) only: no weight may lie outside them
         assert not arrays[2][:, :offset].any() and not arrays[2][:, -1].any(), offset
-        fn = _window_nll_fn(cfg, offset, chunk_tokens, rows_per_pass(batch_size, dp))
+        rows_per = rows_per_pass(batch_size, dp, windows.context_length, cfg.n_embd)
+        fn = _window_nll_fn(cfg, offset, chunk_tokens, rows_per)
         arrays = place.put_batch(arrays, local=False)
         with place.context():
             sums = np.asarray(fn(params, *arrays), np.float64)
