@@ -245,6 +245,7 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
     params = place.put_params(params, logical_axes(cfg))
     dp = place.data_parallel_size
     batch_size = -(-batch_size // dp) * dp  # a multiple of the data-parallel size
+    per_pass = rows_per_pass(batch_size, dp, windows.context_length, cfg.n_embd)
     n = len(windows)
     out = np.zeros(n, np.float64)
     starts = range(0, n, batch_size)
@@ -255,8 +256,7 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
         offset = scored_offset(windows, first=start == 0)
         # the head sees positions [offset, L - 1) only: no weight may lie outside them
         assert not arrays[2][:, :offset].any() and not arrays[2][:, -1].any(), offset
-        rows_per = rows_per_pass(batch_size, dp, windows.context_length, cfg.n_embd)
-        fn = _window_nll_fn(cfg, offset, chunk_tokens, rows_per)
+        fn = _window_nll_fn(cfg, offset, chunk_tokens, per_pass)
         arrays = place.put_batch(arrays, local=False)
         with place.context():
             sums = np.asarray(fn(params, *arrays), np.float64)
