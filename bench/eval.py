@@ -77,7 +77,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--windows", type=int, default=8, help="1024-token windows to score")
     p.add_argument("--batch", type=int, default=2,
-                   help="gpt2jax windows per forward (on a CPU 1-2 beat 8: smaller working set)")
+                   help="gpt2jax windows per call (on one CPU device a 124M pass holds one "
+                        "window whatever the batch: perplexity.rows_per_pass)")
     p.add_argument("--dtype", default="float32", help="gpt2jax compute dtype")
     p.add_argument("--attention_impl", default="blocked",
                    help="gpt2jax attention kernel (configs/eval.py's default: blocked; einsum = "

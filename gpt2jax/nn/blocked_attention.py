@@ -57,9 +57,8 @@ def blocked_attention(q, k, v, mask, bias=None, dtype=jnp.float32, block: int = 
     """
     b, t, h, d = q.shape
     kv = k.shape[2]
-    q = _grouped(q * d ** -0.5, kv)
+    q = _grouped(q * d ** -0.5, kv).astype(dtype)  # [B, K, G, T, D]
     k, v = (x.transpose(0, 2, 1, 3).astype(dtype) for x in (k, v))  # [B, K, T, D]
-    q = q.astype(dtype)
     mask = mask[:, :, None]  # [B, 1, 1, T, T]
     if bias is not None:
         bias = bias.reshape(b, kv, h // kv, t, t)
