@@ -52,7 +52,7 @@ def _loss(cfg, params, ids, mask, positions):
     logits = GPT2(cfg).apply({"params": params}, ids, attention_mask=mask,
                              position_ids=positions)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
-    weights = mask[:, 1:]
+    weights = jnp.ones_like(ce) if mask is None else mask[:, 1:]
     return (ce * weights).sum() / weights.sum(), logits
 
 
@@ -141,6 +141,39 @@ def test_xla_kernel_matches_einsum():
     np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-5)
 
 
+def test_unpadded_batches_pass_the_causal_flag_to_the_xla_kernel(monkeypatch):
+    """Without an attention mask or window (training) the xla/cudnn kernels get `is_causal`
+    and no mask array; logits and gradients still equal the reference (ALiBi bias kept)."""
+    seen = []
+    kernel = jax.nn.dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["is_causal"], kwargs["mask"] is None))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attn_lib.jax.nn, "dot_product_attention", spy)
+    cfg = tiny(n_kv_heads=2, position="alibi")
+    params = jax.jit(lambda key: init_params(cfg, key))(jax.random.key(0))
+    ids, _, _ = _batch(cfg)
+
+    def run(c):
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            GPT2(c).apply({"params": p}, ids)[:, :-1], ids[:, 1:]).mean()
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (ref, ref_g), (got, got_g) = run(cfg), run(cfg.replace(attention_impl="xla"))
+    assert seen and all(flag and no_mask for flag, no_mask in seen), seen
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(ref_g)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    seen.clear()  # a padded batch or a window keeps the explicit mask
+    mask = _batch(cfg)[1]
+    jax.jit(GPT2(cfg.replace(attention_impl="xla")).apply)({"params": params}, ids, mask)
+    jax.jit(GPT2(cfg.replace(attention_impl="xla", sliding_window=4)).apply)(
+        {"params": params}, ids)
+    assert seen == [(False, False)] * (2 * cfg.n_layer), seen
+
+
 @pytest.mark.parametrize("block", [3, 5, 12])
 def test_blocked_kernel_matches_einsum(block):
     """Query blocks of 3 and 5 over 12 positions (a partial last block; 12 = one block), GQA,
@@ -220,9 +253,11 @@ def test_pallas_kernel_matches_einsum_in_interpret_mode():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "causal_flag"])
 @pytest.mark.parametrize("impl", ["cudnn", "pallas", "xla", "blocked"])
-def test_gpu_kernels_match_einsum(impl):
-    """Logits and loss gradients of each kernel against the einsum reference on a GPU.
+def test_gpu_kernels_match_einsum(impl, padded):
+    """Logits and loss gradients of each kernel against the einsum reference on a GPU, with
+    left padding (a mask array) and without (training: xla/cudnn get `is_causal`).
 
     cuDNN flash attention runs in bfloat16 only, so it is compared in bfloat16."""
     assert jax.default_backend() == "gpu", "run with JAX_PLATFORMS=cuda (bench/gpu.sh)"
@@ -230,7 +265,9 @@ def test_gpu_kernels_match_einsum(impl):
     cfg = tiny(n_embd=128, n_head=4, n_kv_heads=2, n_positions=128, dtype=dtype)
     params = init_params(cfg, jax.random.key(0))
     ids, mask, positions = _batch(cfg, length=64)
-    real = np.asarray(mask).astype(bool)
+    if not padded:
+        mask, positions = None, None
+    real = np.ones(ids.shape, bool) if mask is None else np.asarray(mask).astype(bool)
 
     def run(c):
         fn = jax.jit(jax.value_and_grad(lambda p: _loss(c, p, ids, mask, positions),

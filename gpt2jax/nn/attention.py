@@ -190,10 +190,13 @@ def pallas_attention(q, k, v, key_mask, dtype=jnp.float32):
 
 
 def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropout_rate=0.0,
-                          dropout_rng=None, dtype=jnp.float32, key_mask=None):
+                          dropout_rng=None, dtype=jnp.float32, key_mask=None, is_causal=False):
     """Dispatches to the implementation `impl`. Shapes as in `einsum_attention`.
 
     `key_mask` [B, S] is what the Pallas kernel reads instead of `mask` (causal is implied).
+    `is_causal`: `mask` is exactly the causal mask (T == S, no padding, window or cache); the
+    xla and cudnn kernels then make it themselves instead of reading the [B, 1, T, S] array
+    (cuDNN's causal mask type skips the masked tiles).
     """
     if impl == "einsum":
         return einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng, dtype)
@@ -216,7 +219,8 @@ def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropou
             )
         out = jax.nn.dot_product_attention(
             q.astype(dtype), k.astype(dtype), v.astype(dtype),
-            bias=None if bias is None else bias.astype(dtype), mask=mask, implementation=impl,
+            bias=None if bias is None else bias.astype(dtype),
+            mask=None if is_causal else mask, is_causal=is_causal, implementation=impl,
         )
         return out.astype(dtype)
     raise UnsupportedAttention(
@@ -312,8 +316,9 @@ class Attention(nn.Module):
             out = einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng,
                                    cfg.compute_dtype, functools.partial(hooks.hook, self))
         else:
+            is_causal = key_mask is None and not cfg.sliding_window and not decode
             out = dot_product_attention(q, k, v, mask, bias, impl, dropout_rate, dropout_rng,
-                                        cfg.compute_dtype, key_mask)  # [B, T, H, D]
+                                        cfg.compute_dtype, key_mask, is_causal)  # [B, T, H, D]
         out = hooks.hook(self, "attn.hook_z", out)
         out = _dense(cfg, cfg.n_embd, ("heads", "head_dim", "embed"), "c_proj",
                      cfg.initializer_range / (2 * cfg.n_layer) ** 0.5, axis=(-2, -1))(out)
