@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark + GPU-only tests, one prepared script (< 10 min), offline.
+# GPU benchmark + GPU-only tests, one prepared script (< 9 min), offline.
 #
 #   bash bench/gpu.sh            # from the repo root, on a machine with an NVIDIA GPU + JAX
 #
@@ -17,6 +17,7 @@ REPORT="${OUT_DIR:+$OUT_DIR/gpu_report.txt}"
 REPORT="${REPORT:-/dev/null}"
 DEPS_DIR="${GPT2JAX_DEPS_DIR:-/tmp/gpt2jax_deps}"
 START=$(date +%s)
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the image may have no `python`
 
 say() { echo "$@" | tee -a "$REPORT"; }
 run() {  # run <seconds> <label> <command...>: output to stdout + report, never aborts the script
@@ -31,24 +32,24 @@ run() {  # run <seconds> <label> <command...>: output to stdout + report, never 
 
 say "gpt2jax bench/gpu.sh  $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 run 20 "nvidia-smi" nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-run 30 "python/jax" python -c "import sys, jax; print(sys.version); print('jax', jax.__version__, jax.devices())"
+run 30 "python/jax" "$PY" -c "import sys, jax; print(sys.version); print('jax', jax.__version__, jax.devices())"
 
 # Dependencies: report, then install missing ones from local wheels into $DEPS_DIR.
 mkdir -p "$DEPS_DIR"
 export PYTHONPATH="$DEPS_DIR:.${PYTHONPATH:+:$PYTHONPATH}"
-run 240 "dependencies" python bench/gpu_bench.py --check_deps --wheels=bench/wheels --target="$DEPS_DIR"
-run 60 "dependencies after install" python bench/gpu_bench.py --check_deps --wheels=/nonexistent --target="$DEPS_DIR"
+run 120 "dependencies" "$PY" bench/gpu_bench.py --check_deps --wheels=bench/wheels --target="$DEPS_DIR"
+run 60 "dependencies after install" "$PY" bench/gpu_bench.py --check_deps --wheels=/nonexistent --target="$DEPS_DIR"
 
-# Benchmarks: 124M training (xla, cudnn attention), greedy decode, remat memory.
+# Benchmarks: 124M training (cudnn/xla attention, unrolled/scanned), decode vs HF.
 JSON_ARG=""
 [ -n "$OUT_DIR" ] && JSON_ARG="--json=$OUT_DIR/gpu_bench.json"
-run 330 "gpu_bench.py" env XLA_PYTHON_CLIENT_PREALLOCATE=false python -u bench/gpu_bench.py $JSON_ARG ${GPU_BENCH_ARGS:-}
+run 360 "gpu_bench.py" env XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -u bench/gpu_bench.py $JSON_ARG ${GPU_BENCH_ARGS:-}
 
 # GPU-only tests (marked @pytest.mark.gpu), only the files that hold such tests.
 GPU_TEST_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py 2>/dev/null | tr '\n' ' ')
 if [ -n "$GPU_TEST_FILES" ]; then
-  run 150 "pytest -m gpu" env JAX_PLATFORMS=cuda GPT2JAX_DATA_DIR="${GPT2JAX_DATA_DIR:-$PWD/../shared/data}" \
-    python -m pytest -m gpu -rs -q -p no:cacheprovider $GPU_TEST_FILES
+  run 100 "pytest -m gpu" env JAX_PLATFORMS=cuda GPT2JAX_DATA_DIR="${GPT2JAX_DATA_DIR:-$PWD/../shared/data}" \
+    "$PY" -m pytest -m gpu -rs -q -p no:cacheprovider $GPU_TEST_FILES
 else
   say "no tests marked gpu found"
 fi

@@ -1,23 +1,28 @@
-"""GPU benchmark (run by bench/gpu.sh): 124M training tokens/s and MFU, greedy decode tokens/s.
+"""GPU benchmark (run by bench/gpu.sh): 124M training tokens/s and MFU, decode vs HF.
 
     python bench/gpu_bench.py --json=/path/report.json     # on a machine with an NVIDIA GPU
     python bench/gpu_bench.py --check_deps --wheels=bench/wheels   # dependency report only
 
 Training: GPT-2 124M, bf16 compute with fp32 params, AdamW, batch x 1024 tokens, dropout 0,
-with `attention_impl` = xla and cudnn (`jax.nn.dot_product_attention`), through
-`gpt2jax.training.step.Trainer`. MFU = model FLOPs/s (6N + 12 L E T per token) over (a) the bf16
-matmul peak measured in this run and (b) the nominal dense bf16 peak of the device if known.
-Decode: `gpt2jax.generate` greedy, batch 1 and 8, 256 new tokens. Memory: XLA's per-device
-bytes of the compiled train step for each remat policy. Every part runs in its own try block:
-a failure is recorded and the rest still runs.
+through `gpt2jax.training.step.Trainer`, in the variants of TRAIN_VARIANTS (cudnn and xla
+attention, unrolled and `scan_layers`, a larger batch with the vocabulary padded to 50,304 as
+nanoGPT/llm.c do). Each reports lower and compile seconds, step time, tokens/s and MFU =
+model FLOPs/s (6N + 12 L E T per token) over (a) the bf16 matmul peak measured in this run
+and (b) the nominal dense bf16 peak of the device if known. Decode: `gpt2jax.generate`
+greedy, batch 1 and 8, 256 new tokens (EOS suppressed), then HF `GPT2LMHeadModel.generate`
+(PyTorch, bf16, its default SDPA attention) on the same prompts in a separate process, and
+the ratios. Memory: XLA's per-device bytes of the compiled train step for each remat policy.
+Every part runs in its own try block: a failure is recorded and the rest still runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -90,11 +95,21 @@ def measure_matmul_peak(n: int = 8192, repeats: int = 20) -> float:
 N_LAYER = 12  # 124M; --n_layer shrinks it for a smoke run on CPU
 
 
-def _model_cfg(impl: str, remat: str = "none"):
+def _model_cfg(impl: str, remat: str = "none", scan: bool = False, vocab: int = 50257):
     from gpt2jax.nn.model import GPT2Config
 
     return GPT2Config(dtype="bfloat16", attention_impl=impl, remat=remat, n_layer=N_LAYER,
+                      vocab_size=vocab, scan_layers=scan,
                       embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+
+
+# part name -> bench_train arguments (batch_scale multiplies --batch)
+TRAIN_VARIANTS = {
+    "train_cudnn": dict(impl="cudnn"),
+    "train_cudnn_scan": dict(impl="cudnn", scan=True),
+    "train_xla": dict(impl="xla"),
+    "train_cudnn_b2x_v50304": dict(impl="cudnn", batch_scale=2, vocab=50304),
+}
 
 
 def _train_config(batch: int, block: int):
@@ -106,8 +121,9 @@ def _train_config(batch: int, block: int):
                        decay_embeddings=False, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0)
 
 
-def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict) -> dict:
-    """Tokens/s and MFU of the 124M train step with attention kernel `impl`."""
+def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan=False,
+                vocab=50257, batch_scale=1) -> dict:
+    """Lower/compile seconds, tokens/s and MFU of the 124M train step (one device)."""
     import jax
     import numpy as np
 
@@ -115,39 +131,48 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict) -> d
     from gpt2jax.training.step import Trainer, model_flops_per_token
     from configs import common
 
-    cfg, tc = _model_cfg(impl), _train_config(batch, block)
+    batch *= batch_scale
+    cfg, tc = _model_cfg(impl, scan=scan, vocab=vocab), _train_config(batch, block)
     mesh_cfg = common.mesh_config()
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:1])
     trainer = Trainer(cfg, tc, mesh, sharding.rules(mesh_cfg))
     state = trainer.init(0)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, cfg.vocab_size, (batch, block + 1)).astype(np.int32)
+    ids = rng.integers(0, 50257, (batch, block + 1)).astype(np.int32)
     batch_arrays = trainer.put_batch({"inputs": ids[:, :-1], "targets": ids[:, 1:],
                                       "weights": np.ones((batch, block), np.float32)})
     t = time.perf_counter()
-    state, metrics = trainer.train_step(state, batch_arrays)
-    jax.block_until_ready(metrics)
+    lowered = trainer.lower_train_step(state, batch_arrays)
+    lower_s = time.perf_counter() - t
+    t = time.perf_counter()
+    step = lowered.compile()
     compile_s = time.perf_counter() - t
-    for _ in range(2):
-        state, metrics = trainer.train_step(state, batch_arrays)
+    memory = sharding.memory_analysis(step)
+    for _ in range(3):
+        state, metrics = step(state, batch_arrays)
     jax.block_until_ready(metrics)
     t = time.perf_counter()
     for _ in range(steps):
-        state, metrics = trainer.train_step(state, batch_arrays)
+        state, metrics = step(state, batch_arrays)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - t
     tokens_per_s = batch * block * steps / seconds
     flops = model_flops_per_token(cfg, block) * tokens_per_s
-    out = {"impl": impl, "batch": batch, "block": block, "steps": steps,
-           "tokens_per_s": round(tokens_per_s), "step_ms": round(1000 * seconds / steps, 2),
-           "model_tflops": round(flops / 1e12, 1), "first_step_s": round(compile_s, 1),
+    out = {"impl": impl, "scan_layers": scan, "vocab": vocab, "batch": batch, "block": block,
+           "steps": steps, "tokens_per_s": round(tokens_per_s),
+           "step_ms": round(1000 * seconds / steps, 2), "model_tflops": round(flops / 1e12, 1),
+           "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
            "loss": float(metrics["loss_sum"] / metrics["weight_sum"]),
-           "compiles": trainer.compile_count()}
+           "temp_bytes": memory.get("temp"), "peak_bytes": memory.get("peak")}
     for name, peak in peaks.items():
         out[f"mfu_vs_{name}"] = round(flops / peak, 3)
-    stats = jax.devices()[0].memory_stats() or {}
-    out["process_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")  # max so far
     return out
+
+
+def _prompt(batch: int, prompt_len: int):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50257, (batch, prompt_len))
 
 
 def bench_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
@@ -160,17 +185,69 @@ def bench_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
 
     cfg = _model_cfg("xla")
     params = init_params(cfg, jax.random.key(0))
-    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len))
+    prompt = _prompt(batch, prompt_len)
+    run = lambda: np.asarray(gpt2jax.generate(cfg, params, prompt, max_new_tokens=new_tokens,
+                                              min_new_tokens=new_tokens))
     t = time.perf_counter()
-    np.asarray(gpt2jax.generate(cfg, params, prompt, max_new_tokens=new_tokens))
+    run()
     first = time.perf_counter() - t
     t = time.perf_counter()
-    out = np.asarray(gpt2jax.generate(cfg, params, prompt, max_new_tokens=new_tokens))
+    out = run()
     seconds = time.perf_counter() - t
     assert out.shape == (batch, prompt_len + new_tokens), out.shape
     tokens_per_s = batch * new_tokens / seconds
     return {"batch": batch, "new_tokens": new_tokens, "tokens_per_s": round(tokens_per_s, 1),
             "ms_per_step": round(1000 * seconds / new_tokens, 3), "first_call_s": round(first, 1)}
+
+
+def hf_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
+    """Greedy decode tokens/s of HF GPT2LMHeadModel.generate (124M, bf16, random weights,
+    PyTorch on the GPU when there is one). Runs in its own process (`--hf_decode_worker`)."""
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=N_LAYER))
+    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    prompt = torch.as_tensor(_prompt(batch, prompt_len), device=device)
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                 do_sample=False, max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, pad_token_id=0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run()
+    t = time.perf_counter()
+    out = run()
+    seconds = time.perf_counter() - t
+    assert tuple(out.shape) == (batch, prompt_len + new_tokens), out.shape
+    return {"batch": batch, "new_tokens": new_tokens, "device": device,
+            "attn_implementation": model.config._attn_implementation,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokens_per_s": round(batch * new_tokens / seconds, 1),
+            "ms_per_step": round(1000 * seconds / new_tokens, 3)}
+
+
+def compare_hf_decode(new_tokens: int, report: dict) -> dict:
+    """HF decode (batch 1 and 8) in a child process; ratios gpt2jax / HF per batch."""
+    cmd = [sys.executable, __file__, "--hf_decode_worker", f"--new_tokens={new_tokens}",
+           f"--n_layer={N_LAYER}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("HF_DECODE ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"HF decode worker failed (exit {done.returncode}): "
+                           f"{done.stderr[-1500:]}")
+    out = json.loads(lines[-1][len("HF_DECODE "):])
+    for key, hf in out.items():
+        ours = report.get(f"greedy_decode_{key}", {}).get("tokens_per_s")
+        if ours and "tokens_per_s" in hf:
+            hf["gpt2jax_over_hf"] = round(ours / hf["tokens_per_s"], 2)
+    return out
 
 
 def bench_remat_memory(batch: int, block: int) -> dict:
@@ -209,7 +286,9 @@ def bench_remat_memory(batch: int, block: int) -> dict:
     return result
 
 
-def _run(name: str, fn, report: dict) -> None:
+def _run(name: str, fn, report: dict, json_path: str = "") -> None:
+    """Runs one part into report[name] (its error if it fails); rewrites `json_path` after
+    every part, so a run stopped by its time limit keeps what it measured."""
     print(f"== {name}", flush=True)
     t = time.perf_counter()
     try:
@@ -219,6 +298,13 @@ def _run(name: str, fn, report: dict) -> None:
         report[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         traceback.print_exc()
     print(f"   ({time.perf_counter() - t:.1f} s)", flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+
+
+# The parts in the order they run: the headline figures first, in case time runs out.
+PARTS = ("peak", "train_cudnn", "train_cudnn_scan", "decode", "hf_decode", "train_xla",
+         "train_cudnn_b2x_v50304", "remat")
 
 
 def main() -> None:
@@ -232,15 +318,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--n_layer", type=int, default=12)
     p.add_argument("--new_tokens", type=int, default=256)
-    p.add_argument("--parts", default="peak,train_xla,train_cudnn,decode,remat")
+    p.add_argument("--parts", default=",".join(x for x in PARTS if x != "remat"),
+                   help=f"comma-separated, from {','.join(PARTS)} (run in that order)")
+    p.add_argument("--hf_decode_worker", action="store_true", help="internal (hf_decode)")
     args = p.parse_args()
     global N_LAYER
     N_LAYER = args.n_layer
     if args.check_deps:
         sys.exit(check_deps(Path(args.wheels), Path(args.target)))
+    if args.hf_decode_worker:  # no jax in this process: PyTorch has the GPU to itself
+        result = {f"b{b}": hf_decode(b, args.new_tokens) for b in (1, 8)}
+        print("HF_DECODE " + json.dumps(result), flush=True)
+        return
     import jax
 
     parts = set(args.parts.split(","))
+    unknown = parts - set(PARTS)
+    if unknown:
+        sys.exit(f"--parts: unknown {sorted(unknown)}; choose from {','.join(PARTS)}")
     device = jax.devices()[0]
     report = {"jax": jax.__version__, "backend": jax.default_backend(),
               "device": device.device_kind, "device_count": jax.device_count()}
@@ -249,22 +344,23 @@ def main() -> None:
     nominal = next((v for k, v in NOMINAL_BF16.items() if k in device.device_kind), None)
     if nominal:
         peaks["nominal_bf16"] = nominal
-    if "peak" in parts:
-        _run("matmul_peak", lambda: {"bf16_tflops": round(measure_matmul_peak() / 1e12, 1)},
-             report)
-        if "bf16_tflops" in report["matmul_peak"]:
-            peaks["measured_matmul"] = report["matmul_peak"]["bf16_tflops"] * 1e12
-    for impl in ("xla", "cudnn"):
-        if f"train_{impl}" in parts:
-            _run(f"train_124m_bf16_{impl}",
-                 lambda impl=impl: bench_train(impl, args.batch, args.block, args.steps, peaks),
-                 report)
-    if "decode" in parts:
-        _run("greedy_decode_b1", lambda: bench_decode(1, args.new_tokens), report)
-        _run("greedy_decode_b8", lambda: bench_decode(8, args.new_tokens), report)
-    if "remat" in parts:
-        _run("remat_memory_bytes_per_device",
-             lambda: bench_remat_memory(args.batch, args.block), report)
+    run = functools.partial(_run, report=report, json_path=args.json)
+    for part in (x for x in PARTS if x in parts):
+        if part == "peak":
+            run("matmul_peak", lambda: {"bf16_tflops": round(measure_matmul_peak() / 1e12, 1)})
+            if "bf16_tflops" in report["matmul_peak"]:
+                peaks["measured_matmul"] = report["matmul_peak"]["bf16_tflops"] * 1e12
+        elif part in TRAIN_VARIANTS:
+            run(part, lambda v=TRAIN_VARIANTS[part]: bench_train(
+                batch=args.batch, block=args.block, steps=args.steps, peaks=peaks, **v))
+        elif part == "decode":
+            run("greedy_decode_b1", lambda: bench_decode(1, args.new_tokens))
+            run("greedy_decode_b8", lambda: bench_decode(8, args.new_tokens))
+        elif part == "hf_decode":
+            run("hf_decode", lambda: compare_hf_decode(args.new_tokens, report))
+        elif part == "remat":
+            run("remat_memory_bytes_per_device",
+                lambda: bench_remat_memory(args.batch, args.block))
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

@@ -271,6 +271,12 @@ class Trainer:
         with self.context():
             return self._train_step(state, batch)
 
+    def lower_train_step(self, state: TrainState, batch: dict):
+        """The lowered `train_step` for these shapes: `.compile()` it to time the compile or
+        read `memory_analysis()`; the compiled step is called as `compiled(state, batch)`."""
+        with self.context():
+            return self._train_step.lower(state, batch)
+
     def train_steps(self, state: TrainState, batches: dict) -> tuple[TrainState, dict]:
         """n optimizer updates in one call, equal to n `train_step`s (the input state is
         donated). batches: global arrays [n, B, T] (`put_steps`). Returns (state, metrics
