@@ -48,11 +48,13 @@ def _batch(cfg, batch=4, length=12, seed=1):
 
 
 def _loss(cfg, params, ids, mask, positions):
-    """Mean next-token cross-entropy over real tokens; returns (loss, logits [B, T, V])."""
+    """Mean next-token cross-entropy where input and target are real tokens (a pad slot's
+    output, which kernels may compute differently, is never scored); returns (loss, logits
+    [B, T, V])."""
     logits = GPT2(cfg).apply({"params": params}, ids, attention_mask=mask,
                              position_ids=positions)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
-    weights = jnp.ones_like(ce) if mask is None else mask[:, 1:]
+    weights = jnp.ones_like(ce) if mask is None else mask[:, :-1] * mask[:, 1:]
     return (ce * weights).sum() / weights.sum(), logits
 
 
@@ -172,6 +174,23 @@ def test_unpadded_batches_pass_the_causal_flag_to_the_xla_kernel(monkeypatch):
     jax.jit(GPT2(cfg.replace(attention_impl="xla", sliding_window=4)).apply)(
         {"params": params}, ids)
     assert seen == [(False, False)] * (2 * cfg.n_layer), seen
+
+
+def test_with_own_slot_changes_only_queries_that_see_no_key():
+    """The cuDNN guard: a left-padding query (no key visible) gets its own slot; every real
+    query's row is unchanged, in a prefill (slots 0..T-1) and a decode step (slot 5 of 8)."""
+    key_mask = jnp.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    positions = jnp.zeros((2, 8), jnp.int32)
+    for slots, keys in ((jnp.arange(8), 8), (jnp.array([5]), 8)):
+        mask = attn_lib.attention_mask(slots, keys, key_mask, positions[:, :len(slots)],
+                                       positions, 0)
+        fixed = np.asarray(attn_lib.with_own_slot(mask, slots))
+        dead = ~np.asarray(mask).any(-1, keepdims=True)
+        np.testing.assert_array_equal(fixed[~dead[..., 0]], np.asarray(mask)[~dead[..., 0]])
+        own = np.asarray(slots)[:, None] == np.arange(keys)[None, :]
+        np.testing.assert_array_equal(fixed, np.where(dead, own[None, None], mask))
+    assert dead.sum() == 0 and (~np.asarray(attn_lib.attention_mask(
+        jnp.arange(8), 8, key_mask, positions, positions, 0)).any(-1)).sum() == 2
 
 
 @pytest.mark.parametrize("block", [3, 5, 12])

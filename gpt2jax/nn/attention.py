@@ -92,6 +92,17 @@ def attention_mask(query_slots, num_keys: int, key_mask, q_positions, k_position
     return jnp.broadcast_to(mask, (batch, 1, len(query_slots), num_keys))
 
 
+def with_own_slot(mask: jax.Array, query_slots: jax.Array) -> jax.Array:
+    """`mask` [B, 1, T, S] where each query also sees its own cache slot.
+
+    Only a query that sees no key at all (a left-padding slot) changes: every real query
+    already sees its own slot. cuDNN gives such a row NaN, and its backward pass spreads the
+    NaN to every gradient even where the row's cotangent is zero; with its own slot the row
+    stays finite and is still never read."""
+    own = query_slots[:, None] == jnp.arange(mask.shape[-1])[None, :]
+    return mask | own[None, None]
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -310,6 +321,8 @@ class Attention(nn.Module):
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(cfg.n_head, positions, k_positions)
         impl = "einsum" if decode and cfg.attention_impl == "pallas" else cfg.attention_impl
+        if impl == "cudnn" and key_mask is not None:
+            mask = with_own_slot(mask, query_slots)
         dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
         if hooks.wants(*hooks.SCORE_HOOKS):  # the reference path, which forms the scores
