@@ -111,20 +111,25 @@ TRAIN_VARIANTS = {
     "train_cudnn_scan": dict(impl="cudnn", scan=True),
     "train_xla": dict(impl="xla"),
     "train_cudnn_b2x_v50304": dict(impl="cudnn", batch_scale=2, vocab=50304),
+    # the same with the chunked loss (never the whole [B, T, V] logits) / scanned layers
+    "train_cudnn_b2x_v50304_chunked": dict(impl="cudnn", batch_scale=2, vocab=50304,
+                                           loss_chunk=8192),
+    "train_cudnn_b2x_v50304_scan": dict(impl="cudnn", batch_scale=2, vocab=50304, scan=True),
 }
 
 
-def _train_config(batch: int, block: int):
+def _train_config(batch: int, block: int, loss_chunk: int = 0):
     from gpt2jax.training.step import TrainConfig
 
     return TrainConfig(batch_size=batch, grad_accum_steps=1, block_size=block, num_steps=100,
                        learning_rate=6e-4, min_learning_rate=6e-5, warmup_steps=10,
                        lr_decay_steps=100, schedule="cosine", weight_decay=0.1,
-                       decay_embeddings=False, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0)
+                       decay_embeddings=False, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0,
+                       loss_chunk_size=loss_chunk)
 
 
 def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan=False,
-                vocab=50257, batch_scale=1) -> dict:
+                vocab=50257, batch_scale=1, loss_chunk=0) -> dict:
     """Lower/compile seconds, tokens/s and MFU of the 124M train step (one device)."""
     import jax
     import numpy as np
@@ -134,7 +139,8 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan
     from configs import common
 
     batch *= batch_scale
-    cfg, tc = _model_cfg(impl, scan=scan, vocab=vocab), _train_config(batch, block)
+    cfg = _model_cfg(impl, scan=scan, vocab=vocab)
+    tc = _train_config(batch, block, loss_chunk)
     mesh_cfg = common.mesh_config()
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:1])
     trainer = Trainer(cfg, tc, mesh, sharding.rules(mesh_cfg))
@@ -160,7 +166,8 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan
     seconds = time.perf_counter() - t
     tokens_per_s = batch * block * steps / seconds
     flops = model_flops_per_token(cfg, block) * tokens_per_s
-    out = {"impl": impl, "scan_layers": scan, "vocab": vocab, "batch": batch, "block": block,
+    out = {"impl": impl, "scan_layers": scan, "vocab": vocab, "loss_chunk_size": loss_chunk,
+           "batch": batch, "block": block,
            "steps": steps, "tokens_per_s": round(tokens_per_s),
            "step_ms": round(1000 * seconds / steps, 2), "model_tflops": round(flops / 1e12, 1),
            "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
@@ -306,7 +313,8 @@ def _run(name: str, fn, report: dict, json_path: str = "") -> None:
 
 # The parts in the order they run: the headline figures first, in case time runs out.
 PARTS = ("peak", "train_cudnn", "train_cudnn_scan", "decode", "hf_decode", "train_xla",
-         "train_cudnn_b2x_v50304", "remat")
+         "train_cudnn_b2x_v50304", "train_cudnn_b2x_v50304_chunked",
+         "train_cudnn_b2x_v50304_scan", "remat")
 
 
 def main() -> None:
