@@ -115,6 +115,11 @@ TRAIN_VARIANTS = {
     "train_cudnn_b2x_v50304_chunked": dict(impl="cudnn", batch_scale=2, vocab=50304,
                                            loss_chunk=8192),
     "train_cudnn_b2x_v50304_scan": dict(impl="cudnn", batch_scale=2, vocab=50304, scan=True),
+    # remat "dots_saveable": only matmul outputs are kept, the elementwise ops recomputed
+    "train_cudnn_b2x_v50304_dots": dict(impl="cudnn", batch_scale=2, vocab=50304,
+                                        remat="dots_saveable"),
+    "train_cudnn_b2x_v50304_scan_dots": dict(impl="cudnn", batch_scale=2, vocab=50304,
+                                             scan=True, remat="dots_saveable"),
 }
 
 
@@ -129,7 +134,7 @@ def _train_config(batch: int, block: int, loss_chunk: int = 0):
 
 
 def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan=False,
-                vocab=50257, batch_scale=1, loss_chunk=0) -> dict:
+                vocab=50257, batch_scale=1, loss_chunk=0, remat="none") -> dict:
     """Lower/compile seconds, tokens/s and MFU of the 124M train step (one device)."""
     import jax
     import numpy as np
@@ -139,7 +144,7 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan
     from configs import common
 
     batch *= batch_scale
-    cfg = _model_cfg(impl, scan=scan, vocab=vocab)
+    cfg = _model_cfg(impl, remat, scan=scan, vocab=vocab)
     tc = _train_config(batch, block, loss_chunk)
     mesh_cfg = common.mesh_config()
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:1])
@@ -166,7 +171,8 @@ def bench_train(impl: str, batch: int, block: int, steps: int, peaks: dict, scan
     seconds = time.perf_counter() - t
     tokens_per_s = batch * block * steps / seconds
     flops = model_flops_per_token(cfg, block) * tokens_per_s
-    out = {"impl": impl, "scan_layers": scan, "vocab": vocab, "loss_chunk_size": loss_chunk,
+    out = {"impl": impl, "scan_layers": scan, "remat": remat, "vocab": vocab,
+           "loss_chunk_size": loss_chunk,
            "batch": batch, "block": block,
            "steps": steps, "tokens_per_s": round(tokens_per_s),
            "step_ms": round(1000 * seconds / steps, 2), "model_tflops": round(flops / 1e12, 1),
@@ -314,7 +320,8 @@ def _run(name: str, fn, report: dict, json_path: str = "") -> None:
 # The parts in the order they run: the headline figures first, in case time runs out.
 PARTS = ("peak", "train_cudnn", "train_cudnn_scan", "decode", "hf_decode", "train_xla",
          "train_cudnn_b2x_v50304", "train_cudnn_b2x_v50304_chunked",
-         "train_cudnn_b2x_v50304_scan", "remat")
+         "train_cudnn_b2x_v50304_scan", "train_cudnn_b2x_v50304_dots",
+         "train_cudnn_b2x_v50304_scan_dots", "remat")
 
 
 def main() -> None:
