@@ -177,20 +177,19 @@ def test_unpadded_batches_pass_the_causal_flag_to_the_xla_kernel(monkeypatch):
 
 
 def test_with_own_slot_changes_only_queries_that_see_no_key():
-    """The cuDNN guard: a left-padding query (no key visible) gets its own slot; every real
-    query's row is unchanged, in a prefill (slots 0..T-1) and a decode step (slot 5 of 8)."""
+    """The cuDNN guard: in a prefill (slots 0..7) the two left-padding queries of row 0 see
+    no key and get their own slot; every other row is unchanged, also in a decode step."""
     key_mask = jnp.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
     positions = jnp.zeros((2, 8), jnp.int32)
-    for slots, keys in ((jnp.arange(8), 8), (jnp.array([5]), 8)):
-        mask = attn_lib.attention_mask(slots, keys, key_mask, positions[:, :len(slots)],
-                                       positions, 0)
-        fixed = np.asarray(attn_lib.with_own_slot(mask, slots))
-        dead = ~np.asarray(mask).any(-1, keepdims=True)
-        np.testing.assert_array_equal(fixed[~dead[..., 0]], np.asarray(mask)[~dead[..., 0]])
-        own = np.asarray(slots)[:, None] == np.arange(keys)[None, :]
-        np.testing.assert_array_equal(fixed, np.where(dead, own[None, None], mask))
-    assert dead.sum() == 0 and (~np.asarray(attn_lib.attention_mask(
-        jnp.arange(8), 8, key_mask, positions, positions, 0)).any(-1)).sum() == 2
+    slots = jnp.arange(8)
+    mask = np.asarray(attn_lib.attention_mask(slots, 8, key_mask, positions, positions, 0))
+    fixed = np.asarray(attn_lib.with_own_slot(jnp.asarray(mask), slots))
+    dead = ~mask.any(-1)  # [B, 1, T]
+    assert dead.sum() == 2 and dead[0, 0, :2].all()
+    np.testing.assert_array_equal(fixed[~dead], mask[~dead])
+    np.testing.assert_array_equal(fixed[dead], np.eye(8, dtype=bool)[:2])
+    step = attn_lib.attention_mask(jnp.array([5]), 8, key_mask, positions[:, :1], positions, 0)
+    np.testing.assert_array_equal(attn_lib.with_own_slot(step, jnp.array([5])), step)
 
 
 @pytest.mark.parametrize("block", [3, 5, 12])
