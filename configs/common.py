@@ -67,6 +67,7 @@ def generate_config() -> ml_collections.ConfigDict:
     c.eos_token_id = 50256         # <|endoftext|>; generation of a row stops there
     c.pad_token_id = 50256         # fills finished rows (GPT-2 has no pad token; HF uses EOS)
     c.seed = 0                     # PRNG seed for sampling
+    c.suppress_tokens = ()         # ids never generated (HF's); run.py adds a padded vocab's rows
     return c
 
 

@@ -196,6 +196,21 @@ def test_no_repeat_ngram_and_repetition_penalty_match_hf(tiny, num_beams):
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
+def test_suppress_tokens_match_hf(tiny, num_beams):
+    """HF's suppress_tokens: the three most frequent new tokens of a plain run (so they really
+    were chosen) are banned; the output equals HF's and never holds them. An id past the
+    vocabulary is ignored, as HF ignores it."""
+    hf, cfg, params, ids, mask, new = _batch(tiny, num_beams)
+    plain, _ = hf_generate(hf, ids, mask, max_new_tokens=new, num_beams=num_beams,
+                           do_sample=False)
+    tokens, counts = np.unique(plain[:, ids.shape[1]:], return_counts=True)
+    banned = [int(t) for t in tokens[np.argsort(-counts)[:3]]]
+    out = assert_same(hf, cfg, params, ids, mask, max_new_tokens=new, num_beams=num_beams,
+                      do_sample=False, suppress_tokens=banned + [cfg.vocab_size + 5])
+    assert not np.isin(out[:, ids.shape[1]:], banned).any()
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
 def test_frequent_eos_stops_and_pads_like_hf(tiny, frequent_eos, num_beams):
     hf, cfg, params, ids, mask, new = _batch(tiny, num_beams)
     eos = frequent_eos[num_beams]
@@ -276,6 +291,8 @@ def test_seed_example_matches_hf(tiny, tokenizer):
     (dict(num_beams=0), "num_beams"),
     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
     (dict(typo_arg=1), "Unknown generate"),
+    (dict(suppress_tokens=7), "suppress_tokens"),
+    (dict(suppress_tokens=[3, -1]), "suppress_tokens"),
 ])
 def test_bad_inputs(tiny, kwargs, match):
     _, cfg, params, ids, mask = tiny

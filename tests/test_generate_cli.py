@@ -64,6 +64,19 @@ def test_random_init_streams_greedy_text(tokenizer, capsys, tmp_path):
     assert json.loads(out.read_text()) == results
 
 
+def test_padded_vocabulary_generates_only_decodable_tokens(capsys):
+    """A random model with 100,000 rows (half past the tokenizer's 50,257, so greedy picks
+    them at most steps; decoding one crashed before `suppress_tokens`): every new token
+    decodes, streamed (greedy) and not (beam search)."""
+    config = tiny_config()
+    config.model.vocab_size = 100_000
+    config.generate.update(max_new_tokens=12)
+    for beams in (1, 2):
+        config.generate.num_beams = beams
+        tokens = cli.main(config, CliArgs(prompt="Hello there"))[0]["tokens"][0]
+        assert len(tokens) > 12 and max(tokens) < 50257, (beams, tokens)
+
+
 def test_prompt_file_batches_prompts(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("One\nA longer second prompt here\nThird\n")

@@ -214,3 +214,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
     from gpt2jax.training.checkpoint import Checkpointer
 
     assert Checkpointer(tmp_path / "w").all_steps() == [2]
+
+
+def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, text_file,
+                                                                    capsys):
+    """A model vocabulary padded past the tokenizer's (96 rows for the text's characters, as
+    50,304 for GPT-2 BPE): the samples at each eval never hold an id the tokenizer cannot
+    decode (at init a third of the probability sits on those rows; decoding one crashed the
+    run before `suppress_tokens`)."""
+    from gpt2jax.training.loop import train_and_evaluate
+
+    c = tiny_char_config(text_file, steps=2)
+    c.model.vocab_size = 96
+    c.train.update(eval_every=2, eval_batches=1, sample_tokens=24)
+    c.mesh.update(data=-1)
+    train_and_evaluate(c, tmp_path / "w")
+    out = capsys.readouterr().out
+    assert "sample at step 2:" in out, out[-2000:]

@@ -32,6 +32,7 @@ class GenerationArgs:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     eos_token_id: int | list | tuple | None = 50256
+    suppress_tokens: list | tuple | None = None  # ids that are never generated (-inf scores)
     pad_token_id: int | None = None        # None -> the first EOS id, as HF does
     seed: int = 0
 
@@ -44,10 +45,21 @@ class GenerationArgs:
         return (int(self.eos_token_id),)
 
     @property
+    def suppressed_ids(self) -> tuple[int, ...]:
+        return tuple(sorted({int(t) for t in self.suppress_tokens or ()}))
+
+    @property
     def pad_id(self) -> int:
         if self.pad_token_id is not None:
             return int(self.pad_token_id)
         return self.eos_ids[0] if self.eos_ids else 0
+
+
+def ids_past_tokenizer(model_vocab: int, tokenizer_vocab: int) -> list[int]:
+    """The model's token ids that the tokenizer cannot decode (a vocabulary padded past the
+    tokenizer's, e.g. 50,304 rows for speed): what text generation passes as
+    `suppress_tokens`."""
+    return list(range(tokenizer_vocab, model_vocab))
 
 
 def make_args(**kwargs) -> GenerationArgs:
@@ -80,6 +92,12 @@ def _validate(args: GenerationArgs) -> None:
         raise ConfigError("top_k, no_repeat_ngram_size and min_new_tokens must be >= 0.")
     if args.repetition_penalty <= 0:
         raise ConfigError(f"repetition_penalty={args.repetition_penalty} must be > 0.")
+    if args.suppress_tokens is not None and (
+            isinstance(args.suppress_tokens, (str, int))
+            or not all(isinstance(t, (int, np.integer)) and t >= 0
+                       for t in args.suppress_tokens)):
+        raise ConfigError(f"suppress_tokens={args.suppress_tokens!r} must be a list of token "
+                          "ids >= 0.")
     if args.early_stopping not in (True, False, "never"):
         raise ConfigError(f"early_stopping={args.early_stopping!r}; use True, False or 'never'.")
 

@@ -218,6 +218,7 @@ def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
         ngram_window=max(int(args.no_repeat_ngram_size), 3) if args.no_repeat_ngram_size else 0,
         num_eos=len(args.eos_ids),
         min_tokens_to_keep=len(args.eos_ids) + 1 if args.num_beams > 1 else 1,
+        suppressed=args.suppressed_ids,
     )
     rules = tuple(axis_rules) if axis_rules is not None else None
     plan = Plan(batch, prompt_len, new_len, int(args.num_beams), score, stream, mesh, rules)

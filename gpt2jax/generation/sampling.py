@@ -4,6 +4,7 @@ Everything here is a pure function of arrays (jit-friendly, static shapes) that 
 Hugging Face `transformers` (v5) processor exactly, applied in HF's order by `process_scores`:
 
   processors (always): repetition_penalty -> no_repeat_ngram -> min_new_tokens (EOS suppression)
+    -> suppress_tokens
   warpers (sampling only): temperature -> top_k -> top_p
 
 Shapes: R rows (batch, or batch * beams), V vocabulary, L token-buffer length.
@@ -33,6 +34,7 @@ class ScoreSettings:
     ngram_window: int = 0            # static bound on no_repeat_ngram_size (0 = off)
     num_eos: int = 0                 # number of EOS ids (0 = no EOS)
     min_tokens_to_keep: int = 1      # HF: 1, or num_eos + 1 for beam sampling
+    suppressed: tuple[int, ...] = ()  # HF suppress_tokens: ids whose scores are always -inf
 
 
 @jax.tree_util.register_dataclass
@@ -108,6 +110,12 @@ def suppress_eos(scores: jax.Array, eos_ids: jax.Array, active: jax.Array) -> ja
     return jnp.where(active & is_eos[None, :], NEG_INF, scores)
 
 
+def suppress_tokens(scores: jax.Array, ids: tuple[int, ...]) -> jax.Array:
+    """HF `SuppressTokensLogitsProcessor`: the scores of `ids` (those inside V) become -inf."""
+    inside = [i for i in ids if i < scores.shape[-1]]
+    return scores.at[:, jnp.asarray(inside, jnp.int32)].set(NEG_INF) if inside else scores
+
+
 def top_k_filter(scores: jax.Array, k: int) -> jax.Array:
     """HF `TopKLogitsWarper`: scores below the k-th largest become -inf. [R, V] -> [R, V]."""
     k = min(k, scores.shape[-1])
@@ -137,7 +145,8 @@ def top_p_filter(scores: jax.Array, top_p: jax.Array, min_keep: int = 1) -> jax.
 def apply_processors(scores: jax.Array, tokens: jax.Array, valid: jax.Array, cur_len: jax.Array,
                      start: jax.Array, new_tokens: jax.Array, settings: ScoreSettings,
                      params: ScoreParams) -> jax.Array:
-    """HF's logits processors in HF's order (repetition, no-repeat-ngram, min_new_tokens).
+    """HF's logits processors in HF's order (repetition, no-repeat-ngram, min_new_tokens,
+    suppress_tokens).
 
     Args:
       scores: [R, V] logits (greedy/sampling) or log-probs (beam search).
@@ -154,6 +163,8 @@ def apply_processors(scores: jax.Array, tokens: jax.Array, valid: jax.Array, cur
                                  settings.ngram_window)
     if settings.num_eos > 0:
         scores = suppress_eos(scores, params.eos_ids, new_tokens < params.min_new_tokens)
+    if settings.suppressed:
+        scores = suppress_tokens(scores, settings.suppressed)
     return scores
 
 
