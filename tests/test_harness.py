@@ -197,3 +197,22 @@ def test_our_lambada_protocol_equals_lm_eval(results, tiny, task_data):
     per_doc = [s["resps"][0][0][0] for s in results["hf"]["samples"]["lambada_openai_local"]]
     np.testing.assert_allclose(-np.array(ours["target_nll"]), per_doc, rtol=REL)
     assert math.isfinite(ours["perplexity"])
+
+
+def test_padded_vocabulary_generates_decodable_text(data_dir):
+    """A model with 100,000 rows (greedy picks ids past the tokenizer's 50,257 at most steps;
+    decoding one raised KeyError before `suppress_tokens`): generate_until gives text."""
+    import jax
+    from lm_eval.api.instance import Instance
+
+    from gpt2jax.data.tokenizers import get_tokenizer
+    from gpt2jax.nn.model import GPT2Config, init_params
+
+    cfg = GPT2Config(vocab_size=100_000, n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    tokenizer = get_tokenizer(str(data_dir / "gpt2" / "gpt2.tiktoken"))
+    lm = harness.GPT2JaxLM(cfg=cfg, params=init_params(cfg, jax.random.key(0)),
+                           tokenizer=tokenizer, progress=False)
+    request = Instance("generate_until", {}, ("Hello there", {"until": ["\n\n\n\n"],
+                                                              "max_gen_toks": 12}), 0)
+    [text] = lm.generate_until([request])
+    assert len(tokenizer.encode(text)) >= 6, text

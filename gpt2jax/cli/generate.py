@@ -26,7 +26,7 @@ import numpy as np
 
 from gpt2jax.data.tokenizers import Tokenizer
 from gpt2jax.errors import ConfigError
-from gpt2jax.generation.args import ids_past_tokenizer
+from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate, make_args
 from gpt2jax.parallel import sharding
 from gpt2jax.weights.loader import model_for_config
@@ -111,9 +111,7 @@ def main(config, args) -> list[dict]:
     kwargs = generate_kwargs(config)
     gen_args = make_args(**kwargs)
     cfg, params, tokenizer = model_for_config(config)
-    past = ids_past_tokenizer(cfg.vocab_size, tokenizer.vocab_size)
-    if past:  # a padded vocabulary: its extra rows have no text
-        kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or ()) | set(past))
+    kwargs = suppress_past_tokenizer(kwargs, cfg.vocab_size, tokenizer.vocab_size)
     ids, mask = encode_batch(tokenizer, prompts, gen_args.pad_id)
     stream = len(prompts) == 1 and gen_args.num_beams == 1 and gen_args.num_return_sequences == 1
     streamer = TerminalStreamer(tokenizer, gen_args.eos_ids) if stream else None

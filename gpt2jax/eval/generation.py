@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from gpt2jax.errors import DataError
 from gpt2jax.eval import text_metrics
 from gpt2jax.eval.files import data_file
+from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate
 from gpt2jax.data.bpe import EOT_ID
 
@@ -70,7 +71,8 @@ def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 def generate_texts(ctx, prompts: list[list[int]]) -> list[str]:
     """Generates from token prompts in batches with `config.generate`; returns new text."""
 
-    kwargs = {k: v for k, v in ctx.generate_config.items()}
+    kwargs = suppress_past_tokenizer(dict(ctx.generate_config.items()), ctx.cfg.vocab_size,
+                                     ctx.enc.vocab_size)
     texts = []
     size = ctx.ecfg.batch_size
     for start in tqdm(range(0, len(prompts), size), desc=ctx.task, disable=not ctx.progress):

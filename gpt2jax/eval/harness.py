@@ -44,6 +44,7 @@ from gpt2jax.data.bpe import EOT_ID
 from gpt2jax.data.tokenizers import Tokenizer, get_tokenizer
 from gpt2jax.errors import ConfigError
 from gpt2jax.eval.harness_core import Scorer
+from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.nn.model import GPT2Config, param_count
 from gpt2jax.weights.loader import load_model
 
@@ -209,6 +210,7 @@ class GPT2JaxLM(TemplateLM):
             kwargs = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature")}
         kwargs.setdefault("seed", self.seed)
         ids = [self.tok_encode(c)[-(self.max_length - max_gen):] for c in contexts]
+        kwargs = suppress_past_tokenizer(kwargs, self.cfg.vocab_size, self.enc.vocab_size)
         return self.scorer.generate(ids, max_gen, self.eot_token_id, **kwargs)
 
 

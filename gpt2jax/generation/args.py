@@ -55,11 +55,14 @@ class GenerationArgs:
         return self.eos_ids[0] if self.eos_ids else 0
 
 
-def ids_past_tokenizer(model_vocab: int, tokenizer_vocab: int) -> list[int]:
-    """The model's token ids that the tokenizer cannot decode (a vocabulary padded past the
-    tokenizer's, e.g. 50,304 rows for speed): what text generation passes as
-    `suppress_tokens`."""
-    return list(range(tokenizer_vocab, model_vocab))
+def suppress_past_tokenizer(kwargs: dict, model_vocab: int, tokenizer_vocab: int) -> dict:
+    """`kwargs` (generate arguments) with the model's ids that the tokenizer cannot decode (a
+    vocabulary padded past the tokenizer's, e.g. 50,304 rows for speed) added to
+    `suppress_tokens`; the same dict when the vocabularies match."""
+    past = set(range(tokenizer_vocab, model_vocab))
+    if not past:
+        return kwargs
+    return {**kwargs, "suppress_tokens": sorted(set(kwargs.get("suppress_tokens") or ()) | past)}
 
 
 def make_args(**kwargs) -> GenerationArgs:

@@ -24,7 +24,7 @@ from absl import logging
 
 from gpt2jax import data as data_lib
 from gpt2jax.errors import ConfigError
-from gpt2jax.generation.args import ids_past_tokenizer
+from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate
 from gpt2jax.training.meter import StepMetrics, Throughput, log_steps, peak_flops
 from gpt2jax.training.preemption import PreemptionGuard
@@ -249,10 +249,10 @@ def sample_text(run: Run, step: int) -> str | None:
     try:
 
         params = jax.device_get(run.state.params)
-        out = generate(run.cfg, params, np.asarray([ids], np.int32), max_new_tokens=new,
-                       do_sample=True, temperature=0.8, top_k=200, seed=step,
-                       eos_token_id=tok.eot_id,
-                       suppress_tokens=ids_past_tokenizer(run.cfg.vocab_size, tok.vocab_size))
+        kwargs = dict(max_new_tokens=new, do_sample=True, temperature=0.8, top_k=200,
+                      seed=step, eos_token_id=tok.eot_id)
+        out = generate(run.cfg, params, np.asarray([ids], np.int32),
+                       **suppress_past_tokenizer(kwargs, run.cfg.vocab_size, tok.vocab_size))
     except (ImportError, ConfigError) as e:  # sampling must never stop training
         logging.warning("No sample at step %d: %s", step, e)
         return None
