@@ -321,14 +321,14 @@ class Attention(nn.Module):
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(cfg.n_head, positions, k_positions)
         impl = "einsum" if decode and cfg.attention_impl == "pallas" else cfg.attention_impl
-        if impl == "cudnn" and key_mask is not None:
-            mask = with_own_slot(mask, query_slots)
         dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
         if hooks.wants(*hooks.SCORE_HOOKS):  # the reference path, which forms the scores
             out = einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng,
                                    cfg.compute_dtype, functools.partial(hooks.hook, self))
         else:
+            if impl == "cudnn" and key_mask is not None:
+                mask = with_own_slot(mask, query_slots)
             is_causal = key_mask is None and not cfg.sliding_window and not decode
             out = dot_product_attention(q, k, v, mask, bias, impl, dropout_rate, dropout_rng,
                                         cfg.compute_dtype, key_mask, is_causal)  # [B, T, H, D]
