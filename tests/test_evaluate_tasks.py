@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -121,6 +122,24 @@ def test_reproduce_gpt2_smoke(data_dir, tmp_path):
     assert {r["task"] for r in rows} == {"lambada_openai", "wikitext2", "ptb"}
 
 
+def test_padded_vocabulary_evaluates(data_dir):
+    """A model with 100,000 rows (greedy LAMBADA words hit ids past the tokenizer's 50,257
+    at most steps; decoding one raised KeyError before): perplexity over every row, as
+    training's loss, and LAMBADA's words end at such an id."""
+    from gpt2jax.data.tokenizers import get_tokenizer
+    from gpt2jax.eval import lambada
+
+    config = _tiny_config("lambada_openai", data_dir, max_examples=8)
+    config.model.vocab_size = 100_000
+    rows = eval_cli.evaluate_config(config)
+    metrics = {(r["protocol"], r["metric"]): r["value"] for r in rows}
+    assert ("last_word", "acc") in metrics and ("last_word_stopfilter", "acc") in metrics
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    enc = get_tokenizer(str(data_dir / "gpt2" / "gpt2.tiktoken"))
+    assert lambada.first_word(enc, enc.encode(" Hello there") + [60000, 11]) == "Hello"
+    assert lambada.first_word(enc, [60000] + enc.encode(" Hello")) == ""
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_unknown_task_lists_known_ones():
@@ -151,8 +170,8 @@ def test_stride_larger_than_context(data_dir):
 
 def test_vocab_mismatch_model_vs_tokenizer(data_dir):
     config = _tiny_config("ptb", data_dir)
-    config.model.vocab_size = 50304
-    with pytest.raises(ConfigError, match="vocab_size=50304 but the tokenizer has 50257"):
+    config.model.vocab_size = 50000
+    with pytest.raises(ConfigError, match="vocab_size=50000 but the tokenizer has 50257"):
         eval_cli.evaluate_config(config)
     from gpt2jax.eval.perplexity import check_tokens
     from gpt2jax.nn.model import GPT2Config

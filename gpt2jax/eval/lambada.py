@@ -32,6 +32,7 @@ filter was applied; ours, exactly:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import string
@@ -201,8 +202,9 @@ def greedy_continue(cfg: GPT2Config, params, seqs, steps: int, context_length: i
 
 def first_word(enc, tokens) -> str:
     """The first word a continuation spells, stripped of punctuation; "" when it does not
-    start with whitespace (the context ends inside no word, so a new word needs a space)."""
-    text = enc.decode(list(tokens))
+    start with whitespace (the context ends inside no word, so a new word needs a space).
+    The text ends at the first id the tokenizer lacks (a padded vocabulary's extra rows)."""
+    text = enc.decode(list(itertools.takewhile(lambda t: t < enc.vocab_size, tokens)))
     parts = text.split() if text[:1].isspace() else []
     return _strip_word(parts[0]) if parts else ""
 

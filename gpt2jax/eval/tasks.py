@@ -59,11 +59,15 @@ def word_count(text: str) -> int:
 
 
 def check_vocab(cfg, enc) -> None:
-    """The model's vocabulary must be the tokenizer's (GPT-2: 50257; `enc` a `Tokenizer`)."""
-    if cfg.vocab_size != enc.vocab_size:
+    """The model's vocabulary must hold the tokenizer's (GPT-2: 50257; `enc` a `Tokenizer`).
+
+    A larger one (padded for speed, e.g. 50,304 rows) is evaluated as trained: its softmax
+    runs over every row, as the training loss does, and generated ids past the tokenizer's
+    are suppressed (generation tasks) or end a LAMBADA word."""
+    if cfg.vocab_size < enc.vocab_size:
         raise ConfigError(
             f"The model has vocab_size={cfg.vocab_size} but the tokenizer has {enc.vocab_size} "
-            f"tokens; evaluate with a model whose vocabulary is the tokenizer's "
+            f"tokens; evaluate with a model whose vocabulary holds the tokenizer's "
             f"(--config.model.vocab_size={enc.vocab_size}) or the matching tokenizer."
         )
 
