@@ -266,38 +266,26 @@ def compare_hf_decode(new_tokens: int, report: dict) -> dict:
 
 
 def bench_remat_memory(batch: int, block: int) -> dict:
-    """XLA per-device bytes of the compiled 124M train step for each remat policy."""
+    """XLA per-device bytes of the compiled 124M train step for each remat policy (lowered
+    from abstract shapes: nothing is allocated)."""
     import jax
     import jax.numpy as jnp
 
     from configs import common
     from gpt2jax.parallel import sharding
-    from gpt2jax.parallel.placement import Placement
-    from gpt2jax.nn.model import init_params
-    from gpt2jax.training.step import TrainState, make_optimizer, make_train_step
+    from gpt2jax.training.step import Trainer
 
     tc = _train_config(batch, block)
-    tx = make_optimizer(tc)
     mesh_cfg = common.mesh_config()
     mesh, axis_rules = sharding.make_mesh(mesh_cfg, jax.devices()[:1]), sharding.rules(mesh_cfg)
     result = {}
     for remat in ("none", "dots_saveable", "full"):
-        cfg = _model_cfg("xla", remat)
-
-        def init_fn(rng, cfg=cfg):
-            params = init_params(cfg, rng, boxed=True)
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
-
-        place = Placement(mesh, axis_rules)
-        state, state_sh = place.abstract(init_fn, jax.random.key(0))
-        bsh = place.batch_sharding()
-        batch_sds = {n: jax.ShapeDtypeStruct((batch, block), d, sharding=bsh) for n, d in
-                     (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
-        step = jax.jit(make_train_step(cfg, tc, tx), donate_argnums=(0,))
-        with sharding.mesh_rules(mesh, axis_rules):
-            compiled = step.lower(state, batch_sds).compile()
-        result[remat] = sharding.memory_analysis(compiled)
+        trainer = Trainer(_model_cfg("xla", remat), tc, mesh, axis_rules)
+        batch_sds = {n: jax.ShapeDtypeStruct((batch, block), d, sharding=trainer.batch_sharding)
+                     for n, d in (("inputs", jnp.int32), ("targets", jnp.int32),
+                                  ("weights", jnp.float32))}
+        lowered = trainer.lower_train_step(trainer.abstract_state(), batch_sds)
+        result[remat] = sharding.memory_analysis(lowered.compile())
     return result
 
 
