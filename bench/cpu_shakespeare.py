@@ -19,6 +19,12 @@ Prints for each: steady tokens/s (median over the logged steps after the first 5
 window holds no evaluation, sample or checkpoint), wall time of the whole run (start-up,
 compilation, evaluations, samples, checkpoints), the final val loss; then the ratios
 gpt2jax / nanoGPT. Targets of issue 15.4: steady tokens/s >= 2x nanoGPT, val loss <= 1.89.
+
+Also a roofline, in the same run: the machine's best float32 matmul rate (numpy and torch on
+1024..4096 squares, all cores, best of 5, measured before and after the two runs), the
+recipe's FLOPs per token by nanoGPT's own formula (`GPT.estimate_mfu`: 6N + 12 L H Q T), the
+tokens/s that rate would give if every FLOP of the step ran at it, and each run's fraction of
+that bound. A target above the bound cannot be met on the machine in float32.
 """
 
 from __future__ import annotations
@@ -38,8 +44,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "gpt2jax" / "data" / "assets" / "tinyshakespeare" / "input.txt"
 TOKENS_PER_STEP = 12 * 64
+RECIPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "vocab_size": 65}
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
                  "data/shakespeare_char/prepare.py")
+
+
+def flops_per_token(n_layer: int, n_head: int, n_embd: int, block_size: int,
+                    vocab_size: int) -> int:
+    """Training FLOPs per token as nanoGPT's `GPT.estimate_mfu` counts them: 6N + 12 L H Q T.
+
+    N is nanoGPT's `get_num_params()` (every parameter but the position embedding; the head is
+    tied to the token embedding): per block 12 d^2 + 13 d, plus the final LayerNorm and wte.
+    """
+    d = n_embd
+    params = n_layer * (12 * d * d + 13 * d) + 2 * d + vocab_size * d
+    return 6 * params + 12 * n_layer * n_head * (d // n_head) * block_size
+
+
+def matmul_peak_flops(sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
+    """The best float32 FLOP/s of a square matmul here (numpy and torch, all cores)."""
+    import numpy as np
+    import torch
+
+    best = 0.0
+    for n in sizes:
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        t = torch.from_numpy(a)
+        for matmul in (lambda: a @ a, lambda: t @ t):
+            matmul()
+            for _ in range(repeats):
+                start = time.perf_counter()
+                matmul()
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
 
 
 def nanogpt_command(steps: int) -> list[str]:
@@ -107,7 +144,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     a = p.parse_args()
     load = os.getloadavg()[0]
-    res = {"steps": a.steps, "cores": os.cpu_count(), "load_average_start": load}
+    res = {"steps": a.steps, "cores": os.cpu_count(), "load_average_start": load,
+           "flops_per_token": flops_per_token(**RECIPE)}
+    peaks = [matmul_peak_flops()]
     with tempfile.TemporaryDirectory() as tmp:
         if a.nanogpt:
             res["nanogpt"] = run_nanogpt(a.nanogpt.expanduser().resolve(), a.steps, Path(tmp))
@@ -115,6 +154,13 @@ def main() -> None:
         res["gpt2jax"] = run_ours(a.steps, Path(tmp), a.ours_flags.split())
         print("gpt2jax:", json.dumps(res["gpt2jax"]), flush=True)
     res["load_average_end"] = os.getloadavg()[0]
+    peaks.append(matmul_peak_flops())
+    res["matmul_peak_flops"] = max(peaks)
+    bound = res["matmul_peak_flops"] / res["flops_per_token"]
+    res["tokens_per_sec_at_peak"] = bound
+    for name in ("gpt2jax", "nanogpt"):
+        if name in res:
+            res[name]["fraction_of_peak"] = res[name]["steady_tokens_per_sec"] / bound
     if a.nanogpt:
         ours, peer = res["gpt2jax"], res["nanogpt"]
         res["ratio_steady"] = ours["steady_tokens_per_sec"] / peer["steady_tokens_per_sec"]
@@ -125,6 +171,12 @@ def main() -> None:
         print(f"wall: gpt2jax {ours['wall_s']:.0f} s, nanoGPT {peer['wall_s']:.0f} s: "
               f"{res['ratio_wall']:.2f}x; val loss gpt2jax {ours['val_loss']:.4f}, nanoGPT "
               f"{peer['val_loss']:.4f} (target <= 1.89 at 2,000 steps)")
+    print(f"roofline: best float32 matmul {res['matmul_peak_flops'] / 1e9:.1f} GFLOP/s "
+          f"(before / after: {peaks[0] / 1e9:.1f} / {peaks[1] / 1e9:.1f}), "
+          f"{res['flops_per_token'] / 1e6:.2f} MFLOP per token (nanoGPT's formula), so at most "
+          f"{bound:,.0f} tokens/s; gpt2jax runs at {res['gpt2jax']['fraction_of_peak']:.0%} of it"
+          + (f", nanoGPT at {res['nanogpt']['fraction_of_peak']:.0%}; 2x nanoGPT would need "
+             f"{2 * res['nanogpt']['fraction_of_peak']:.0%}" if a.nanogpt else ""))
     print(f"load average {load:.1f} -> {res['load_average_end']:.1f} on {os.cpu_count()} cores"
           " (ratios mean something only on an idle machine)")
     if a.out:
