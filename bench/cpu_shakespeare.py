@@ -62,15 +62,18 @@ def flops_per_token(n_layer: int, n_head: int, n_embd: int, block_size: int,
 
 
 def matmul_peak_flops(sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
-    """The best float32 FLOP/s of a square matmul here (numpy and torch, all cores)."""
+    """The best float32 FLOP/s of a square matmul here (numpy, and torch if installed)."""
     import numpy as np
-    import torch
+    try:
+        import torch
+    except ImportError:  # the core install has no torch; numpy alone then
+        torch = None
 
     best = 0.0
     for n in sizes:
         a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-        t = torch.from_numpy(a)
-        for matmul in (lambda: a @ a, lambda: t @ t):
+        t = torch.from_numpy(a) if torch is not None else None
+        for matmul in (lambda: a @ a, lambda: t @ t)[:1 if t is None else 2]:
             matmul()
             for _ in range(repeats):
                 start = time.perf_counter()
