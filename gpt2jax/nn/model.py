@@ -361,7 +361,16 @@ def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
 
 
 def logical_axes(cfg: GPT2Config):
-    """The logical axis names of every parameter, a pytree of `PartitionSpec`s (no allocation)."""
+    """The logical axis names of every parameter, a pytree of `PartitionSpec`s (no allocation).
+
+    Traced once per config (`generate` asks on every call); each call gets its own containers.
+    """
+    return jax.tree.map(lambda spec: spec, _logical_axes(cfg),
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+@functools.lru_cache(maxsize=32)
+def _logical_axes(cfg: GPT2Config):
     abstract = jax.eval_shape(functools.partial(init_params, cfg, boxed=True), jax.random.key(0))
     return nn.get_partition_spec(abstract)
 
@@ -385,11 +394,16 @@ def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
             f"max_length={max_length} exceeds the model context n_positions={cfg.n_positions}; "
             "shorten the prompt or the number of new tokens."
         )
-    ids = jnp.zeros((batch_size, max_length), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: GPT2(cfg).init(jax.random.key(0), ids, decode=True)["cache"]
-    )
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        _cache_shapes(cfg, batch_size, max_length))
+
+
+@functools.lru_cache(maxsize=32)
+def _cache_shapes(cfg: GPT2Config, batch_size: int, max_length: int):
+    """The cache's ShapeDtypeStructs, traced once per (config, batch, length)."""
+    ids = jax.ShapeDtypeStruct((batch_size, max_length), jnp.int32)
+    return jax.eval_shape(
+        lambda ids: GPT2(cfg).init(jax.random.key(0), ids, decode=True)["cache"], ids)
 
 
 def kv_cache_bytes_per_token(cfg: GPT2Config) -> int:
