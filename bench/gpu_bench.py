@@ -215,6 +215,56 @@ def bench_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
             "ms_per_step": round(1000 * seconds / new_tokens, 3), "first_call_s": round(first, 1)}
 
 
+def bench_decode_step(new_tokens: int, prompt_len: int = 16) -> dict:
+    """Where batch-1 decode time goes: the one-token cached forward alone vs the compiled loop.
+
+    Times `plan.model_step` (the loop body's forward: 12 layers, cache write, head) jitted on
+    its own for `new_tokens` one-token calls, once waiting for each call (dispatch + device
+    time + sync) and once dispatching them all before one wait (about the device time per
+    step, dispatch hidden). `greedy_decode_b1` of the same run gives the loop's ms/step; the
+    difference to the pipelined step is what the loop itself adds (token choice, bookkeeping,
+    the while-loop condition's device-to-host read).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from gpt2jax.generation.plan import model_step
+    from gpt2jax.nn.model import init_cache, init_params
+
+    cfg = _model_cfg("xla")
+    params = init_params(cfg, jax.random.key(0))
+    total = prompt_len + new_tokens
+    mask = jnp.ones((1, total), jnp.int32)
+    step = jax.jit(lambda cache, ids, pos: model_step(cfg, params, cache, ids, mask, pos),
+                   donate_argnums=0)
+    prompt = jnp.asarray(_prompt(1, prompt_len), jnp.int32)
+
+    def fresh():
+        cache = init_cache(cfg, 1, total)
+        _, cache = jax.jit(lambda c, ids: model_step(
+            cfg, params, c, ids, mask, jnp.arange(prompt_len)[None]))(cache, prompt)
+        return cache
+
+    token = jnp.zeros((1, 1), jnp.int32)
+    positions = [jnp.full((1, 1), prompt_len + i, jnp.int32) for i in range(new_tokens)]
+    cache = fresh()
+    logits, cache = step(cache, token, positions[0])  # compile
+    logits.block_until_ready()
+    timings = {}
+    for mode in ("synced", "pipelined"):
+        cache = fresh()
+        jax.block_until_ready(cache)
+        t = time.perf_counter()
+        for pos in positions:
+            logits, cache = step(cache, token, pos)
+            if mode == "synced":
+                logits.block_until_ready()
+        logits.block_until_ready()
+        timings[mode] = 1000 * (time.perf_counter() - t) / new_tokens
+    return {"new_tokens": new_tokens, "step_ms_synced": round(timings["synced"], 3),
+            "step_ms_pipelined": round(timings["pipelined"], 3)}
+
+
 def hf_decode(batch: int, new_tokens: int, prompt_len: int = 16) -> dict:
     """Greedy decode tokens/s of HF GPT2LMHeadModel.generate (124M, bf16, random weights,
     PyTorch on the GPU when there is one). Runs in its own process (`--hf_decode_worker`)."""
@@ -361,6 +411,12 @@ def main() -> None:
         elif part == "decode":
             run("greedy_decode_b1", lambda: bench_decode(1, args.new_tokens))
             run("greedy_decode_b8", lambda: bench_decode(8, args.new_tokens))
+            run("decode_step_b1", lambda: bench_decode_step(args.new_tokens))
+            loop = report["greedy_decode_b1"].get("ms_per_step")
+            alone = report["decode_step_b1"].get("step_ms_pipelined")
+            if loop and alone:
+                report["decode_step_b1"]["loop_ms_per_step"] = loop
+                report["decode_step_b1"]["loop_overhead_ms"] = round(loop - alone, 3)
         elif part == "hf_decode":
             run("hf_decode", lambda: compare_hf_decode(args.new_tokens, report))
         elif part == "remat":
