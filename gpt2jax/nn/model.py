@@ -251,10 +251,8 @@ class Block(nn.Module):
         return sharding.constrain(x, ("batch", "length", "embed"))
 
 
-_REMAT_POLICIES = {
-    "full": None,
-    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+_REMAT_POLICIES = {"full": None,
+                   "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class GPT2(nn.Module):
@@ -266,15 +264,9 @@ class GPT2(nn.Module):
     cfg: GPT2Config
 
     @nn.compact
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        position_ids: jax.Array | None = None,
-        deterministic: bool = True,
-        decode: bool = False,
-        return_hidden: bool = False,
-    ) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 position_ids: jax.Array | None = None, deterministic: bool = True,
+                 decode: bool = False, return_hidden: bool = False) -> jax.Array:
         """Args:
           input_ids: [B, T] int token ids.
           attention_mask: key mask, 1 for real tokens and 0 for padding: [B, T] for a full
@@ -361,24 +353,20 @@ def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
 
 
 def logical_axes(cfg: GPT2Config):
-    """The logical axis names of every parameter, a pytree of `PartitionSpec`s (no allocation).
-
-    Traced once per config (`generate` asks on every call); each call gets its own containers.
-    """
-    return jax.tree.map(lambda spec: spec, _logical_axes(cfg),
-                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-
-
-@functools.lru_cache(maxsize=32)
-def _logical_axes(cfg: GPT2Config):
-    abstract = jax.eval_shape(functools.partial(init_params, cfg, boxed=True), jax.random.key(0))
-    return nn.get_partition_spec(abstract)
+    """The logical axis names of every parameter, a pytree of `PartitionSpec`s (no allocation;
+    the model is traced once per config, and each call gets its own containers)."""
+    return nn.get_partition_spec(_abstract_params(cfg, boxed=True))
 
 
 def param_count(cfg: GPT2Config) -> int:
     """Number of parameters (LM head tied, so counted once), from abstract shapes."""
-    abstract = jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
-    return sum(x.size for x in jax.tree.leaves(abstract))
+    return sum(x.size for x in jax.tree.leaves(_abstract_params(cfg, boxed=False)))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_params(cfg: GPT2Config, boxed: bool):
+    """`init_params`' ShapeDtypeStructs, traced once per config (`generate` asks every call)."""
+    return jax.eval_shape(functools.partial(init_params, cfg, boxed=boxed), jax.random.key(0))
 
 
 def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
@@ -408,5 +396,5 @@ def _cache_shapes(cfg: GPT2Config, batch_size: int, max_length: int):
 
 def kv_cache_bytes_per_token(cfg: GPT2Config) -> int:
     """Bytes the KV cache holds per token of one sequence (all layers), from its shapes."""
-    shapes = jax.eval_shape(functools.partial(init_cache, cfg, 1, 1))
+    shapes = _cache_shapes(cfg, 1, 1)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes) if x.ndim >= 2)
