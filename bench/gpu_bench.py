@@ -235,20 +235,17 @@ def bench_decode_step(new_tokens: int, prompt_len: int = 16) -> dict:
     params = init_params(cfg, jax.random.key(0))
     total = prompt_len + new_tokens
     mask = jnp.ones((1, total), jnp.int32)
-    step = jax.jit(lambda cache, ids, pos: model_step(cfg, params, cache, ids, mask, pos),
-                   donate_argnums=0)
+    # params are an argument, as in the compiled loop (not constants baked into the program)
+    forward = jax.jit(functools.partial(model_step, cfg), donate_argnums=1)
     prompt = jnp.asarray(_prompt(1, prompt_len), jnp.int32)
+    prompt_positions = jnp.arange(prompt_len)[None]
 
-    def fresh():
-        cache = init_cache(cfg, 1, total)
-        _, cache = jax.jit(lambda c, ids: model_step(
-            cfg, params, c, ids, mask, jnp.arange(prompt_len)[None]))(cache, prompt)
-        return cache
+    def fresh():  # the cache after the prompt
+        return forward(params, init_cache(cfg, 1, total), prompt, mask, prompt_positions)[1]
 
     token = jnp.zeros((1, 1), jnp.int32)
     positions = [jnp.full((1, 1), prompt_len + i, jnp.int32) for i in range(new_tokens)]
-    cache = fresh()
-    logits, cache = step(cache, token, positions[0])  # compile
+    logits, _ = forward(params, fresh(), token, mask, positions[0])  # compile
     logits.block_until_ready()
     timings = {}
     for mode in ("synced", "pipelined"):
@@ -256,7 +253,7 @@ def bench_decode_step(new_tokens: int, prompt_len: int = 16) -> dict:
         jax.block_until_ready(cache)
         t = time.perf_counter()
         for pos in positions:
-            logits, cache = step(cache, token, pos)
+            logits, cache = forward(params, cache, token, mask, pos)
             if mode == "synced":
                 logits.block_until_ready()
         logits.block_until_ready()
