@@ -33,7 +33,7 @@ from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.generation.compiled import TraceCounter
 from gpt2jax.nn.loss import model_metrics, token_metrics  # noqa: F401 (token_metrics: API)
-from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params, logical_axes, param_count
 from gpt2jax.training.optimizer import (  # noqa: F401 (re-exported: the step's API)
     Schedule, TrainConfig, learning_rate_schedule, make_optimizer, weight_decay_mask)
 
@@ -309,6 +309,4 @@ class Trainer:
 
 def model_flops_per_token(cfg: GPT2Config, block_size: int) -> float:
     """Training FLOPs per token (PaLM/nanoGPT): 6 * N + 12 * n_layer * n_embd * T."""
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-        jax.eval_shape(functools.partial(init_params, cfg), jax.random.PRNGKey(0))))
-    return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * block_size
+    return 6.0 * param_count(cfg) + 12.0 * cfg.n_layer * cfg.n_embd * block_size
