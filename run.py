@@ -1,6 +1,6 @@
 """gpt2jax command line: `python run.py --mode=MODE --config=configs/FILE.py[:ARG] [--config.x=v]`.
 
-Modes: generate, train, eval, prepare, sweep (see gpt2jax/cli/). User errors print one line
+Modes: generate, train, eval, prepare, sweep, config (see gpt2jax/cli/). User errors print one line
 and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -17,9 +17,12 @@ from gpt2jax.cli.config_check import parse_flags
 from gpt2jax.errors import GPT2JaxError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/gpt2.py:small.", lock_config=True
+    "config", None, "Config file, e.g. configs/gpt2.py:small; override any key with "
+    "--config.KEY=VALUE (list them all: --mode=config).", lock_config=True
 )
-_MODE = flags.DEFINE_enum("mode", "generate", sorted(MODES), "What to run.")
+_MODE = flags.DEFINE_enum("mode", "generate", sorted(MODES),
+                          "What to run; `config` prints every config key, its value and "
+                          "comment (with the overrides applied).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text for --mode=generate.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "File with one prompt per line.")
@@ -49,7 +52,10 @@ def main(argv):
         prompt=_PROMPT.value,
         prompt_file=_PROMPT_FILE.value,
         output_json=_OUTPUT_JSON.value,
+        config_file=config_flags.get_config_filename(flags.FLAGS["config"]),
+        config_overrides=tuple(config_flags.get_override_values(flags.FLAGS["config"])),
     )
+    _quiet_logs()
     try:
         _split_cpu()
         _init_distributed()
@@ -58,6 +64,13 @@ def main(argv):
         logging.flush()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _quiet_logs() -> None:
+    """Warnings and our own lines only: absl INFO (Orbax's per-save lines, the sharding table,
+    one line per step) stays off unless `--verbosity` / `-v` asks for it."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def _split_cpu() -> None:

@@ -162,6 +162,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     #                                logits; nn/loss.py); 0 = full logits
     c.log_every = 10               # steps between train-metric logs (console, TensorBoard)
     c.eval_every = 1000            # steps between validation passes (and at the end); 0 = never
+    c.eval_at_start = False        # also a validation pass before the first step (new runs)
     c.eval_batches = 200           # fixed val batches per pass (nanoGPT eval_iters), each of
     #                                batch_size sequences, run in grad_accum_steps chunks
     c.sample_tokens = 0            # tokens of text sampled at each eval; 0 = no sample
@@ -169,6 +170,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start
     c.export_hf = True             # at the end, write params to <workdir>/hf (HF safetensors)
     c.progress_bar = True          # tqdm progress bar with ETA on the console
+    c.fit_to_data = False          # shrink block / batch / eval batches (and grow a held-out
+    #                                val_fraction) to fit a small text; prints what it chose
     c.steps_per_call = 1           # optimizer steps per jitted call (a lax.scan; the same
     #                                updates, fewer dispatches); logs/evals/saves stay per step
     # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard

@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         log_every=10,
         eval_every=500,
         eval_batches=20,
+        eval_at_start=True,        # the pretrained model's val loss, the one to beat
+        fit_to_data=True,          # a small file: smaller block / batch, printed (training/fit.py)
     )
     c.checkpoint = common.checkpoint_config(save_every=500, keep=2, keep_best=1)
     c.mesh = common.mesh_config()

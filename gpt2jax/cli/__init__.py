@@ -19,6 +19,7 @@ MODES = {
     "eval": "gpt2jax.cli.eval",
     "prepare": "gpt2jax.cli.prepare",
     "sweep": "gpt2jax.cli.sweep",
+    "config": "gpt2jax.cli.show_config",
 }
 
 
@@ -30,6 +31,8 @@ class CliArgs:
     prompt: str | None = None
     prompt_file: str | None = None
     output_json: str | None = None
+    config_file: str | None = None  # --config's value, e.g. "configs/gpt2.py:small"
+    config_overrides: tuple[str, ...] = ()  # the dotted keys set by --config.KEY=VALUE
 
 
 def run_mode(mode: str, config, args: CliArgs) -> None:

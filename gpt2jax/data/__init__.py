@@ -29,7 +29,8 @@ from gpt2jax.errors import ConfigError
 
 __all__ = [
     "BatchIterator", "CharTokenizer", "Datasets", "Gpt2Tokenizer", "TokenStream", "Tokenizer",
-    "build_datasets", "load_streams", "load_tokenizer", "prepare_shards", "save_tokenizer",
+    "build_datasets", "datasets_from_streams", "load_streams", "load_tokenizer",
+    "prepare_shards", "save_tokenizer",
 ]
 
 
@@ -94,7 +95,16 @@ def build_datasets(data_config, block_size: int, global_batch_size: int, seed: i
         raise ConfigError(f"block_size={block_size} and global_batch_size={global_batch_size} "
                           "must be positive.")
     check_mode(data_config.mode)  # fail before the (possibly long) tokenization
-    tok, train, val = load_streams(data_config)
+    return datasets_from_streams(data_config, load_streams(data_config), block_size,
+                                 global_batch_size, seed, process_index, process_count)
+
+
+def datasets_from_streams(data_config, streams: tuple[Tokenizer, TokenStream, TokenStream],
+                          block_size: int, global_batch_size: int, seed: int,
+                          process_index: int, process_count: int) -> Datasets:
+    """`build_datasets` on streams already loaded by `load_streams(data_config)`."""
+    check_mode(data_config.mode)
+    tok, train, val = streams
     check_length(train, block_size, "Training data")
     check_length(val, block_size, "Validation data")
     it = BatchIterator(train, block_size, global_batch_size, seed, process_index,

@@ -65,6 +65,8 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
                        model_flops_per_token(run.cfg, run.tc.block_size), peak_flops(run))
     train_loss = math.nan  # of the last logged step
     val_batches = _val_batches(run) if opt.eval_every > 0 else []
+    if val_batches and opt.eval_at_start and start == 0:  # the baseline a run must beat
+        _evaluate(run, val_batches, 0, math.nan)
     bar = _progress(opt.progress_bar, start, num_steps)
     meta, every = _meta(run), opt.save_every
     step = start
@@ -83,7 +85,8 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
             save_now = (every > 0 and step % every == 0) or last
             if step % opt.log_every == 0 or evaluate_now or save_now:
                 # raises on a NaN loss/update before anything is saved
-                train_loss = _log_train(steps, speed, run.writer, bar, train_loss)
+                train_loss = _log_train(steps, speed, run.writer, bar, train_loss,
+                                        console=step % opt.log_every == 0)
             if evaluate_now:
                 _evaluate(run, val_batches, step, train_loss)
             if save_now:
@@ -147,8 +150,10 @@ def _call_length(step: int, per_call: int, num_steps: int, opt, evaluates: bool)
     return 1 if any(event(s) for s in range(step + 1, step + per_call)) else per_call
 
 
-def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float) -> float:
-    """Writes the pending steps' metrics (`meter.log_steps`) and shows the last on the bar;
+def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float,
+               console: bool = False) -> float:
+    """Writes the pending steps' metrics (`meter.log_steps`: every step to metrics.jsonl),
+    shows the last on the bar and, with `console`, prints it as one line (process 0);
     returns the last train loss (`loss` when nothing was pending)."""
     record = log_steps(steps, speed, writer)
     if record is None:
@@ -156,7 +161,25 @@ def _log_train(steps: StepMetrics, speed: Throughput, writer, bar, loss: float) 
     writer.flush()
     if bar is not None:
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}")
+    if console and jax.process_index() == 0:
+        _say(bar, f"step {steps.last_step}: {format_record(record)}")
     return record["loss"]
+
+
+def format_record(record: dict) -> str:
+    """`loss 2.7387, lr 1.00e-03, 12,146 tok/s, MFU 3.1%` (speed only when measured)."""
+    text = f"loss {record['loss']:.4f}, lr {record['learning_rate']:.2e}"
+    if "tokens_per_sec" in record:
+        text += f", {record['tokens_per_sec']:,.0f} tok/s, MFU {100 * record['mfu']:.1f}%"
+    return text
+
+
+def _say(bar, text: str) -> None:
+    """One console line; above the progress bar when there is one, so the bar stays one line."""
+    if bar is not None:
+        bar.write(text)
+    else:
+        print(text, flush=True)
 
 
 def _save(run: Run, step: int, meta: dict, val_batches, train_loss: float,
@@ -228,8 +251,8 @@ def _evaluate(run: Run, val_batches, step: int, train_loss: float) -> None:
         harness_train.log_training_metrics(run.cfg, run.state.params, opt.lm_eval, step,
                                            run.writer)
     if jax.process_index() == 0:  # the console's metrics, like the files, are process 0's
-        print(f"step {step}: train loss {train_loss:.4f}, val loss {res['loss']:.4f}",
-              flush=True)
+        train_text = "before training" if step == 0 else f"train loss {train_loss:.4f}"
+        print(f"step {step}: {train_text}, val loss {res['loss']:.4f}", flush=True)
     if opt.sample_tokens > 0:
         text = sample_text(run, step)
         if text is not None:

@@ -59,6 +59,7 @@ class StepMetrics:
 
     def __init__(self, checkpointer):
         self.checkpointer, self.pending = checkpointer, []
+        self.last_step = 0  # the newest step fetched
 
     def add(self, step: int, metrics: dict) -> None:
         """Keeps step `step`'s metrics (device arrays; nothing is fetched)."""
@@ -80,6 +81,8 @@ class StepMetrics:
                     for i, step in enumerate(steps)]
         for step, m in per_step:
             check_finite(step, m, self.checkpointer)
+        if per_step:
+            self.last_step = per_step[-1][0]
         return [(step, train_record(m)) for step, m in per_step]
 
 

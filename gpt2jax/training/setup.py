@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 from absl import logging
 
 from gpt2jax import data as data_lib
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.nn.model import GPT2Config
 from gpt2jax.parallel import sharding as sharding_lib
+from gpt2jax.parallel.placement import Placement
 from gpt2jax.training import checkpoint as ckpt_lib
+from gpt2jax.training import fit as fit_lib
 from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
@@ -39,6 +42,7 @@ class LoopOptions:
     log_every: int
     eval_every: int
     eval_batches: int
+    eval_at_start: bool  # a validation pass before the first step of a new run
     sample_tokens: int
     sample_prompt: str
     peak_flops: float
@@ -57,9 +61,9 @@ class LoopOptions:
     @classmethod
     def from_config(cls, config) -> LoopOptions:
         t, ck = config.train, config.checkpoint
-        return cls(t.log_every, t.eval_every, t.eval_batches, t.sample_tokens, t.sample_prompt,
-                   t.peak_flops, t.export_hf, t.progress_bar, t.lm_eval, ck.save_every,
-                   ck.keep_best, t.steps_per_call)
+        return cls(t.log_every, t.eval_every, t.eval_batches, t.eval_at_start, t.sample_tokens,
+                   t.sample_prompt, t.peak_flops, t.export_hf, t.progress_bar, t.lm_eval,
+                   ck.save_every, ck.keep_best, t.steps_per_call)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,10 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
         with workdir_lock(workdir):  # a second run on this workdir stops here
             _check_block_size(tc, cfg, config.init_from)
             mesh, rules = sharding_lib.make_mesh(config.mesh), sharding_lib.rules(config.mesh)
-            ds = data_lib.build_datasets(config.data, tc.block_size, tc.batch_size, config.seed)
+            tc, options, streams = _fitted_streams(config, tc, options, Placement(mesh, rules))
+            ds = data_lib.datasets_from_streams(config.data, streams, tc.block_size,
+                                                tc.batch_size, config.seed,
+                                                jax.process_index(), jax.process_count())
             ck = config.checkpoint
             checkpointer = ckpt_lib.Checkpointer(workdir, ck.keep, ck.keep_best, ck.async_save)
             writer = None
@@ -143,6 +150,33 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
                 ds.train.close()
                 if writer is not None:
                     writer.close()
+
+
+def _fitted_streams(config, tc: TrainConfig, options: LoopOptions, placement: Placement):
+    """(tc, options, the data's streams), block / batch / eval batches fitted to a small text
+    when `train.fit_to_data` (training/fit.py), with a line saying what changed."""
+    streams = data_lib.load_streams(config.data)
+    if not config.train.fit_to_data:
+        return tc, options, streams
+    held_out = config.data.source == "text" and not config.data.val_file
+    changes = ()
+    if held_out:
+        num_tokens = len(streams[1]) + len(streams[2])
+        fraction = fit_lib.held_out_fraction(num_tokens, config.data.val_fraction)
+        if fraction != config.data.val_fraction and len(streams[2]) <= fit_lib.MIN_BLOCK:
+            changes = (f"data.val_fraction {config.data.val_fraction:g} -> {fraction:g}",)
+            data = ml_collections.ConfigDict(config.data.to_dict())
+            data.val_fraction = fraction
+            streams = data_lib.load_streams(data)
+    _, train, val = streams
+    fit = fit_lib.fit_to_data(len(train), len(val), tc.block_size, tc.batch_size,
+                              options.eval_batches,
+                              tc.grad_accum_steps * placement.data_parallel_size, changes)
+    line = fit.describe(config.data.train_file or train.origin, len(train) + len(val))
+    if line and jax.process_index() == 0:
+        print(line, flush=True)
+    return (dataclasses.replace(tc, block_size=fit.block_size, batch_size=fit.batch_size),
+            dataclasses.replace(options, eval_batches=fit.eval_batches), streams)
 
 
 def _make_workdir(workdir: Path) -> None:
