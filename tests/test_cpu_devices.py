@@ -65,7 +65,7 @@ def _train(workdir: Path, text_file, *flags: str,
            "--config.train.eval_every=0", "--config.train.sample_tokens=0",
            "--config.train.peak_flops=1e9", "--config.train.progress_bar=False",
            "--config.train.export_hf=False", "--config.checkpoint.save_every=0",
-           "--config.checkpoint.keep_best=0", *flags]
+           "--config.checkpoint.keep_best=0", "--verbosity=0", *flags]  # INFO: the split line
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out

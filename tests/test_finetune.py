@@ -90,3 +90,23 @@ def test_tensorboard_holds_the_scalars(finetuned):
     files = list((finetuned / "tensorboard").glob("events.out.tfevents.*"))
     assert len(files) == 1
     assert SCALARS <= _event_scalars(files[0])
+
+
+def test_readme_finetune_command_fits_a_4kb_file_and_beats_step_0(tmp_path, data_dir):
+    # Before train.fit_to_data, a 4.4 KB train.txt stopped at once: "Validation data from
+    # last 0.1 ... has 123 tokens, fewer than one block (129)".
+    cfg = GPT2Config(n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    save_pretrained(cfg, init_params(cfg, jax.random.key(0)), tmp_path / "tiny-gpt2")
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:4400]
+    (tmp_path / "train.txt").write_text(text)
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = run_cli(["--mode=train", "--config=" + str(REPO / "configs/finetune.py"),
+                   "--config.init_from=tiny-gpt2", "--config.data.train_file=train.txt",
+                   "--workdir=ft"], env=env, cwd=tmp_path)
+    assert "fit_to_data: train.txt holds 1,225 tokens; block_size 128 -> 64" in out.stdout
+    records = _records(tmp_path / "ft")
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    train_steps = [r["step"] for r in records if "loss" in r]
+    assert 0 in val and "step 0: before training, val loss" in out.stdout
+    assert len(train_steps) >= 3 * 8  # 3 epochs of at least MIN_STEPS_PER_EPOCH steps
+    assert val[max(val)] < val[0]  # the fine-tuned model beats the pretrained one

@@ -55,6 +55,18 @@ def test_smoke_sweep_writes_table_plots_and_results(tmp_path, tmp_path_factory, 
     again = sweep.run_sweep(ablation.get_config("smoke"), tmp_path)
     walls = lambda rs: {(r["variant"], r["seed"]): r["wall_s"] for r in rs}
     assert walls(again["runs"]) == walls(runs)
+    # a relative results_dir lands under the workdir, never in the current directory (it
+    # overwrote the committed study's results.json when the sweep ran from the repo root)
+    relative = ablation.get_config("smoke")
+    relative.results_dir = "report"
+    sweep.run_sweep(relative, tmp_path)
+    assert (tmp_path / "report" / "results.json").is_file() and not Path("report").exists()
+    # a finished run of another config is refused, not reused (it was reused silently, and
+    # results.json said 8 steps while its curves ended at 6)
+    longer = ablation.get_config("smoke")
+    longer.base.train.num_steps = 8
+    with pytest.raises(ConfigError, match=r"train\.num_steps: 6 there, 8 now.*new --workdir"):
+        sweep.run_sweep(longer, tmp_path)
 
 
 def test_default_sweep_plan_same_budget_and_seeds():

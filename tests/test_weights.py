@@ -340,6 +340,23 @@ def test_save_pretrained_refuses_to_clobber(tmp_path):
     assert not (tmp_path / "gqa").exists()
 
 
+def test_export_of_a_small_vocabulary_names_no_token_it_lacks(tmp_path, caplog):
+    # A char model (vocab 65) was exported with bos/eos 50256; transformers warned "eos_token_id
+    # must be `None` or an integer within the vocabulary (between 0 and 64), got 50256".
+    cfg = GPT2Config(**TINY, vocab_size=65, n_positions=32)
+    save_pretrained(cfg, _init(cfg, 0), tmp_path / "char")
+    saved = json.loads((tmp_path / "char" / "config.json").read_text())
+    assert saved["vocab_size"] == 65 and saved["eos_token_id"] is saved["bos_token_id"] is None
+    transformers.logging.enable_propagation()
+    with caplog.at_level("WARNING"):
+        model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "char"))
+    assert not [r for r in caplog.records if "token_id" in r.getMessage()]
+    assert model.config.eos_token_id is None
+    full = GPT2Config(**TINY, n_positions=32)  # the GPT-2 vocabulary keeps <|endoftext|>
+    save_pretrained(full, _init(full, 0), tmp_path / "bpe")
+    assert json.loads((tmp_path / "bpe" / "config.json").read_text())["eos_token_id"] == 50256
+
+
 def test_state_dict_helpers_are_inverse(tiny_hf):
     model, _ = tiny_hf
     cfg = weights.config_from_hf(model.config.to_dict())

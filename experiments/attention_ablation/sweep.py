@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seeds = (0, 1)               # every variant runs with each seed (init + batch order)
     c.baseline = "gpt2"            # the row the others are compared with
     c.only = ""                    # comma-separated subset of variant names; "" = all
-    c.results_dir = "" if smoke else "experiments/attention_ablation"  # "" = the --workdir
+    c.results_dir = ""             # under the --workdir ("" = itself); absolute: as it is
     c.variants = ml_collections.ConfigDict()  # name -> nested override of `base`
     c.variants.gpt2 = _variant()                              # learned positions, MHA, pre-LN
     c.variants.mqa = _variant(n_kv_heads=1)                   # multi-query: one kv head

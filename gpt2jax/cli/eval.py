@@ -56,14 +56,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def lm_eval_rows(config, progress: bool | None = None) -> list[dict]:
+def lm_eval_rows(config, progress: bool | None = None, explicit=()) -> list[dict]:
     """`configs/eval.py:lm_eval`: lm-eval tasks on the gpt2jax backend; lm-eval's metrics
     as result rows. Needs the optional `eval` extra (lm-eval)."""
     from gpt2jax.eval import harness  # optional dependency: lm-eval
 
     e = config.eval
     data_dir = resolve_data_dir(config)
-    cfg, params, tokenizer = model_for_config(config, ranks_file(config))
+    cfg, params, tokenizer = model_for_config(config, ranks_file(config), explicit)
     lm = harness.GPT2JaxLM(
         cfg=cfg, params=params, batch_size=e.batch_size, max_length=e.max_length or None,
         max_gen_toks=e.max_gen_toks, mesh=make_mesh(config.mesh),
@@ -76,13 +76,14 @@ def lm_eval_rows(config, progress: bool | None = None) -> list[dict]:
     return harness.result_rows(results)
 
 
-def evaluate_config(config, progress: bool | None = None) -> list[dict]:
-    """Runs `config.eval.task` as the config says; returns the result rows."""
+def evaluate_config(config, progress: bool | None = None, explicit=()) -> list[dict]:
+    """Runs `config.eval.task` as the config says; returns the result rows. `explicit`: the
+    config keys set on the command line (a model override the loaded model fixes is refused)."""
     if config.eval.task == "lm_eval":
-        return lm_eval_rows(config, progress)
+        return lm_eval_rows(config, progress, explicit)
     tasks.check_task(config.eval.task)
     data_dir = resolve_data_dir(config)
-    cfg, params, tokenizer = model_for_config(config, ranks_file(config))
+    cfg, params, tokenizer = model_for_config(config, ranks_file(config), explicit)
     mesh = make_mesh(config.mesh)
     ctx = tasks.TaskContext(
         config.eval.task, cfg, params, tokenizer, config.eval, data_dir, mesh=mesh,
@@ -95,7 +96,7 @@ def evaluate_config(config, progress: bool | None = None) -> list[dict]:
 
 def main(config, args) -> list[dict]:
     """Evaluates, prints the table, writes the JSON; returns the rows."""
-    rows = evaluate_config(config)
+    rows = evaluate_config(config, explicit=args.config_overrides)
     print(format_table(rows), flush=True)
     out = args.output_json
     if not out and args.workdir:

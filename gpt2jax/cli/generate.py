@@ -110,7 +110,7 @@ def main(config, args) -> list[dict]:
     prompts = read_prompts(args)
     kwargs = generate_kwargs(config)
     gen_args = make_args(**kwargs)
-    cfg, params, tokenizer = model_for_config(config)
+    cfg, params, tokenizer = model_for_config(config, explicit=args.config_overrides)
     kwargs = suppress_past_tokenizer(kwargs, cfg.vocab_size, tokenizer.vocab_size)
     ids, mask = encode_batch(tokenizer, prompts, gen_args.pad_id)
     stream = len(prompts) == 1 and gen_args.num_beams == 1 and gen_args.num_return_sequences == 1

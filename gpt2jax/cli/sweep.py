@@ -4,8 +4,10 @@ A sweep config (e.g. `experiments/attention_ablation/sweep.py`) holds `base` (a 
 `--mode=train` config), `variants` (name -> nested override of `base`), `seeds`,
 `baseline`, `only` and `results_dir`. Each run calls `gpt2jax.training.loop.train_and_evaluate`
 in `<workdir>/<variant>/seed_<s>`; a finished run leaves `sweep_result.json` there and is
-not trained again (an interrupted sweep resumes where it stopped). Output: `results.json` in
-`results_dir` ("" = the workdir): every run's curves and numbers, and a per-variant summary.
+not trained again (an interrupted sweep resumes where it stopped), unless its recorded config
+differs from the current one: then the sweep stops with an error instead of reusing it.
+Output: `results.json` in `results_dir` (relative to the workdir; "" = the workdir itself,
+an absolute path as it is): every run's curves and numbers, and a per-variant summary.
 Presentation (the markdown table, the plots) is not the library's: it lives in
 `experiments/sweep_report.py`, which reads that file.
 """
@@ -103,8 +105,11 @@ def run_one(name: str, seed: int, config, workdir: Path) -> dict:
     """Trains one (variant, seed) in `workdir` unless it finished before; returns its record."""
 
     done = workdir / RESULT_FILE
+    wanted = json.loads(config.to_json_best_effort())
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        _check_same_run(record.get("config"), wanted, workdir)
+        return record
     if workdir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(workdir)
     cfg = GPT2Config.from_config(config.model)
@@ -119,9 +124,31 @@ def run_one(name: str, seed: int, config, workdir: Path) -> dict:
         "tokens_per_sec": timer.tokens_per_sec(config.train.batch_size * config.train.block_size),
         "params": param_count(cfg), "kv_cache_bytes_per_token": kv_cache_bytes_per_token(cfg),
         "wall_s": wall, "load_average": [load0, os.getloadavg()[0]],
+        "config": wanted,
     }
     done.write_text(json.dumps(record, indent=1))
     return record
+
+
+def _check_same_run(saved: dict | None, wanted: dict, workdir: Path) -> None:
+    """A finished run is reused only if it was trained with the same config."""
+    if saved == wanted:
+        return
+    diff = "no recorded config" if saved is None else ", ".join(
+        f"{k}: {a!r} there, {b!r} now" for k, a, b in _differences(saved, wanted)[:3])
+    raise ConfigError(
+        f"{workdir} holds a finished run of another config ({diff}); it is not reused. Use a "
+        "new --workdir for this sweep, or move that run away to train it again.")
+
+
+def _differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, a's value, b's value) where two nested dicts differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [(prefix or "config", a, b)]
+    out = []
+    for key in sorted(set(a) | set(b)):
+        out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+    return out
 
 
 def summarize(records: list[dict], variants, baseline: str) -> list[dict]:
@@ -151,7 +178,7 @@ def run_sweep(sweep, workdir: str | Path) -> dict:
     """Runs (or resumes) every run of `sweep` under `workdir`; writes and returns the results
     (`results.json` in `sweep.results_dir`, or in `workdir` if that is "")."""
     workdir = Path(workdir).expanduser().resolve()
-    out_dir = Path(sweep.results_dir).expanduser() if sweep.results_dir else workdir
+    out_dir = workdir / Path(sweep.results_dir).expanduser()  # an absolute path stays
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = []

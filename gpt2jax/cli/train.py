@@ -19,8 +19,9 @@ def main(config, args) -> None:
                           "written with local paths: use a local disk (one host) or a folder "
                           "every host mounts (e.g. the bucket through Cloud Storage FUSE).")
 
-    result = train_and_evaluate(config, args.workdir)
-    val = result["val_loss"]
+    result = train_and_evaluate(config, args.workdir, explicit=args.config_overrides)
+    val, train = result["val_loss"], result["train_loss"]
     val_text = "n/a" if val is None else f"{val:.4f}"
-    print(f"done: step {result['step']}, train loss {result['train_loss']:.4f}, "
+    train_text = "n/a" if train != train else f"{train:.4f}"  # NaN: no step ran now
+    print(f"done: step {result['step']}, train loss {train_text}, "
           f"val loss {val_text}; workdir {args.workdir}", flush=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import jax
@@ -33,7 +33,8 @@ from gpt2jax.training.step import Trainer, model_flops_per_token
 from gpt2jax.weights.pretrained import save_pretrained
 
 
-def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) -> dict:
+def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = (),
+                       explicit: Collection[str] = ()) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint if any).
 
     Args:
@@ -41,12 +42,14 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = ()) 
         once, by `training.setup.open_run`.
       workdir: run directory (created).
       hooks: callables `hook(step, run)` after each step (tests, custom actions).
+      explicit: config keys set on the command line; a `model.X` override that a loaded
+        model (init_from, a resumed checkpoint) fixes to another value is refused.
     Returns:
       dict with the final step, last train loss and last val loss.
     Raises:
       TrainingDivergedError on a NaN/inf loss or update (nothing non-finite is saved).
     """
-    with open_run(config, workdir) as run:
+    with open_run(config, workdir, explicit) as run:
         return _train(run, hooks)
 
 
@@ -65,6 +68,9 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
                        model_flops_per_token(run.cfg, run.tc.block_size), peak_flops(run))
     train_loss = math.nan  # of the last logged step
     val_batches = _val_batches(run) if opt.eval_every > 0 else []
+    if start >= num_steps and jax.process_index() == 0:
+        print(f"{run.workdir} holds this run finished at step {start} of {num_steps}: nothing "
+              "to train. Raise train.num_steps to go on, or pass a new --workdir.", flush=True)
     if val_batches and opt.eval_at_start and start == 0:  # the baseline a run must beat
         _evaluate(run, val_batches, 0, math.nan)
     bar = _progress(opt.progress_bar, start, num_steps)

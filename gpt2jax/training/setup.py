@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,7 @@ from gpt2jax.training import fit as fit_lib
 from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
-from gpt2jax.weights.loader import overrides_from
-from gpt2jax.weights.pretrained import load_pretrained
+from gpt2jax.weights.loader import check_explicit, explicit_overrides, load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +110,11 @@ Hook = Callable[[int, Run], None]  # called after each step as hook(step, run)
 
 
 @contextlib.contextmanager
-def open_run(config, workdir: str | Path) -> Iterator[Run]:
+def open_run(config, workdir: str | Path, explicit: Collection[str] = ()) -> Iterator[Run]:
     """The `Run` of `config` in `workdir` (created, locked); closes what it opened after.
+
+    `explicit`: the config keys set on the command line (run.py); a `model.X` among them
+    that the loaded model fixes to another value is an error, not silently ignored.
 
     Config errors are raised before the workdir is touched; on any user error
     (GPT2JaxError) the directories this call created are removed while still empty.
@@ -125,7 +127,8 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
         with workdir_lock(workdir):  # a second run on this workdir stops here
             _check_block_size(tc, cfg, config.init_from)
             mesh, rules = sharding_lib.make_mesh(config.mesh), sharding_lib.rules(config.mesh)
-            tc, options, streams = _fitted_streams(config, tc, options, Placement(mesh, rules))
+            config, tc, options, streams = _fitted_streams(config, tc, options,
+                                                           Placement(mesh, rules))
             ds = data_lib.datasets_from_streams(config.data, streams, tc.block_size,
                                                 tc.batch_size, config.seed,
                                                 jax.process_index(), jax.process_count())
@@ -137,7 +140,9 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
                 if tc.lr_decay_steps <= 0:
                     tc = dataclasses.replace(tc, lr_decay_steps=num_steps)
                 latest = _resume_step(ck, checkpointer)
-                cfg, pretrained = _model(config, cfg, tc, checkpointer, latest)
+                cfg, pretrained, init_tok = _model(config, cfg, tc, checkpointer, latest,
+                                                   explicit)
+                _check_init_tokenizer(config.init_from, init_tok, ds.tokenizer)
                 _check_vocab(cfg, ds.tokenizer)
                 setup = RunSetup(config, workdir, cfg, tc, options, num_steps, latest or 0,
                                  config.seed, ds, checkpointer, Trainer(cfg, tc, mesh, rules))
@@ -153,21 +158,22 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
 
 
 def _fitted_streams(config, tc: TrainConfig, options: LoopOptions, placement: Placement):
-    """(tc, options, the data's streams), block / batch / eval batches fitted to a small text
-    when `train.fit_to_data` (training/fit.py), with a line saying what changed."""
+    """(config, tc, options, the data's streams), with block / batch / eval batches (and a
+    held-out fraction) fitted to a small text when `train.fit_to_data` (training/fit.py):
+    a line says what changed, and the config copy returned (written to the workdir's
+    config.json) holds the values trained with."""
     streams = data_lib.load_streams(config.data)
     if not config.train.fit_to_data:
-        return tc, options, streams
-    held_out = config.data.source == "text" and not config.data.val_file
+        return config, tc, options, streams
+    config = ml_collections.ConfigDict(config.to_dict())
     changes = ()
-    if held_out:
-        num_tokens = len(streams[1]) + len(streams[2])
-        fraction = fit_lib.held_out_fraction(num_tokens, config.data.val_fraction)
+    if config.data.source == "text" and not config.data.val_file:  # a held-out split
+        fraction = fit_lib.held_out_fraction(len(streams[1]) + len(streams[2]),
+                                             config.data.val_fraction)
         if fraction != config.data.val_fraction and len(streams[2]) <= fit_lib.MIN_BLOCK:
             changes = (f"data.val_fraction {config.data.val_fraction:g} -> {fraction:g}",)
-            data = ml_collections.ConfigDict(config.data.to_dict())
-            data.val_fraction = fraction
-            streams = data_lib.load_streams(data)
+            config.data.val_fraction = fraction
+            streams = data_lib.load_streams(config.data)
     _, train, val = streams
     fit = fit_lib.fit_to_data(len(train), len(val), tc.block_size, tc.batch_size,
                               options.eval_batches,
@@ -175,7 +181,9 @@ def _fitted_streams(config, tc: TrainConfig, options: LoopOptions, placement: Pl
     line = fit.describe(config.data.train_file or train.origin, len(train) + len(val))
     if line and jax.process_index() == 0:
         print(line, flush=True)
-    return (dataclasses.replace(tc, block_size=fit.block_size, batch_size=fit.batch_size),
+    config.train.update(block_size=fit.block_size, batch_size=fit.batch_size,
+                        eval_batches=fit.eval_batches)
+    return (config, dataclasses.replace(tc, block_size=fit.block_size, batch_size=fit.batch_size),
             dataclasses.replace(options, eval_batches=fit.eval_batches), streams)
 
 
@@ -246,22 +254,39 @@ def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
     return latest
 
 
-def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None):
-    """(the GPT2Config trained, pretrained params or None): the checkpoint's model when
-    resuming, else `init_from`'s, else `cfg` itself."""
+def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None,
+           explicit: Collection[str]):
+    """(the GPT2Config trained, pretrained params or None, their tokenizer or None): the
+    checkpoint's model when resuming, else `init_from`'s (`weights.loader.load_model`: an HF
+    directory, a weights file, a hub name or another run's workdir), else `cfg` itself. An
+    explicit `model.X` override that the loaded model fixes is refused (`check_explicit`)."""
+    overrides = explicit_overrides(config.model, explicit)
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
             saved = checkpointer.read_meta(latest)["model"]
-            cfg = GPT2Config(**dict(saved, **overrides_from(config.model)))
+            cfg = GPT2Config(**dict(saved, **overrides))
+            check_explicit(cfg, config.model, explicit, str(checkpointer.directory))
         checkpointer.check_model(latest, cfg)
-        return cfg, None
+        return cfg, None, None
     if not config.init_from:
-        return cfg, None
-    cfg, pretrained = load_pretrained(config.init_from, **overrides_from(config.model))
+        return cfg, None, None
+    cfg, pretrained, tokenizer = load_model(config.init_from, **overrides)
+    check_explicit(cfg, config.model, explicit, config.init_from)
     if tc.block_size > cfg.n_positions:
         raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
                           f"model's n_positions={cfg.n_positions}.")
-    return cfg, pretrained
+    return cfg, pretrained, tokenizer
+
+
+def _check_init_tokenizer(init_from: str, saved, data) -> None:
+    """The data must be tokenized as the model of `init_from` was trained (same vocabulary)."""
+    if saved is None or saved.to_json() == data.to_json():
+        return
+    raise ConfigError(
+        f"init_from={init_from} was trained with the {saved.name!r} tokenizer of "
+        f"{saved.vocab_size} tokens, but config.data gives a {data.name!r} tokenizer of "
+        f"{data.vocab_size}; its ids would mean other tokens. Set --config.data.tokenizer="
+        f"{saved.name} (a char model needs text with the same character set).")
 
 
 def _first_state(setup: RunSetup, latest: int | None, pretrained) -> TrainState:

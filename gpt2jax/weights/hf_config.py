@@ -50,6 +50,9 @@ def make_config(fields: dict, overrides: Mapping[str, Any]) -> GPT2Config:
     return GPT2Config(**{**fields, **overrides})
 
 
+GPT2_EOT = 50256  # <|endoftext|>, GPT-2's BOS and EOS
+
+
 def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
     """`GPT2Config` -> an HF `config.json` dict for `GPT2LMHeadModel`."""
     return {
@@ -73,8 +76,9 @@ def config_to_hf(cfg: GPT2Config) -> dict[str, Any]:
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": True,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        # GPT-2's <|endoftext|>, where the vocabulary has it (a char model has no such id)
+        "bos_token_id": GPT2_EOT if cfg.vocab_size > GPT2_EOT else None,
+        "eos_token_id": GPT2_EOT if cfg.vocab_size > GPT2_EOT else None,
         "use_cache": True,
         "torch_dtype": "float32",
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import jax
 
@@ -39,11 +39,46 @@ def overrides_from(model_config: Mapping[str, Any]) -> dict:
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> None:
-    """Raises ConfigError for a field a loaded model cannot change (its shapes are saved)."""
-    bad = sorted(set(overrides) - saved_run.LOAD_OVERRIDES)
+    """Raises ConfigError for a field a loaded model cannot change (its shapes are saved);
+    `n_positions` is checked against the loaded model (`saved_run.check_context`)."""
+    bad = sorted(set(overrides) - saved_run.LOAD_OVERRIDES - {"n_positions"})
     if bad:
         raise ConfigError(f"A loaded model keeps its saved {bad}; only "
-                          f"{sorted(saved_run.LOAD_OVERRIDES)} may be changed.")
+                          f"{sorted(saved_run.LOAD_OVERRIDES)} may be changed (and "
+                          "n_positions, for position schemes that define every position).")
+
+
+def explicit_overrides(model_config: Mapping[str, Any], explicit: Collection[str]) -> dict:
+    """`overrides_from(model_config)` plus `n_positions` when `model.n_positions` is among
+    the `explicit` keys (set on the command line): a longer context for a model whose
+    positions allow it, refused for learned positions."""
+    out = overrides_from(model_config)
+    if "model.n_positions" in explicit:
+        out["n_positions"] = model_config["n_positions"]
+    return out
+
+
+def check_explicit(cfg: GPT2Config, model_config: Mapping[str, Any], explicit: Collection[str],
+                   source: str) -> None:
+    """Raises ConfigError for an explicitly set `model.X` (e.g. `--config.model.n_layer=2`)
+    that the model loaded from `source` fixes to another value: it could not take effect.
+
+    Args:
+      cfg: the loaded model's config (with the overrides that did take effect).
+      model_config: `config.model`.
+      explicit: dotted config keys set explicitly (run.py: the `--config.KEY=V` overrides).
+      source: where the model came from, for the message.
+    """
+    for key in sorted(explicit):
+        field = key.removeprefix("model.")
+        if field == key or not hasattr(cfg, field):
+            continue
+        if getattr(cfg, field) != model_config[field]:
+            raise ConfigError(
+                f"--config.model.{field}={model_config[field]!r} cannot take effect: the model "
+                f"loaded from {source} has {field}={getattr(cfg, field)!r}. Drop the override; "
+                f"a loaded model may change only {sorted(saved_run.LOAD_OVERRIDES)} (and "
+                "n_positions, for rope / alibi / none positions).")
 
 
 def is_workdir(source: str | os.PathLike) -> bool:
@@ -71,16 +106,26 @@ def load_model(source: str | os.PathLike, *, step: int | None = None, ranks_path
     if step is not None:
         raise ConfigError(f"step={step} applies to training workdirs only; {source} holds no "
                           "checkpoints/ folder.")
+    context = overrides.pop("n_positions", None)
     cfg, params = load_pretrained(source, **overrides)
+    if context is not None and context != cfg.n_positions:  # HF / OpenAI: learned wpe only
+        raise saved_run.learned_positions_error(source, cfg.n_positions, context)
     return cfg, params, _export_tokenizer(Path(source), ranks_path)
 
 
-def model_for_config(config, ranks_path: str = "") -> tuple[GPT2Config, Params, Tokenizer]:
+def model_for_config(config, ranks_path: str = "", explicit: Collection[str] = ()
+                     ) -> tuple[GPT2Config, Params, Tokenizer]:
     """The model of a CLI config: `config.init_from` with `overrides_from(config.model)`, or
     (init_from "") a random init of `config.model` with `config.seed` (smoke tests), GPT-2 BPE.
+
+    `explicit`: the config keys set on the command line; an explicit `model.X` that the
+    loaded model fixes to another value is refused (`check_explicit`).
     """
     if config.init_from:
-        return load_model(config.init_from, ranks_path=ranks_path, **overrides_from(config.model))
+        loaded = load_model(config.init_from, ranks_path=ranks_path,
+                            **explicit_overrides(config.model, explicit))
+        check_explicit(loaded[0], config.model, explicit, config.init_from)
+        return loaded
     cfg = GPT2Config.from_config(config.model)
     return cfg, init_params(cfg, jax.random.key(config.seed)), get_tokenizer(ranks_path)
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from gpt2jax.errors import WeightsError
+from gpt2jax.errors import ConfigError, WeightsError
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.nn.scan import to_layout
 
@@ -66,6 +66,7 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
         raise WeightsError(f"{directory} holds no finished checkpoint; train longer or check it.")
     meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
     saved = {**UNRECORDED, **meta["model"]}
+    check_context(saved, config_overrides, directory / str(step), manager)
     scan_layers = config_overrides.pop("scan_layers", saved["scan_layers"])
     cfg = GPT2Config(**dict(saved, **config_overrides))  # restored in the saved layout
     shapes = jax.eval_shape(_abstract_params(cfg))
@@ -81,6 +82,33 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
     manager.close()
     params = to_layout(restored["state"]["params"], scan_layers)
     return cfg.replace(scan_layers=scan_layers), params, dict(meta.get("tokenizer", {}))
+
+
+def check_context(saved: dict, overrides: dict, where, manager=None) -> None:
+    """Refuses (ConfigError) overrides a saved model cannot take: any field but
+    `LOAD_OVERRIDES`, and `n_positions` unless its positions are defined at every position
+    (rope / alibi / none); `manager` is closed first."""
+    bad = sorted(set(overrides) - LOAD_OVERRIDES - {"n_positions"})
+    error = None
+    if bad:
+        error = ConfigError(f"A loaded model keeps its saved {bad}; only "
+                            f"{sorted(LOAD_OVERRIDES)} may be changed.")
+    elif ("n_positions" in overrides and saved.get("position", "learned") == "learned"
+          and overrides["n_positions"] != saved["n_positions"]):
+        error = learned_positions_error(where, saved["n_positions"], overrides["n_positions"])
+    if error is not None:
+        if manager is not None:
+            manager.close()
+        raise error
+
+
+def learned_positions_error(where, saved: int | None, asked: int) -> ConfigError:
+    """The one-line error for a longer context asked of a model with learned positions."""
+    table = f"wpe [{saved}, n_embd]" if saved else "wpe, [n_positions, n_embd]"
+    return ConfigError(
+        f"The model in {where} has learned positions ({table}): it cannot run at "
+        f"n_positions={asked}. Keep its own context (evaluate long texts in strided windows), "
+        "or train with --config.model.position=rope|alibi|none, which define every position.")
 
 
 def _abstract_params(cfg: GPT2Config):
