@@ -9,7 +9,10 @@ the model's shape comes from it (config.model only sets dropout/dtype/attention/
 cosine decay to 0 over the run, a checkpoint every 500 steps (keep 2 + the best by val loss,
 val = the last 10% of the text unless data.val_file is set), and the fine-tuned model
 exported to `<workdir>/hf` (loads with transformers' GPT2LMHeadModel.from_pretrained).
-Expect the val loss to fall below the pretrained model's within the first epoch.
+The run logs the pretrained model's val loss before the first step (`step 0: before
+training, val loss ...`); expect the val loss to fall below it within the first epoch.
+A small file (a few hundred tokens) is fitted: a smaller block, batch and eval set (and a
+larger held-out fraction when needed), printed in one `fit_to_data:` line (training/fit.py).
 """
 
 from __future__ import annotations

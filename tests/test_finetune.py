@@ -4,6 +4,7 @@ transformers with the same logits."""
 
 import json
 import os
+import re
 import struct
 
 import jax
@@ -110,3 +111,9 @@ def test_readme_finetune_command_fits_a_4kb_file_and_beats_step_0(tmp_path, data
     assert 0 in val and "step 0: before training, val loss" in out.stdout
     assert len(train_steps) >= 3 * 8  # 3 epochs of at least MIN_STEPS_PER_EPOCH steps
     assert val[max(val)] < val[0]  # the fine-tuned model beats the pretrained one
+    # quiet by default: no absl/Orbax INFO lines (a run wrote ~465 KB of them to stderr), one
+    # console line per log_every steps, every step in metrics.jsonl
+    assert not re.search(r"^I\d{4} ", out.stderr, re.M), out.stderr[:2000]
+    logged = re.findall(r"^step (\d+): loss ", out.stdout, re.M)
+    assert logged == [str(s) for s in train_steps if s % 10 == 0] and len(logged) >= 2
+    assert train_steps == list(range(1, len(train_steps) + 1))

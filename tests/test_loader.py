@@ -128,3 +128,57 @@ def test_lm_eval_backend_refuses_a_char_workdir_by_its_tokenizer(char_run):
     workdir = char_run[0]
     with pytest.raises(ConfigError, match="trained with the 'char' tokenizer"):
         harness.GPT2JaxLM(pretrained=str(workdir), progress=False)
+
+
+def test_a_longer_context_than_learned_positions_hold_is_one_line(char_run, tmp_path):
+    # load_params_for_inference(workdir, n_positions=256) dumped ~100 lines of Orbax /
+    # TensorStore spec ("Requested shape: (256, 32) is not compatible with the stored shape").
+    workdir, _, cfg, params, _ = char_run
+    save_pretrained(cfg, params, tmp_path / "hf")
+    for load in (lambda: checkpoint.load_params_for_inference(workdir, n_positions=256),
+                 lambda: loader.load_model(workdir, n_positions=256),
+                 lambda: loader.load_model(tmp_path / "hf", n_positions=256)):
+        with pytest.raises(ConfigError, match="learned positions") as info:
+            load()
+        assert "\n" not in str(info.value) and "position=rope|alibi|none" in str(info.value)
+    assert loader.load_model(workdir, n_positions=128)[0] == cfg  # its own context: fine
+    rope = dataclasses.replace(cfg, position="rope")
+    _save_run(tmp_path / "rope", rope, init_params(rope, jax.random.key(0)), {"name": "gpt2"})
+    assert loader.load_model(tmp_path / "rope", n_positions=256)[0].n_positions == 256
+
+
+def test_an_explicit_model_override_a_loaded_model_fixes_is_refused(char_run):
+    # `--config.model.n_positions=256 --config.init_from=WORKDIR` was silently ignored.
+    workdir = char_run[0]
+    config = gpt2_configs.get_config("small")
+    config.init_from = str(workdir)
+    config.model.n_layer = 5
+    loader.model_for_config(config)  # not set on the command line: the saved model wins
+    with pytest.raises(ConfigError, match="n_layer=5 cannot take effect.*has n_layer=1"):
+        loader.model_for_config(config, explicit=("model.n_layer",))
+    config.model.n_layer, config.model.dtype = 1, "bfloat16"  # equal, or a load override
+    cfg = loader.model_for_config(config, explicit=("model.n_layer", "model.dtype"))[0]
+    assert cfg.dtype == "bfloat16"
+
+
+def test_training_from_a_run_workdir_keeps_its_tokenizer(char_run, tmp_path):
+    # Training's init_from read HF layouts only ("No GPT-2 weights in 'sc'"); generate and
+    # eval loaded workdirs. Now one loader: and the data must use the model's vocabulary.
+    from configs import shakespeare_char
+    from gpt2jax.training.loop import train_and_evaluate
+
+    workdir, text_file, cfg, params, _ = char_run
+    config = shakespeare_char.get_config("cpu")
+    config.init_from = str(workdir)
+    config.data.update(train_file=str(text_file), tokenizer="gpt2")
+    config.train.update(num_steps=2, block_size=32, batch_size=8, eval_every=0,
+                        sample_tokens=0, export_hf=False, progress_bar=False, steps_per_call=1)
+    config.checkpoint.update(save_every=0, keep_best=0, async_save=False)
+    with pytest.raises(ConfigError, match="trained with the 'char' tokenizer of 49 tokens"):
+        train_and_evaluate(config, tmp_path / "bpe")
+    config.data.tokenizer = "char"
+    result = train_and_evaluate(config, tmp_path / "char")
+    assert result["step"] == 2
+    trained = checkpoint.load_params_for_inference(tmp_path / "char")
+    assert trained[0] == dataclasses.replace(cfg, embd_pdrop=0.0, attn_pdrop=0.0,
+                                             resid_pdrop=0.0, attention_impl="einsum")
