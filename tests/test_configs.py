@@ -107,3 +107,36 @@ def test_config_has_no_dead_keys(name, arg):
     config = importlib.import_module(f"configs.{name}").get_config(arg)
     dead = sorted(set(config.keys()) - _read_keys())
     assert not dead, f"configs/{name}.py:{arg or ''} sets keys nothing reads: {dead}"
+
+
+def test_mode_config_lists_every_key_with_its_value_and_comment(tmp_path):
+    # `run.py --help` / `--helpfull` listed no config.* keys: max_new_tokens, top_k, num_beams
+    # were found only by reading configs/common.py.
+    import json
+    import subprocess
+    import sys
+
+    from configs import finetune
+    from gpt2jax.cli import show_config
+
+    repo = CONFIG_DIR.parent
+    proc = subprocess.run(
+        [sys.executable, "run.py", "--mode=config", "--config=configs/finetune.py",
+         "--config.generate.num_beams=4", f"--output_json={tmp_path / 'c.json'}"],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    config = finetune.get_config()
+    keys = show_config.flatten(config)
+    listed = {ln.split(" = ", 1)[0] for ln in lines[1:-1]}  # header, "wrote PATH"
+    assert listed == set(keys)  # every leaf key, once
+    comments = show_config.config_comments(str(repo / "configs/finetune.py"))
+    uncommented = sorted(k for k in keys if not show_config._comment(comments, k))
+    assert uncommented == ["mesh.rules"], uncommented  # a multi-line tuple, commented inside
+    row = next(ln for ln in lines if ln.startswith("generate.num_beams = 4"))
+    assert "# (set) beam search width" in row
+    assert any(ln.startswith("generate.max_new_tokens = None") and "# overrides max_length"
+               in ln for ln in lines)
+    assert any(ln.startswith("train.learning_rate = 5e-05") and "peak learning rate" in ln
+               for ln in lines)  # the file's value, common.py's comment
+    assert json.loads((tmp_path / "c.json").read_text())["generate"]["num_beams"] == 4
