@@ -215,3 +215,15 @@ def test_eval_file_on_another_task_or_unset_is_an_error(tmp_path):
     with pytest.raises(DataError, match="one token long"):  # no EOT before the lone "x"
         tasks.run_task(tasks.TaskContext("file", cfg, None, CharTokenizer(["x"]),
                                          config.eval, ""))
+
+
+def test_a_context_past_the_model_is_named_as_given_even_for_a_short_file(tmp_path):
+    """The file task shrinks the window to a short file; a context longer than the model's
+    is still refused with the number the user gave (it said 'context_length=7' here)."""
+    (tmp_path / "t.txt").write_text("abcabca")
+    enc = CharTokenizer(["a", "b", "c"])
+    cfg = tiny_config(vocab_size=3, n_positions=4)
+    config = eval_configs.get_config("file")
+    config.eval.update(file=str(tmp_path / "t.txt"), context_length=4096, stride=2)
+    with pytest.raises(ConfigError, match="context_length=4096 exceeds the model's n_positions"):
+        tasks.run_task(tasks.TaskContext("file", cfg, None, enc, config.eval, ""))

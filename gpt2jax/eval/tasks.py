@@ -185,8 +185,8 @@ def _file(ctx) -> list[dict]:
         raise DataError(f"--config.eval.file: {str(path)!r} is one token long; a perplexity "
                         "needs a second token to predict. Give a longer file.")
     context, stride = windows_of(ctx.ecfg, ctx.cfg)
-    # A file shorter than the context is one window either way: the same scores, less padding.
-    context = min(context, len(ids))
+    if len(ids) < context <= ctx.cfg.n_positions:  # (a longer context: perplexity's error)
+        context = len(ids)  # one window either way: the same scores, less padding
     stride = min(stride, context)
     windows = plan_windows(len(ids), context, stride)
     scored = np.concatenate([ids[s:e] for s, e in zip(windows.score_start, windows.end)])
