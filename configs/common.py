@@ -160,7 +160,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.grad_clip = 1.0              # clip gradients to this global norm; 0 = no clipping
     c.loss_chunk_size = 0          # tokens whose logits exist at once (chunked loss, no [B,T,V]
     #                                logits; nn/loss.py); 0 = full logits
-    c.log_every = 10               # steps between train-metric logs (console, TensorBoard)
+    c.log_every = 10               # steps between fetches of the train metrics from the device
+    #                                (also at evals, saves, the end): one console line each;
+    #                                metrics.jsonl still records every step
     c.eval_every = 1000            # steps between validation passes (and at the end); 0 = never
     c.eval_at_start = False        # also a validation pass before the first step (new runs)
     c.eval_batches = 200           # fixed val batches per pass (nanoGPT eval_iters), each of

@@ -1,5 +1,5 @@
 """Evaluation tasks: `--config=configs/eval.py:TASK` with TASK one of wikitext2, wikitext103,
-ptb, lambada_openai, enwik8, text8, summarize, translate.
+ptb, lambada_openai, enwik8, text8, summarize, translate, file.
 
     python run.py --mode=eval --config=configs/eval.py:wikitext2 \
         --config.init_from=gpt2 --config.data_dir=../shared/data --output_json=wt2.json
@@ -9,6 +9,13 @@ HF guide reports 19.44 (stride 1024) and 16.44 (stride 512) for gpt2-large on Wi
 raw; lm-eval reports 32.56 % / 40.06 ppl on lambada_openai for gpt2 (124M). `init_from`
 brings its own config (HF folders, hub names, training workdirs); without it the model is
 a random init of `config.model` (smoke tests). See experiments/reproduce_gpt2/.
+
+Your own text file, scored with the model's own tokenizer (perplexity and bits per byte; the
+model's context, windows moving by half of it; a relative path is read from the working
+directory):
+
+    python run.py --mode=eval --config=configs/eval.py:file --config.init_from=runs/ft \
+        --config.eval.file=heldout.txt
 
 lm-evaluation-harness tasks through the gpt2jax backend (`pip install -e ".[eval]"`):
 
@@ -27,19 +34,25 @@ import ml_collections
 
 from configs import common
 
-# Data files of each task, relative to data_dir (absolute paths are used as they are).
+# Data files of each task: `dataset:NAME` is a file of the data layout (in data_dir when it is
+# given, else $GPT2JAX_DATA_DIR, the cache, a download); an override such as
+# --config.eval.files.jsonl=my.jsonl is your own file, read from the working directory.
 TASK_FILES = {
-    "wikitext2": dict(raw="wikitext-2-raw/wiki.test.raw", tokens="wikitext-2/wiki.test.tokens"),
-    "wikitext103": dict(raw="wikitext-103-raw/wiki.test.raw",
-                        tokens="wikitext-103/wiki.test.tokens"),
-    "ptb": dict(tokens="ptb/ptb.test.txt"),
-    "lambada_openai": dict(jsonl="lambada/lambada_test.jsonl"),
-    "enwik8": dict(raw="enwik8/enwik8"),
-    "text8": dict(raw="text8/text8"),
+    "wikitext2": dict(raw="dataset:wikitext-2-raw/wiki.test.raw",
+                      tokens="dataset:wikitext-2/wiki.test.tokens"),
+    "wikitext103": dict(raw="dataset:wikitext-103-raw/wiki.test.raw",
+                        tokens="dataset:wikitext-103/wiki.test.tokens"),
+    "ptb": dict(tokens="dataset:ptb/ptb.test.txt"),
+    "lambada_openai": dict(jsonl="dataset:lambada/lambada_test.jsonl"),
+    "enwik8": dict(raw="dataset:enwik8/enwik8"),
+    "text8": dict(raw="dataset:text8/text8"),
     # {"article": ..., "highlights": ...} per line (CNN/Daily Mail field names)
-    "summarize": dict(jsonl="cnn_dailymail/test.jsonl"),
+    "summarize": dict(jsonl="dataset:cnn_dailymail/test.jsonl"),
     # {"en": ..., "fr": ...} per line; shots from a separate file of the same format
-    "translate": dict(jsonl="wmt14_en_fr/test.jsonl", shots="wmt14_en_fr/shots.jsonl"),
+    "translate": dict(jsonl="dataset:wmt14_en_fr/test.jsonl",
+                      shots="dataset:wmt14_en_fr/shots.jsonl"),
+    # any text file: --config.eval.file=PATH (perplexity and bits per byte)
+    "file": dict(),
 }
 
 LM_EVAL = "lm_eval"  # configs/eval.py:lm_eval, lm-evaluation-harness tasks (`tasks=...`)
@@ -52,7 +65,8 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
     """`config.eval`: how a task is evaluated."""
     c = ml_collections.ConfigDict()
     c.task = task                  # the task name (see TASK_FILES)
-    c.files = ml_collections.ConfigDict(TASK_FILES[task])  # data files, relative to data_dir
+    c.files = ml_collections.ConfigDict(TASK_FILES[task])  # data files (see TASK_FILES)
+    c.file = ""                    # task `file`: the text file to score (from the working dir)
     c.context_length = 1024        # tokens per window (<= model.n_positions)
     c.stride = 512                 # window step; 1024 = disjoint windows (HF guide: 512)
     c.batch_size = 8               # windows / examples per forward pass (CPU: 1-2 is fastest)
@@ -101,7 +115,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # equal to the einsum reference within 1e-5; it skips the masked half of the scores and is
     # the fastest kernel on a CPU at long lengths (bench/README.md, "Evaluation").
     c.model.attention_impl = "blocked"
-    c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
+    c.init_from = ""               # HF dir / weights file / hub name ("gpt2") / training
+    #                                workdir (its latest checkpoint); "" = random init
     c.seed = 0                     # PRNG seed for random init and for sampling
     c.data_dir = ""                # folder of the data files; "" = data dir, cache, download
     c.eval = eval_config(task)
@@ -111,5 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generate.do_sample = task == "summarize"
     c.generate.top_k = 2 if task == "summarize" else 0
     c.generate.max_new_tokens = 100 if task == "summarize" else 64
+    if task == "file":  # from the model: its whole context, windows moving by half of it
+        c.eval.update(context_length=0, stride=0)
     c.mesh = common.mesh_config()
     return c

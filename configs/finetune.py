@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = ml_collections.ConfigDict()
     c.seed = 0                     # PRNG seed: dropout, window order
-    c.init_from = "gpt2"           # pretrained model (HF dir, weights file or hub name)
+    c.init_from = "gpt2"           # pretrained model (HF dir, weights file, hub name or a
+    #                                training workdir: its latest checkpoint and tokenizer)
     c.model = common.model_config()  # shapes replaced by the pretrained model's
     c.data = common.data_config(
         train_file="",             # required: --config.data.train_file=train.txt

@@ -29,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"Unknown GPT-2 size {size!r}; choose one of {sorted(common.GPT2_SIZES)}.")
     c = ml_collections.ConfigDict()
     c.model = common.model_config(**common.GPT2_SIZES[size])
-    c.init_from = ""               # HF dir / .safetensors / name like "gpt2"; "" = random init
+    c.init_from = ""               # HF dir / weights file / hub name ("gpt2") / a training
+    #                                workdir (its latest checkpoint); "" = random init
     c.seed = 0                     # PRNG seed for parameter init
     c.generate = common.generate_config()
     c.mesh = common.mesh_config()

@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cpu = arg == "cpu"
     c = ml_collections.ConfigDict()
     c.seed = 1337                  # PRNG seed: init, dropout, batch order (nanoGPT's seed)
-    c.init_from = ""               # "" = random init; a HF dir / "gpt2" to fine-tune
+    c.init_from = ""               # "" = random init; an HF dir / "gpt2" / a training
+    #                                workdir (e.g. runs/sc) to start from or generate with
     dropout = 0.0 if cpu else 0.2
     c.model = common.model_config(
         vocab_size=65,             # characters of Tiny Shakespeare

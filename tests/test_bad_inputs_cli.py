@@ -37,6 +37,7 @@ TRAIN = ("--mode=train", "--config=configs/shakespeare_char.py:cpu", "--workdir=
 PREPARE = ("--mode=prepare", "--config=configs/prepare_shakespeare.py:char")
 SHARDS = ("--config.data.shards_dir={work}/shards", "--workdir={work}")
 GENERATE = ("--mode=generate", "--config=configs/gpt2.py:small")
+EVAL_FILE = ("--mode=eval", "--config=configs/eval.py:file")  # fails before a model loads
 
 
 def argv(*args: str, setup: Callable[[Path], None] | None = None):
@@ -101,6 +102,16 @@ CASES = [
     Case("data-empty-cli", "prepare from an empty file",
          argv(*PREPARE, "--config.data.train_file={work}/empty.txt", *SHARDS,
               setup=write("empty.txt", "   \n")), ("is empty", "contains text")),
+    Case("eval-file-missing-cli", "--mode=eval on a --config.eval.file that does not exist",
+         argv(*EVAL_FILE, "--config.eval.file={work}/nope.txt"),
+         ("does not exist", "give an existing file")),
+    Case("eval-file-empty-cli", "--mode=eval on an empty --config.eval.file",
+         argv(*EVAL_FILE, "--config.eval.file={work}/empty.txt", setup=write("empty.txt", " \n")),
+         ("is empty", "contains text")),
+    Case("eval-file-not-utf8-cli", "--mode=eval on a Latin-1 --config.eval.file",
+         argv(*EVAL_FILE, "--config.eval.file={work}/latin1.txt",
+              setup=write("latin1.txt", "café au lait\n".encode("latin-1"))),
+         ("not utf-8", "iconv")),
     Case("mesh-device-mismatch-cli", "--config.mesh.data=3 on 8 devices",
          argv(*TRAIN, "--config.mesh.data=3"), ("8 are available", "product is 8")),
     Case("train-batch-not-divisible-cli", "--config.train.batch_size=12 on 8 devices",

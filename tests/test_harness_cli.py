@@ -6,6 +6,8 @@ tests/test_harness.py."""
 
 from __future__ import annotations
 
+import configparser
+import importlib
 import json
 import os
 import subprocess
@@ -163,3 +165,54 @@ def test_without_lm_eval_the_import_error_names_the_extra():
                           text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0
     assert 'pip install -e ".[eval]"' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_python_m_harness_is_lm_evals_cli_with_the_gpt2jax_backend(model, data_dir, tmp_path):
+    """`python -m gpt2jax.eval.harness` takes lm-eval's own arguments (`lm_eval --model
+    gpt2jax ...` cannot: lm-eval 0.4.13 has no hook for installed backends) and gives the
+    in-process backend's numbers; run from another folder, with lm-eval's --metadata."""
+    _, _, hf_dir, _ = model
+    cmd = [sys.executable, "-m", "gpt2jax.eval.harness", "--model", "gpt2jax",
+           "--model_args", f"pretrained={hf_dir}", "--tasks", "lambada_openai_local",
+           "--include_path", str(TASKS_DIR), "--limit", "6", "--batch_size", "3",
+           "--metadata", json.dumps({"data_dir": str(data_dir)}),
+           "--output_path", str(tmp_path / "out")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lambada_openai_local" in proc.stdout and "gpt2jax (" in proc.stdout
+    [saved] = (tmp_path / "out").rglob("results_*.json")
+    got = json.loads(saved.read_text())["results"]["lambada_openai_local"]
+    manager = harness.task_manager(str(TASKS_DIR), data_dir, include_defaults=False)
+    lm = harness.GPT2JaxLM(pretrained=str(hf_dir), batch_size=3, progress=False)
+    ref = harness.evaluate(lm, ["lambada_openai_local"], manager, limit=6)
+    for key in ("acc,none", "perplexity,none"):
+        assert got[key] == pytest.approx(ref["results"]["lambada_openai_local"][key], rel=1e-6)
+
+
+def test_harness_main_prints_a_gpt2jax_error_as_one_line(monkeypatch, capsys):
+    """What `main` adds to lm-eval's CLI: lm-eval's argv, and a gpt2jax user error (raised
+    where lm-eval builds the model) as one `error:` line with exit status 2."""
+    seen = []
+
+    def lm_eval_cli():
+        seen.append(list(sys.argv))
+        harness.GPT2JaxLM(pretrained="x", revision="main")  # an unknown model_arg
+
+    monkeypatch.setattr(harness, "cli_evaluate", lm_eval_cli)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert harness.main(["--model", "gpt2jax", "--model_args", "pretrained=x,revision=main"]) == 2
+    assert seen == [["lm-eval", "--model", "gpt2jax", "--model_args",
+                     "pretrained=x,revision=main"]]
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unknown gpt2jax model_args ['revision']") and "\n" not in err
+
+
+def test_console_script_is_the_harness_cli():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in
+                   cfg["options.entry_points"]["console_scripts"].strip().splitlines())
+    module, _, name = scripts["gpt2jax-lm-eval"].partition(":")
+    assert getattr(importlib.import_module(module), name) is harness.main

@@ -2,9 +2,11 @@
 [--config.data_dir=DIR] [--output_json=FILE | --workdir=DIR]`: evaluate one task.
 
 Prints a table of result rows and writes them as JSON (to --output_json, else
-WORKDIR/eval_TASK.json when --workdir is given). The model, and the tokenizer it is
-evaluated with, come from `gpt2jax.weights.loader` (a training workdir brings its own
-tokenizer: a char model is scored on characters).
+WORKDIR/eval_TASK.json when --workdir is given); the generation tasks also write every
+example (prompt, reference, output, its scores) as jsonl beside it (`X.json` ->
+`X.examples.jsonl`). The model, and the tokenizer it is evaluated with, come from
+`gpt2jax.weights.loader` (a training workdir brings its own tokenizer: a char model is scored
+on characters). A task's files are found before the model loads (`tasks.check_inputs`).
 """
 
 from __future__ import annotations
@@ -45,15 +47,22 @@ def ranks_file(config) -> str:
     return str(path) if path and path.is_file() else ""
 
 
+TABLE_COLUMNS = ("task", "protocol", "metric", "value", "count")
+
+
 def format_table(rows: list[dict]) -> str:
-    """A fixed-width table: task, protocol, metric, value, tokens/examples."""
-    header = f"{'task':<16}{'protocol':<14}{'metric':<15}{'value':>12}  {'count':>10}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        count = r.get("tokens", r.get("examples", ""))
-        lines.append(f"{r['task']:<16}{r['protocol']:<14}{r['metric']:<15}"
-                     f"{r['value']:>12.4f}  {count:>10}")
-    return "\n".join(lines)
+    """A table of result rows: task, protocol, metric, value, tokens/examples; each column as
+    wide as its widest cell, two spaces between columns (text left-, numbers right-aligned)."""
+    cells = [[str(r["task"]), str(r["protocol"]), str(r["metric"]), f"{r['value']:.4f}",
+              str(r.get("tokens", r.get("examples", "")))] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(TABLE_COLUMNS)]
+
+    def line(values) -> str:
+        return "  ".join(v.ljust(w) if i < 3 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths)))
+
+    header = line(TABLE_COLUMNS)
+    return "\n".join([header, "-" * len(header)] + [line(c) for c in cells])
 
 
 def lm_eval_rows(config, progress: bool | None = None, explicit=()) -> list[dict]:
@@ -77,12 +86,19 @@ def lm_eval_rows(config, progress: bool | None = None, explicit=()) -> list[dict
 
 
 def evaluate_config(config, progress: bool | None = None, explicit=()) -> list[dict]:
-    """Runs `config.eval.task` as the config says; returns the result rows. `explicit`: the
-    config keys set on the command line (a model override the loaded model fixes is refused)."""
+    """Runs `config.eval.task` as the config says; returns the result rows."""
+    return evaluate(config, progress, explicit)[0]
+
+
+def evaluate(config, progress: bool | None = None,
+             explicit=()) -> tuple[list[dict], list[dict]]:
+    """Runs `config.eval.task`; returns (result rows, per-example records: the generation
+    tasks' prompts, references and outputs; [] for the others). `explicit`: the config keys
+    set on the command line (a model override the loaded model fixes is refused)."""
     if config.eval.task == "lm_eval":
-        return lm_eval_rows(config, progress, explicit)
-    tasks.check_task(config.eval.task)
+        return lm_eval_rows(config, progress, explicit), []
     data_dir = resolve_data_dir(config)
+    tasks.check_inputs(config.eval.task, config.eval, data_dir)  # before a model loads
     cfg, params, tokenizer = model_for_config(config, ranks_file(config), explicit)
     mesh = make_mesh(config.mesh)
     ctx = tasks.TaskContext(
@@ -91,19 +107,39 @@ def evaluate_config(config, progress: bool | None = None, explicit=()) -> list[d
         progress=config.eval.progress if progress is None else progress,
         generate_config=config.generate, seed=config.seed,
     )
-    return tasks.run_task(ctx)
+    rows = tasks.run_task(ctx)
+    return rows, ctx.examples
+
+
+def examples_path(out: str) -> Path:
+    """Where the per-example records of the results JSON `out` go: `X.json` ->
+    `X.examples.jsonl` (any other name gets `.examples.jsonl` appended)."""
+    path = Path(out)
+    stem = path.name[:-len(".json")] if path.name.endswith(".json") else path.name
+    return path.with_name(stem + ".examples.jsonl")
 
 
 def main(config, args) -> list[dict]:
-    """Evaluates, prints the table, writes the JSON; returns the rows."""
-    rows = evaluate_config(config, explicit=args.config_overrides)
+    """Evaluates, prints the table, writes the JSON (and the examples' jsonl); returns the
+    rows."""
+    rows, examples = evaluate(config, explicit=args.config_overrides)
     print(format_table(rows), flush=True)
     out = args.output_json
     if not out and args.workdir:
         out = str(Path(args.workdir) / f"eval_{config.eval.task}.json")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"task": config.eval.task, "init_from": config.init_from, "rows": rows}
-        Path(out).write_text(json.dumps(payload, indent=2))
-        print(f"wrote {out}", flush=True)
+    if not out:
+        if examples:
+            print(f"({len(examples)} examples' prompts, references and outputs are written "
+                  "with --output_json=FILE or --workdir=DIR)", flush=True)
+        return rows
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    payload = {"task": config.eval.task, "init_from": config.init_from, "rows": rows}
+    if examples:
+        path = examples_path(out)
+        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
+                        encoding="utf-8")
+        payload["examples_file"] = str(path)
+        print(f"wrote {path} ({len(examples)} examples: prompt, reference, output)", flush=True)
+    Path(out).write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}", flush=True)
     return rows

@@ -8,7 +8,10 @@
   decoding, the first generated line is the hypothesis; corpus BLEU (sacrebleu).
 
 Scoring (`score_summaries`, `score_translations`) takes text lists, so it is testable
-without a model.
+without a model. Each task also records every example in `ctx.examples`: the prompt as the
+model read it (truncated to fit), the reference, the generated text (`output`), the part that
+was scored (`hypothesis`) and its own ROUGE / sentence BLEU; `--mode=eval` writes them as
+jsonl beside its JSON.
 """
 
 from __future__ import annotations
@@ -28,27 +31,48 @@ from gpt2jax.data.bpe import EOT_ID
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
-    """Rows of a jsonl file, each required to hold `fields`."""
+    """Rows of a UTF-8 jsonl file, each a JSON object holding `fields` (blank lines skipped);
+    anything else is a one-line DataError naming the file and line."""
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+                        "e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`.") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            missing = [k for k in fields if k not in row]
-            if missing:
-                raise DataError(f"{path}:{i + 1} lacks the fields {missing}; each line must be a "
-                                f"JSON object with {list(fields)}.")
-            rows.append(row)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i + 1} is not JSON ({e}); each line must be a JSON "
+                            f"object with {list(fields)}.") from None
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(f"{path}:{i + 1} lacks the fields {missing}; each line must be a "
+                            f"JSON object with {list(fields)}.")
+        rows.append(row)
     if not rows:
-        raise DataError(f"{path} holds no examples.")
+        raise DataError(f"{path} holds no examples; each line must be a JSON object with "
+                        f"{list(fields)}.")
     return rows
 
 
-def score_summaries(generated: list[str], references: list[str], sentences: int = 3) -> dict:
-    """ROUGE of the first `sentences` sentences of each generated text."""
+def summary_examples(generated: list[str], references: list[str],
+                     sentences: int = 3) -> list[dict]:
+    """Per example: the scored hypothesis (the first `sentences` sentences) and its ROUGE."""
     hyps = [text_metrics.first_sentences(g, sentences) for g in generated]
-    scores = text_metrics.rouge(hyps, references)
+    per = text_metrics.rouge_per_example(hyps, references)
+    return [dict(hypothesis=h, **s) for h, s in zip(hyps, per)]
+
+
+def score_summaries(generated: list[str], references: list[str], sentences: int = 3) -> dict:
+    """ROUGE of the first `sentences` sentences of each generated text (mean over examples)."""
+    return _mean_rouge(summary_examples(generated, references, sentences))
+
+
+def _mean_rouge(examples: list[dict]) -> dict:
+    scores = {t: float(np.mean([e[t] for e in examples])) for t in text_metrics.ROUGE_TYPES}
     scores["rouge_avg"] = float(np.mean([scores[t] for t in text_metrics.ROUGE_TYPES]))
     return scores
 
@@ -103,7 +127,12 @@ def _summarize(ctx, path: Path) -> list[dict]:
     tldr = ctx.enc.encode(text_metrics.TLDR)
     keep = _budget(ctx) - len(tldr)
     prompts = [ctx.enc.encode(r["article"].rstrip())[:keep] + tldr for r in rows]
-    scores = score_summaries(generate_texts(ctx, prompts), refs, ctx.ecfg.summary_sentences)
+    outputs = generate_texts(ctx, prompts)
+    examples = summary_examples(outputs, refs, ctx.ecfg.summary_sentences)
+    scores = _mean_rouge(examples)
+    ctx.examples.extend(
+        {"index": i, "prompt": ctx.enc.decode(p), "reference": ref, "output": out, **e}
+        for i, (p, ref, out, e) in enumerate(zip(prompts, refs, outputs, examples)))
     base = {"task": ctx.task, "protocol": "tldr_zero_shot", "examples": len(rows)}
     return [dict(base, metric=k, value=v) for k, v in scores.items()]
 
@@ -118,7 +147,13 @@ def _translate(ctx, path: Path, shots_path: Path) -> list[dict]:
     for r in rows:
         ids = ctx.enc.encode(text_metrics.translation_prompt(shots, r[src]))
         prompts.append(ids[-budget:])  # drop the oldest shots if too long
-    scores = score_translations(generate_texts(ctx, prompts), [r[tgt] for r in rows])
+    outputs, refs = generate_texts(ctx, prompts), [r[tgt] for r in rows]
+    scores = score_translations(outputs, refs)
+    for i, (r, p, out) in enumerate(zip(rows, prompts, outputs)):
+        hyp = text_metrics.first_line(out)
+        ctx.examples.append({"index": i, "source": r[src], "prompt": ctx.enc.decode(p),
+                             "reference": r[tgt], "output": out, "hypothesis": hyp,
+                             "sentence_bleu": text_metrics.sentence_bleu(hyp, r[tgt])})
     return [{"task": ctx.task, "protocol": f"{src}-{tgt}_{len(shots)}_shot",
              "examples": len(rows), "metric": "bleu", "value": scores["bleu"],
              "signature": scores["signature"]}]
@@ -126,9 +161,9 @@ def _translate(ctx, path: Path, shots_path: Path) -> list[dict]:
 
 def run(ctx) -> list[dict]:
     """Runs the `summarize` or `translate` task of a `tasks.TaskContext`."""
-
     files = ctx.ecfg.files
+    jsonl = data_file(ctx.data_dir, files.jsonl, ctx.task, "eval.files.jsonl")
     if ctx.task == "summarize":
-        return _summarize(ctx, data_file(ctx.data_dir, files.jsonl, ctx.task))
-    return _translate(ctx, data_file(ctx.data_dir, files.jsonl, ctx.task),
-                      data_file(ctx.data_dir, files.shots, ctx.task))
+        return _summarize(ctx, jsonl)
+    return _translate(ctx, jsonl, data_file(ctx.data_dir, files.shots, ctx.task,
+                                            "eval.files.shots"))

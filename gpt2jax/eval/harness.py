@@ -5,6 +5,18 @@
     lm_eval.simple_evaluate(model="gpt2jax", model_args="pretrained=gpt2,dtype=bfloat16",
                             tasks=["lambada_openai"])
 
+lm-eval's own command line, with this backend registered first (lm-eval 0.4.13 discovers no
+backends of installed packages: its registry holds its own `lm_eval.models` and what was
+imported), takes lm-eval's arguments unchanged:
+
+    python -m gpt2jax.eval.harness --model gpt2jax --model_args pretrained=gpt2 \
+        --tasks lambada_openai_local --include_path configs/lm_eval_tasks
+    gpt2jax-lm-eval ...     # the same, the console script of `pip install -e ".[eval]"`
+
+Importing this module sets `DISABLE_MULTIPROC=1` unless it is set: lm-eval then computes its
+bootstrap standard errors in this process, with the same seeds and numbers, instead of in a
+pool forked from a JAX process (JAX warns that such a fork can deadlock).
+
 `pretrained` is an HF directory, a `.safetensors` file, a hub name (`gpt2`) or a training
 workdir (its latest checkpoint). Other model_args: `dtype` (compute dtype), `batch_size`
 (rows per forward pass, default 8), `max_length` (context, default n_positions),
@@ -27,10 +39,15 @@ once per length bucket) is `harness_core`.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+
 try:
     import lm_eval
     import lm_eval.models  # noqa: F401  lm-eval's own backends ("hf"): registered first
     from lm_eval import utils as lm_utils
+    from lm_eval.__main__ import cli_evaluate
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen_kwargs,
@@ -44,11 +61,15 @@ from tqdm.auto import tqdm
 
 from gpt2jax.data.bpe import EOT_ID
 from gpt2jax.data.tokenizers import Tokenizer, get_tokenizer
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.eval.harness_core import Scorer
 from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.nn.model import GPT2Config, param_count
 from gpt2jax.weights.loader import load_model
+
+# lm-eval's bootstrap (lm_eval/api/metrics.py: bootstrap_stderr) without os.fork: the same
+# chunks seeded 0, 1, ... in order, so the same standard errors.
+os.environ.setdefault("DISABLE_MULTIPROC", "1")
 
 # HF generate arguments that lm-eval tasks pass in generation_kwargs and gpt2jax.generate takes.
 GENERATE_ARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
@@ -62,7 +83,14 @@ def _batch_size(value) -> int:
     return int(value)
 
 
-@register_model("gpt2jax")
+def _register(cls):
+    """`register_model("gpt2jax")`, except in `python -m gpt2jax.eval.harness`, where this file
+    first runs as `__main__`: the module imported by its name (below) registers, so that one
+    class stands behind the name (lm-eval refuses a second one)."""
+    return cls if __name__ == "__main__" else register_model("gpt2jax")(cls)
+
+
+@_register
 class GPT2JaxLM(TemplateLM):
     """An `lm_eval.api.model.LM` on gpt2jax: loglikelihood, loglikelihood_rolling and
     generate_until (see the module docstring)."""
@@ -265,3 +293,30 @@ def result_rows(results: dict) -> list[dict]:
                          "metric": metric if filt == "none" else f"{metric}/{filt}",
                          "examples": count})
     return rows
+
+
+# ------------------------------------------------------------------------ lm-eval's CLI
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """lm-eval's command line (`lm_eval ARGS`, lm-eval 0.4.13) with `--model gpt2jax`
+    available: `python -m gpt2jax.eval.harness ARGS` and the `gpt2jax-lm-eval` script.
+
+    Args:
+      argv: lm-eval's arguments (None: this process's, `sys.argv[1:]`).
+    Returns:
+      0; a gpt2jax user error (a bad model_arg, a missing model) prints one `error:` line and
+      returns 2. lm-eval's own argument errors exit as lm-eval does.
+    """
+    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]  # lm-eval parses these
+    try:
+        cli_evaluate()
+    except GPT2JaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    from gpt2jax.eval import harness  # the module by its name: registers the backend
+
+    sys.exit(harness.main())

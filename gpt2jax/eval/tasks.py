@@ -14,6 +14,11 @@ Protocols:
   stop-word filter (`last_word`, `last_word_stopfilter`; `lambada.py`).
 - `enwik8` / `text8`: the last 5,000,000 bytes / characters of the file (the standard test
   split: 90M train, 5M valid, 5M test); bits per byte / per character.
+- `file`: any UTF-8 text file (`eval.file`), tokenized with the model's tokenizer; with
+  GPT-2 BPE the text follows one `<|endoftext|>` (a document start, as lm-eval's rolling
+  log-likelihood and GPT-2's training data), so every token of the file is scored
+  (protocol `eot_prefix`); a tokenizer without one (characters) scores all but the first
+  token (`no_prefix`). `bits_per_byte` = NLL / ln 2 over the UTF-8 bytes of the scored tokens.
 Word-level datasets also report `word_perplexity = exp(nll_sum / words)` with words = the
 whitespace tokens of the word-level release plus one `<eos>` per line (WikiText-2 test
 245,569; PTB test 82,430), the count their published perplexities are normalised by.
@@ -27,12 +32,12 @@ from typing import Callable
 
 import numpy as np
 
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, DataError
 from gpt2jax.eval import detokenize as detok_lib
 from gpt2jax.eval import generation
 from gpt2jax.eval import lambada as lambada_lib
-from gpt2jax.eval.files import data_file
-from gpt2jax.eval.perplexity import PerplexityResult, perplexity
+from gpt2jax.eval.files import data_file, read_text_file
+from gpt2jax.eval.perplexity import PerplexityResult, perplexity, plan_windows
 
 CHAR_SPLIT = 5_000_000  # enwik8 / text8 test split: the last 5M bytes / characters
 
@@ -86,6 +91,13 @@ def _ppl_rows(task: str, protocol: str, res: PerplexityResult) -> list[dict]:
     return rows
 
 
+def windows_of(ecfg, cfg) -> tuple[int, int]:
+    """(context_length, stride) of `config.eval`: 0 = from the model (its n_positions; a
+    stride of half the context, the HF guide's 512 of 1024)."""
+    context = ecfg.context_length or cfg.n_positions
+    return context, ecfg.stride or max(context // 2, 1)
+
+
 def _truncate(ids: list[int], ecfg) -> np.ndarray:
     ids = np.asarray(ids, np.int64)
     return ids[: ecfg.max_tokens] if ecfg.max_tokens else ids
@@ -97,16 +109,16 @@ def _run_ppl(ctx, protocol: str, text: str, words: int | None = None,
     ids = _truncate(ctx.enc.encode(text), ecfg)
     if ecfg.max_tokens and len(ids) == ecfg.max_tokens:  # a smoke run scores a prefix only
         words = byte_count = None
-    res = perplexity(ctx.cfg, ctx.params, ids, ecfg.context_length, ecfg.stride,
-                     ecfg.batch_size, byte_count, words, ctx.mesh, ctx.axis_rules,
-                     ctx.progress)
+    context, stride = windows_of(ecfg, ctx.cfg)
+    res = perplexity(ctx.cfg, ctx.params, ids, context, stride, ecfg.batch_size, byte_count,
+                     words, ctx.mesh, ctx.axis_rules, ctx.progress)
     return _ppl_rows(ctx.task, protocol, res)
 
 
 def _wikitext(ctx) -> list[dict]:
     files = ctx.ecfg.files
-    raw = data_file(ctx.data_dir, files.raw, ctx.task)
-    tokens = data_file(ctx.data_dir, files.tokens, ctx.task)
+    raw = data_file(ctx.data_dir, files.raw, ctx.task, "eval.files.raw")
+    tokens = data_file(ctx.data_dir, files.tokens, ctx.task, "eval.files.tokens")
     tokenized = read_text(tokens)
     words = word_count(tokenized)
     rows = _run_ppl(ctx, "raw_hf", wikitext_hf_join(raw), words=words)
@@ -115,13 +127,14 @@ def _wikitext(ctx) -> list[dict]:
 
 
 def _ptb(ctx) -> list[dict]:
-    tokenized = read_text(data_file(ctx.data_dir, ctx.ecfg.files.tokens, ctx.task))
+    tokenized = read_text(data_file(ctx.data_dir, ctx.ecfg.files.tokens, ctx.task,
+                                    "eval.files.tokens"))
     return _run_ppl(ctx, "detok", detok_lib.detokenize(tokenized, "ptb"),
                     words=word_count(tokenized))
 
 
 def _characters(ctx) -> list[dict]:
-    data = data_file(ctx.data_dir, ctx.ecfg.files.raw, ctx.task).read_bytes()
+    data = data_file(ctx.data_dir, ctx.ecfg.files.raw, ctx.task, "eval.files.raw").read_bytes()
     test = data[-CHAR_SPLIT:]
     # The split may cut a UTF-8 character in two; replace is exact for text8 (ASCII).
     text = test.decode("utf-8", errors="replace")
@@ -129,7 +142,8 @@ def _characters(ctx) -> list[dict]:
 
 
 def _lambada(ctx) -> list[dict]:
-    texts = lambada_lib.read_lambada(data_file(ctx.data_dir, ctx.ecfg.files.jsonl, ctx.task))
+    texts = lambada_lib.read_lambada(data_file(ctx.data_dir, ctx.ecfg.files.jsonl, ctx.task,
+                                               "eval.files.jsonl"))
     if ctx.ecfg.max_examples:
         texts = texts[: ctx.ecfg.max_examples]
     out = lambada_lib.evaluate_lambada(ctx.cfg, ctx.params, ctx.enc, texts,
@@ -149,8 +163,44 @@ def _lambada(ctx) -> list[dict]:
 
 
 def _generation(ctx) -> list[dict]:
-
     return generation.run(ctx)
+
+
+def _file_text(ecfg, data_dir) -> tuple[Path, str]:
+    """The `file` task's path and text (`eval.file`, checked: one-line errors)."""
+    if not ecfg.file:
+        raise ConfigError("Task 'file' scores the text of --config.eval.file=PATH, which is not "
+                          "set; pass the file to score.")
+    path = data_file(data_dir, ecfg.file, "file", "eval.file")
+    return path, read_text_file(path, "eval.file")
+
+
+def _file(ctx) -> list[dict]:
+    """Perplexity and bits per byte of one text file (module docstring: `file`)."""
+    path, text = _file_text(ctx.ecfg, ctx.data_dir)
+    ids = _truncate(ctx.enc.encode(text), ctx.ecfg)
+    if ctx.enc.eot_id is not None:
+        ids = np.concatenate([[ctx.enc.eot_id], ids])
+    if len(ids) < 2:
+        raise DataError(f"--config.eval.file: {str(path)!r} is one token long; a perplexity "
+                        "needs a second token to predict. Give a longer file.")
+    context, stride = windows_of(ctx.ecfg, ctx.cfg)
+    if len(ids) < context <= ctx.cfg.n_positions:  # (a longer context: perplexity's error)
+        context = len(ids)  # one window either way: the same scores, less padding
+    stride = min(stride, context)
+    windows = plan_windows(len(ids), context, stride)
+    scored = np.concatenate([ids[s:e] for s, e in zip(windows.score_start, windows.end)])
+    sizes: dict[int, int] = {}  # bytes of each distinct token
+    byte_count = sum(sizes.setdefault(t, len(ctx.enc.token_bytes(t))) for t in scored.tolist())
+    res = perplexity(ctx.cfg, ctx.params, ids, context, stride,
+                     min(ctx.ecfg.batch_size, len(windows)), byte_count, None, ctx.mesh,
+                     ctx.axis_rules, ctx.progress)
+    assert res.token_count == len(scored), (res.token_count, len(scored))
+    base = {"task": ctx.task, "protocol": "no_prefix" if ctx.enc.eot_id is None else
+            "eot_prefix", "tokens": res.token_count, "bytes": byte_count,
+            "context_length": context, "stride": res.stride, "file": str(path)}
+    return [dict(base, metric="ppl", value=res.perplexity),
+            dict(base, metric="bits_per_byte", value=res.bits_per_byte)]
 
 
 TASKS: dict[str, Callable] = {
@@ -162,6 +212,7 @@ TASKS: dict[str, Callable] = {
     "text8": _characters,
     "summarize": _generation,
     "translate": _generation,
+    "file": _file,
 }
 
 
@@ -171,22 +222,40 @@ def check_task(name: str) -> None:
 
 
 class TaskContext:
-    """What a task needs: model, tokenizer, `config.eval`, data folder, mesh."""
+    """What a task needs: model, tokenizer, `config.eval`, data folder, mesh. A generation
+    task also fills `examples`: one dict per example (prompt, reference, output, its scores)."""
 
     def __init__(self, task, cfg, params, enc, ecfg, data_dir, mesh=None, axis_rules=(),
                  progress=False, generate_config=None, seed=0):
         self.task, self.cfg, self.params, self.enc, self.ecfg = task, cfg, params, enc, ecfg
         self.data_dir, self.mesh, self.axis_rules = data_dir, mesh, axis_rules
         self.progress, self.generate_config, self.seed = progress, generate_config, seed
+        self.examples: list[dict] = []
+
+
+def check_inputs(task: str, ecfg, data_dir) -> None:
+    """Finds the files of `task` (the `file` task also reads its text): run before a model is
+    loaded, so that a wrong path fails at once, with one line naming it."""
+    check_task(task)
+    if ecfg.file and task != "file":
+        raise ConfigError(f"--config.eval.file is scored by the task 'file', not {task!r}; run "
+                          "--config=configs/eval.py:file (this task's own files are "
+                          "--config.eval.files.*).")
+    if task == "file":
+        _file_text(ecfg, data_dir)
+        return
+    for key, name in ecfg.files.items():
+        data_file(data_dir, name, task, f"eval.files.{key}")
 
 
 def run_task(ctx: TaskContext) -> list[dict]:
     """Runs the named task of `ctx`; returns its result rows."""
-    check_task(ctx.task)
+    check_inputs(ctx.task, ctx.ecfg, ctx.data_dir)
     check_vocab(ctx.cfg, ctx.enc)
-    if ctx.ecfg.stride > ctx.ecfg.context_length:
+    context, stride = windows_of(ctx.ecfg, ctx.cfg)
+    if stride > context:
         raise ConfigError(
-            f"eval.stride={ctx.ecfg.stride} is larger than eval.context_length="
-            f"{ctx.ecfg.context_length}, which would skip tokens; use a stride <= the context."
+            f"eval.stride={stride} is larger than eval.context_length={context}, which would "
+            "skip tokens; use a stride <= the context."
         )
     return TASKS[ctx.task](ctx)

@@ -36,12 +36,25 @@ def bleu(hypotheses: list[str], references: list[str]) -> dict:
     return {"bleu": float(result.score), "signature": str(metric.get_signature())}
 
 
-def rouge(hypotheses: list[str], references: list[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measure x 100 over examples: {"rouge1", "rouge2", "rougeL"}."""
+def sentence_bleu(hypothesis: str, reference: str) -> float:
+    """sacrebleu's sentence BLEU (0..100, `effective_order=True` as sacrebleu recommends for
+    single sentences): a per-example view; the task's score is the corpus BLEU."""
+    return float(sacrebleu.metrics.BLEU(effective_order=True)
+                 .sentence_score(hypothesis, [reference]).score)
+
+
+def rouge_per_example(hypotheses: list[str], references: list[str]) -> list[dict]:
+    """ROUGE-1/2/L F-measure x 100 of each example: [{"rouge1", "rouge2", "rougeL"}]."""
     _check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = [scorer.score(ref, hyp) for hyp, ref in zip(hypotheses, references)]
-    return {t: 100.0 * float(np.mean([s[t].fmeasure for s in scores])) for t in ROUGE_TYPES}
+    return [{t: 100.0 * float(s[t].fmeasure) for t in ROUGE_TYPES} for s in scores]
+
+
+def rouge(hypotheses: list[str], references: list[str]) -> dict:
+    """Mean ROUGE-1/2/L F-measure x 100 over examples: {"rouge1", "rouge2", "rougeL"}."""
+    scores = rouge_per_example(hypotheses, references)
+    return {t: float(np.mean([s[t] for s in scores])) for t in ROUGE_TYPES}
 
 
 def first_sentences(text: str, n: int = 3) -> str:
