@@ -140,3 +140,17 @@ def test_mode_config_lists_every_key_with_its_value_and_comment(tmp_path):
     assert any(ln.startswith("train.learning_rate = 5e-05") and "peak learning rate" in ln
                for ln in lines)  # the file's value, common.py's comment
     assert json.loads((tmp_path / "c.json").read_text())["generate"]["num_beams"] == 4
+
+
+def test_model_config_defaults_are_gpt2config_defaults():
+    """configs/common.py:model_config() and GPT2Config's defaults are one source of truth:
+    the same fields with the same values (the 124M GPT-2), so neither can drift alone."""
+    import dataclasses
+
+    from configs import common
+
+    section = common.model_config()
+    fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
+    assert set(section.keys()) == set(fields)
+    assert {k: section[k] for k in fields} == fields
+    assert GPT2Config.from_config(section) == GPT2Config()
