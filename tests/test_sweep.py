@@ -79,7 +79,7 @@ def test_bad_sweeps_name_the_problem():
     with pytest.raises(ConfigError, match="n_kv_head"):
         sweep.plan(config)
     config = ablation.get_config("smoke")
-    config.variants.bad = ml_collections.ConfigDict({"model": {"position": "sinusoidal"}})
+    config.variants.bad = ml_collections.ConfigDict({"model": {"position": "absolute"}})
     with pytest.raises(ConfigError, match="rope"):
         sweep.plan(config)
 

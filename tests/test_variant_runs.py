@@ -19,6 +19,7 @@ VARIANTS = {
     "rope": dict(position="rope"),
     "alibi": dict(position="alibi"),
     "nope": dict(position="none"),
+    "sinusoidal": dict(position="sinusoidal"),
     "window": dict(sliding_window=8),
     "post_ln": dict(norm_position="post"),
     "qk_norm": dict(qk_norm=True),

@@ -46,13 +46,14 @@ def ranks_file(config) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A fixed-width table: task, protocol, metric, value, tokens/examples."""
-    header = f"{'task':<16}{'protocol':<14}{'metric':<15}{'value':>12}  {'count':>10}"
+    """A fixed-width table: task, protocol, context, metric, value, tokens/examples."""
+    header = (f"{'task':<16}{'protocol':<14}{'context':>8}  {'metric':<15}{'value':>12}  "
+              f"{'count':>10}")
     lines = [header, "-" * len(header)]
     for r in rows:
         count = r.get("tokens", r.get("examples", ""))
-        lines.append(f"{r['task']:<16}{r['protocol']:<14}{r['metric']:<15}"
-                     f"{r['value']:>12.4f}  {count:>10}")
+        lines.append(f"{r['task']:<16}{r['protocol']:<14}{r.get('context_length', ''):>8}  "
+                     f"{r['metric']:<15}{r['value']:>12.4f}  {count:>10}")
     return "\n".join(lines)
 
 

@@ -91,16 +91,34 @@ def _truncate(ids: list[int], ecfg) -> np.ndarray:
     return ids[: ecfg.max_tokens] if ecfg.max_tokens else ids
 
 
+def context_runs(ecfg) -> list[tuple[int, int]]:
+    """(context length, stride) of each perplexity run: one per `eval.context_lengths`
+    entry with stride = length (disjoint windows), else (context_length, stride)."""
+    spec = str(ecfg.context_lengths).strip()
+    if not spec:
+        return [(ecfg.context_length, ecfg.stride)]
+    try:
+        lengths = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 2:
+        raise ConfigError(f"eval.context_lengths={spec!r} must be comma-separated lengths >= 2, "
+                          "e.g. --config.eval.context_lengths=128,256,512,1024.")
+    return [(n, n) for n in lengths]
+
+
 def _run_ppl(ctx, protocol: str, text: str, words: int | None = None,
              byte_count: int | None = None) -> list[dict]:
     ecfg = ctx.ecfg
     ids = _truncate(ctx.enc.encode(text), ecfg)
     if ecfg.max_tokens and len(ids) == ecfg.max_tokens:  # a smoke run scores a prefix only
         words = byte_count = None
-    res = perplexity(ctx.cfg, ctx.params, ids, ecfg.context_length, ecfg.stride,
-                     ecfg.batch_size, byte_count, words, ctx.mesh, ctx.axis_rules,
-                     ctx.progress)
-    return _ppl_rows(ctx.task, protocol, res)
+    rows = []
+    for length, stride in context_runs(ecfg):
+        res = perplexity(ctx.cfg, ctx.params, ids, length, stride, ecfg.batch_size,
+                         byte_count, words, ctx.mesh, ctx.axis_rules, ctx.progress)
+        rows += _ppl_rows(ctx.task, protocol, res)
+    return rows
 
 
 def _wikitext(ctx) -> list[dict]:
@@ -184,6 +202,7 @@ def run_task(ctx: TaskContext) -> list[dict]:
     """Runs the named task of `ctx`; returns its result rows."""
     check_task(ctx.task)
     check_vocab(ctx.cfg, ctx.enc)
+    context_runs(ctx.ecfg)  # a bad list of lengths fails before any data is read
     if ctx.ecfg.stride > ctx.ecfg.context_length:
         raise ConfigError(
             f"eval.stride={ctx.ecfg.stride} is larger than eval.context_length="
