@@ -169,6 +169,11 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 = measure a matmul at start
     c.export_hf = True             # at the end, write params to <workdir>/hf (HF safetensors)
     c.progress_bar = True          # tqdm progress bar with ETA on the console
+    # With init_from: first convert the loaded model to this many key/value heads (GQA/MQA
+    # from a multi-head model, Ainslie et al. 2023; gpt2jax/nn/kv_heads.py), then train it
+    # ("uptraining"); 0 = keep the model's heads
+    c.convert_kv_heads = 0
+    c.convert_kv_method = "mean"   # mean (mean-pool each group) | first (its first head) | random
     c.steps_per_call = 1           # optimizer steps per jitted call (a lax.scan; the same
     #                                updates, fewer dispatches); logs/evals/saves stay per step
     # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard

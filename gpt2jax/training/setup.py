@@ -28,8 +28,8 @@ from gpt2jax.training import checkpoint as ckpt_lib
 from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
-from gpt2jax.weights.loader import overrides_from
-from gpt2jax.weights.pretrained import load_pretrained
+from gpt2jax.nn.kv_heads import convert_kv_heads
+from gpt2jax.weights.loader import load_weights, overrides_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,16 +214,26 @@ def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
 
 def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None):
     """(the GPT2Config trained, pretrained params or None): the checkpoint's model when
-    resuming, else `init_from`'s, else `cfg` itself."""
+    resuming, else `init_from`'s (a pretrained model or a training workdir; its kv heads
+    converted when `train.convert_kv_heads` > 0), else `cfg` itself."""
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
             saved = checkpointer.read_meta(latest)["model"]
             cfg = GPT2Config(**dict(saved, **overrides_from(config.model)))
         checkpointer.check_model(latest, cfg)
         return cfg, None
+    groups = config.train.convert_kv_heads
     if not config.init_from:
+        if groups:
+            raise ConfigError(f"train.convert_kv_heads={groups} converts a loaded model: set "
+                              "--config.init_from=WORKDIR_OR_HF_DIR, or train a new model with "
+                              f"--config.model.n_kv_heads={groups} instead.")
         return cfg, None
-    cfg, pretrained = load_pretrained(config.init_from, **overrides_from(config.model))
+    cfg, pretrained = load_weights(config.init_from, **overrides_from(config.model))
+    if groups:  # GQA/MQA "uptraining" (Ainslie et al. 2023) from a multi-head model
+        cfg, pretrained = convert_kv_heads(cfg, pretrained, groups,
+                                           config.train.convert_kv_method,
+                                           jax.random.key(config.seed))
     if tc.block_size > cfg.n_positions:
         raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
                           f"model's n_positions={cfg.n_positions}.")

@@ -75,6 +75,21 @@ def load_model(source: str | os.PathLike, *, step: int | None = None, ranks_path
     return cfg, params, _export_tokenizer(Path(source), ranks_path)
 
 
+def load_weights(source: str | os.PathLike, **overrides) -> tuple[GPT2Config, Params]:
+    """(cfg, params) of a training workdir's latest checkpoint or of anything
+    `load_pretrained` reads; no tokenizer (training's `init_from` brings its own data)."""
+    check_overrides(overrides)
+    if not is_workdir(source):
+        return load_pretrained(source, **overrides)
+    try:
+        cfg, params, _ = saved_run.load_params_for_inference(Path(source), None, **overrides)
+    except GPT2JaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TensorStore / JSON errors have no common type
+        raise _unreadable(Path(source), None, e) from e
+    return cfg, params
+
+
 def model_for_config(config, ranks_path: str = "") -> tuple[GPT2Config, Params, Tokenizer]:
     """The model of a CLI config: `config.init_from` with `overrides_from(config.model)`, or
     (init_from "") a random init of `config.model` with `config.seed` (smoke tests), GPT-2 BPE.
