@@ -304,9 +304,9 @@ class GPT2(nn.Module):
                 dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
                 embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
             )(position_ids))
-        elif cfg.position == "sinusoidal":
+        elif cfg.position == "sinusoidal":  # Vaswani et al. 3.4: token embeddings x sqrt(E)
             pe = pos_lib.sinusoidal_embedding(position_ids, cfg.n_embd).astype(cfg.compute_dtype)
-            x = x + hooks.hook(self, "hook_pos_embed", pe)
+            x = x * cfg.n_embd ** 0.5 + hooks.hook(self, "hook_pos_embed", pe)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
