@@ -174,6 +174,11 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.progress_bar = True          # tqdm progress bar with ETA on the console
     c.fit_to_data = False          # shrink block / batch / eval batches (and grow a held-out
     #                                val_fraction) to fit a small text; prints what it chose
+    c.convert_kv_heads = 0         # with init_from: first convert the loaded model to this
+    #                                many key/value heads (GQA/MQA from a multi-head model,
+    #                                Ainslie et al. 2023; nn/kv_heads.py), then train it
+    #                                ("uptraining"); 0 = keep the model's heads
+    c.convert_kv_method = "mean"   # mean (mean-pool each group) | first (its first head) | random
     c.steps_per_call = 1           # optimizer steps per jitted call (a lax.scan; the same
     #                                updates, fewer dispatches); logs/evals/saves stay per step
     # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard

@@ -391,7 +391,7 @@ def test_kv_cache_shrinks_with_kv_heads_and_axes_are_named():
     (dict(position="alibi", attention_impl="pallas"), "'xla'"),
     (dict(sliding_window=4, attention_impl="pallas"), "'xla'"),
     (dict(n_kv_heads=3), "[1, 2, 4]"),
-    (dict(position="sinusoidal"), "'rope'"),
+    (dict(position="absolute"), "'sinusoidal'"),
     (dict(norm_position="sandwich"), "'post'"),
     (dict(sliding_window=-1), ">= 0"),
     (dict(n_embd=36, n_head=4, position="rope"), "even head_dim"),

@@ -12,7 +12,7 @@ Names (TransformerLens, `blocks.{i}.` prefix for the per-layer ones) and where t
 | name                          | shape                      | value (linen module path)          |
 |-------------------------------|----------------------------|------------------------------------|
 | hook_embed                    | [batch, pos, d_model]      | wte(input_ids)                     |
-| hook_pos_embed                | [batch, pos, d_model]      | wpe(position_ids) (learned only)   |
+| hook_pos_embed                | [batch, pos, d_model]      | wpe / sinusoid of position_ids     |
 | blocks.i.hook_resid_pre       | [batch, pos, d_model]      | input of h_i                       |
 | blocks.i.ln1.hook_normalized  | [batch, pos, d_model]      | h_i/ln_1 output                    |
 | blocks.i.attn.hook_q          | [batch, pos, head, d_head] | h_i/attn/c_attn (or c_q) queries   |
@@ -76,8 +76,8 @@ _LAYER_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
 def missing_reason(cfg, local: str) -> str | None:
     """Why the model variant `cfg` has no hook point `local` (a name without `blocks.i.`),
     or None when it has it."""
-    if local == "hook_pos_embed" and cfg.position != "learned":
-        return f"position={cfg.position!r} has no learned position embedding (wpe)"
+    if local == "hook_pos_embed" and cfg.position not in ("learned", "sinusoidal"):
+        return f"position={cfg.position!r} adds no position embedding (learned or sinusoidal)"
     if local in ("attn.hook_rot_q", "attn.hook_rot_k") and cfg.position != "rope":
         return f"position={cfg.position!r} has no rotary embedding (only position='rope')"
     if local in SCORE_HOOKS and cfg.attention_impl != "einsum":

@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from gpt2jax.nn import attention as attn_lib
 from gpt2jax.nn import hooks
+from gpt2jax.nn import positions as pos_lib
 from gpt2jax.nn import scan as scan_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
@@ -104,11 +105,7 @@ class GPT2Config:
                 f"n_kv_heads={self.n_kv_heads} does not divide n_head={self.n_head}; choose one "
                 f"of {divisors} (1 = multi-query), or 0 for GPT-2's fused multi-head layout."
             )
-        if self.position == "rope" and (self.head_dim % 2 or self.rope_theta <= 0):
-            raise ConfigError(
-                f"position='rope' needs an even head_dim (got {self.head_dim}) and rope_theta > 0 "
-                f"(got {self.rope_theta}); change n_embd/n_head or use position='learned'."
-            )
+        pos_lib.check_config(self)
         attn_lib.check_supported(self)
 
     @property
@@ -283,11 +280,9 @@ class GPT2(nn.Module):
         """
         cfg = self.cfg
         batch, length = input_ids.shape
-        if not decode and length > cfg.n_positions and cfg.position == "learned":
-            raise ConfigError(
-                f"Input length {length} exceeds the model context n_positions={cfg.n_positions}; "
-                f"keep the last {cfg.n_positions} tokens or use strided windows (perplexity)."
-            )
+        if not decode:  # learned positions stop at n_positions; the other schemes go on
+            pos_lib.check_length(cfg, length, "input length", f"keep the last {cfg.n_positions}"
+                                 " tokens or use strided windows (perplexity)")
         cache_index = None
         if decode:
             index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
@@ -309,6 +304,9 @@ class GPT2(nn.Module):
                 dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
                 embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
             )(position_ids))
+        elif cfg.position == "sinusoidal":  # Vaswani et al. 3.4: token embeddings x sqrt(E)
+            pe = pos_lib.sinusoidal_embedding(position_ids, cfg.n_embd).astype(cfg.compute_dtype)
+            x = x * cfg.n_embd ** 0.5 + hooks.hook(self, "hook_pos_embed", pe)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
@@ -370,18 +368,15 @@ def _abstract_params(cfg: GPT2Config, boxed: bool):
 
 
 def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
-    """An empty KV cache for `max_length` slots.
+    """An empty KV cache for `max_length` slots (past n_positions for a model whose position
+    scheme defines every position, `positions.UNBOUNDED`).
 
     Returns the pytree {"cache_index": int32 scalar, "h_i": {"attn": {"cached_key",
     "cached_value": [B, S, K, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
     layer also caches "cached_positions" [B, S] int32 (key position ids). With scan_layers
     the layers are stacked instead: "h": {"attn": {"cached_key": [L, B, S, K, D], ...}}.
     """
-    if max_length > cfg.n_positions:
-        raise ConfigError(
-            f"max_length={max_length} exceeds the model context n_positions={cfg.n_positions}; "
-            "shorten the prompt or the number of new tokens."
-        )
+    pos_lib.check_length(cfg, max_length, "max_length", "shorten the prompt or new tokens")
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                         _cache_shapes(cfg, batch_size, max_length))
 

@@ -97,20 +97,30 @@ def _our_shape(cfg: GPT2Config, name: str, hf_shape: tuple) -> tuple:
     return _HEAD_SHAPES[suffix](cfg) if suffix in _HEAD_SHAPES else hf_shape
 
 
+def _gpt2_fields(exact: bool) -> dict:
+    fields = {"n_kv_heads": 0, "position": "learned", "qk_norm": False}
+    if exact:
+        fields.update(sliding_window=0, norm_position="pre")
+    return fields
+
+
+def gpt2_layout_mismatch(cfg: GPT2Config, exact: bool = False) -> dict:
+    """The fields of `cfg` that the HF GPT-2 layout cannot hold ({} = none); see below."""
+    return {k: getattr(cfg, k) for k, v in _gpt2_fields(exact).items() if getattr(cfg, k, v) != v}
+
+
 def check_gpt2_layout(cfg: GPT2Config, exact: bool = False) -> None:
     """Raises WeightsError if `cfg` has parameters the HF GPT-2 layout cannot hold.
 
     With `exact=True` also rejects variants that keep GPT-2's parameters but compute
     differently (sliding window, post-LN): HF would then give other logits.
     """
-    fields = {"n_kv_heads": 0, "position": "learned", "qk_norm": False}
-    if exact:
-        fields.update(sliding_window=0, norm_position="pre")
-    bad = {k: getattr(cfg, k) for k, v in fields.items() if getattr(cfg, k, v) != v}
+    bad = gpt2_layout_mismatch(cfg, exact)
     if bad:
         raise WeightsError(
-            f"The HF GPT-2 layout cannot represent {bad}; only plain GPT-2 ({fields}) "
-            "imports/exports. Save such models with the Orbax checkpointer instead."
+            f"The HF GPT-2 layout cannot represent {bad}; only plain GPT-2 "
+            f"({_gpt2_fields(exact)}) imports/exports. Save such models with the Orbax "
+            "checkpointer instead."
         )
 
 
