@@ -139,7 +139,7 @@ CASES = [
     Case("learned-positions-longer-context-cli", "--config.model.n_positions=64 on learned wpe",
          argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi",
               "--config.model.n_positions=64", setup=lambda work: save_tiny(work / "model")),
-         ("learned positions", "n_positions=64", "position=rope|alibi|none")),
+         ("learned positions", "n_positions=64", "position=rope|alibi|none|sinusoidal")),
     Case("finetune-text-too-small-cli", "configs/finetune.py on a 12-token train.txt",
          argv("--mode=train", "--config=configs/finetune.py", "--workdir={work}/ft",
               "--config.init_from={work}/model", "--config.data.train_file={work}/train.txt",
