@@ -22,7 +22,8 @@ from gpt2jax.interp.cache import hook_names, run_with_cache, run_with_hooks
 from gpt2jax.interp.tools import activation_patching, head_ablation, logit_difference, logit_lens
 from gpt2jax.nn.hooks import ModelOutput
 from gpt2jax.nn.kv_heads import convert_kv_heads
-from gpt2jax.nn.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
+from gpt2jax.nn.model import (GPT2, ConfigError, GPT2Config, init_cache, init_params,
+                              model_outputs, param_count)
 from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "load_pretrained",
     "logit_difference",
     "logit_lens",
+    "model_outputs",
     "param_count",
     "perplexity",
     "run_with_cache",

@@ -219,16 +219,17 @@ class Block(nn.Module):
     Post-LN (original Transformer, GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
 
     cfg: GPT2Config
+    layer: int | None = None  # this block's index (hook names); the scanned block has none
 
     @nn.compact
     def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index,
                  layer=None):
-        """`layer`: this block's index for hooks only (int or traced; None = from the name)."""
+        """`layer`: the traced index of the scanned block (hooks only); default `self.layer`."""
         cfg = self.cfg
         ln_1, ln_2 = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
         attn, mlp = Attention(cfg, name="attn"), MLP(cfg, name="mlp")
         hook = functools.partial(hooks.hook, self)  # identity unless hooks are active
-        with hooks.in_layer(self, layer):
+        with hooks.in_layer(self.layer if layer is None else layer):
             x = hook("hook_resid_pre", x)
             if cfg.norm_position == "pre":
                 h = hook("ln1.hook_normalized", ln_1(x)).astype(cfg.compute_dtype)
@@ -318,8 +319,8 @@ class GPT2(nn.Module):
                                      decode, cache_index)
         else:
             for i in range(cfg.n_layer):
-                x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic,
-                                              decode, cache_index)
+                x = block(cfg, layer=i, name=f"h_{i}")(x, attention_mask, position_ids,
+                                                       deterministic, decode, cache_index)
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
             x = hooks.hook(self, "ln_final.hook_normalized", layer_norm(cfg, "ln_f")(x))
             x = x.astype(cfg.compute_dtype)
@@ -328,15 +329,21 @@ class GPT2(nn.Module):
         logits = wte.attend(x)
         return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-    def apply(self, variables, *args, output_hidden_states: bool = False,
-              output_attentions: bool = False, **kwargs):
-        """`nn.Module.apply`; with output_hidden_states / output_attentions it returns HF's
-        fields as a `hooks.ModelOutput` (see hooks.py), else exactly what it always did."""
-        if not (output_hidden_states or output_attentions):
-            return super().apply(variables, *args, **kwargs)
-        mutable = kwargs.pop("mutable", False)
-        run = functools.partial(super().apply, variables, *args, **kwargs)
-        return hooks.hf_outputs(self.cfg, run, output_hidden_states, output_attentions, mutable)
+
+
+def model_outputs(cfg: GPT2Config, params, *args, output_hidden_states: bool = False,
+                  output_attentions: bool = False, **kwargs) -> hooks.ModelOutput:
+    """HF's `CausalLMOutput` fields of one forward pass: `GPT2(cfg).apply({"params": params},
+    *args, **kwargs)` with the hook points that give them captured.
+
+    Returns a `hooks.ModelOutput`: logits [B, T, V] float32; hidden_states (n_layer + 1 arrays
+    [B, T, E]: the embeddings, each block's input and the output after ln_f, as HF) when
+    asked; attentions (n_layer arrays [B, H, T, S] of softmax weights, einsum kernel only)
+    when asked. With `mutable=` it returns (output, the other mutable collections).
+    """
+    mutable = kwargs.pop("mutable", False)
+    run = functools.partial(GPT2(cfg).apply, {"params": params}, *args, **kwargs)
+    return hooks.hf_outputs(cfg, run, output_hidden_states, output_attentions, mutable)
 
 
 def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from gpt2jax.errors import WeightsError
 from gpt2jax.nn.model import GPT2Config
@@ -192,13 +193,10 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
                 f"vocab_size={cfg.vocab_size}, n_positions={cfg.n_positions}; the config does "
                 "not match the weights: fix config.json (or the n_* overrides)."
             )
-    params: Params = {}
-    for name, path in _name_map(cfg).items():
-        value = np.asarray(state[name]).astype(cfg.storage_dtype)
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value.reshape(_our_shape(cfg, name, expected[name]))
+    params = traverse_util.unflatten_dict({
+        path: np.asarray(state[name]).astype(cfg.storage_dtype).reshape(
+            _our_shape(cfg, name, expected[name]))
+        for name, path in _name_map(cfg).items()})
     return to_layout(params, cfg.scan_layers)
 
 
@@ -216,9 +214,14 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
     check_gpt2_layout(cfg, exact=True)
     params = to_layout(params, False)  # HF names one tensor per layer
     out, names = {}, _name_map(cfg)
+    flat = traverse_util.flatten_dict(dict(params))
     for name, shape in expected_hf_shapes(cfg).items():
         path = names[name]
-        value = np.asarray(jax.device_get(_lookup(params, path)))
+        if path not in flat:
+            raise WeightsError(
+                f"params has no {'/'.join(path)!r}; pass the pytree made by "
+                "gpt2jax.init_params or load_pretrained (unboxed).")
+        value = np.asarray(jax.device_get(flat[path]))
         if value.size != np.prod(shape):
             raise WeightsError(
                 f"params {'/'.join(path)} has shape {value.shape}, which does not fit {name} "
@@ -226,19 +229,6 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
             )
         out[prefix + name] = np.ascontiguousarray(value.reshape(shape))
     return out
-
-
-def _lookup(params: Params, path: tuple) -> Any:
-    node = params
-    for i, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, TypeError):
-            raise WeightsError(
-                f"params has no {'/'.join(path[:i + 1])!r}; pass the pytree made by "
-                "gpt2jax.init_params or load_pretrained (unboxed)."
-            ) from None
-    return node
 
 
 # ----------------------------------------------------------------------------- configs
