@@ -81,9 +81,8 @@ class Placement:
         `lead` whole leading axes come first ([steps, batch, ...] for lead=1)."""
         if self.mesh is None:
             return None
-        logical = (None,) * lead + ("batch",) + (None,) * (ndim - 1 - lead)
-        spec = nn.logical_to_mesh_axes(logical, self.axis_rules)
-        return NamedSharding(self.mesh, spec)
+        logical = PartitionSpec(*(None,) * lead, "batch", *(None,) * (ndim - 1 - lead))
+        return nn.logical_to_mesh_sharding(logical, self.mesh, self.axis_rules)
 
     def replicated(self) -> NamedSharding | None:
         """A full copy on every device (metrics, scalars); None without a mesh."""
@@ -138,7 +137,10 @@ class Placement:
 
     def spec_for(self, path: str, logical: PartitionSpec, shape: tuple) -> PartitionSpec:
         """The mesh `PartitionSpec` of one array [shape] with logical axis names `logical`
-        (one rule for uneven dimensions: see the module docstring)."""
+        (one rule for uneven dimensions: see the module docstring).
+
+        Flax's `nn.logical_to_mesh_axes` maps the names; ours only adds what flax's
+        `logical_to_mesh_sharding` cannot: the uneven-dimension rule, per array shape."""
         mesh_spec = list(nn.logical_to_mesh_axes(logical, self.axis_rules)) if len(logical) else []
         mesh_spec += [None] * (len(shape) - len(mesh_spec))
         for dim, axes in enumerate(mesh_spec):

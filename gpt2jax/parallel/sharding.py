@@ -175,6 +175,10 @@ def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
     dimension the mesh axes do not divide (batch 1 in decoding, the 50,257-way vocabulary) is
     left to the compiler. Outside `mesh_rules` (one device, no rules) `x` is returned as is.
 
+    The names map through flax's `nn.logical_to_mesh_axes` (which also drops a mesh axis an
+    earlier dimension took), as `nn.with_logical_constraint` does; ours adds only the
+    uneven-dimension rule, which flax's constraint lacks.
+
     Args:
       x: an array of rank len(logical_axes).
       logical_axes: names such as ("batch", "length", "embed"); None = replicated.
