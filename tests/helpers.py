@@ -160,3 +160,31 @@ def malicious_pickle(path: Path, victim: Path) -> None:
             return (Path.touch, (victim,))
 
     path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def corpus_documents(data_dir: Path, n_docs: int, seed: int = 0) -> list[str]:
+    """`n_docs` documents of real text: runs of 1-6 consecutive paragraphs of Tiny Shakespeare
+    and WikiText-2 (raw test), taken at seeded random places (the text of the shared data)."""
+    text = ((data_dir / "tinyshakespeare" / "input.txt").read_text() +
+            (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text())
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        start, k = int(rng.integers(0, len(paragraphs) - 6)), int(rng.integers(1, 7))
+        docs.append("\n\n".join(paragraphs[start:start + k]))
+    return docs
+
+
+def write_parquet(path: Path, docs: list[str], row_group_size: int = 256, **columns) -> Path:
+    """`docs` as the `text` column of a parquet file (plus `columns`), like a hub shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": docs, "id": list(range(len(docs))), **columns}), path,
+                   row_group_size=row_group_size)
+    return path
