@@ -188,3 +188,20 @@ def write_parquet(path: Path, docs: list[str], row_group_size: int = 256, **colu
     pq.write_table(pa.table({"text": docs, "id": list(range(len(docs))), **columns}), path,
                    row_group_size=row_group_size)
     return path
+
+
+def hellaswag_rows(data_dir: Path, n: int) -> list[dict]:
+    """`n` (<= 6) rows in the hub's Rowan/hellaswag format from Tiny Shakespeare lines: the
+    context is a line and the start of the next, the endings are the true rest and three
+    other lines' ends; odd rows carry a "[title]" artifact that lm-eval's preprocess rewrites."""
+    lines = [ln for ln in (data_dir / "tinyshakespeare" / "input.txt").read_text().split("\n")
+             if len(ln.split()) >= 6][:40]
+    rows = []
+    for i in range(n):
+        nxt = lines[i * 6 + 1].split()
+        ends = [" ".join(lines[i * 6 + k].split()[3:]) for k in (2, 3, 4)]
+        ends.insert(i % 4, " ".join(nxt[3:]))
+        rows.append({"activity_label": "Shakespeare", "ctx_a": lines[i * 6],
+                     "ctx_b": " ".join(nxt[:3]) + (" [title]" if i % 2 else ""),
+                     "endings": ends, "label": str(i % 4)})
+    return rows
