@@ -69,7 +69,8 @@ def data_files(cfg) -> list[str] | str | None:
 
 
 def load_split(cfg, split: str, files):
-    """`datasets.load_dataset` of one split as an IterableDataset of the text column."""
+    """`datasets.load_dataset` of one split as an IterableDataset of the text column, and its
+    number of rows when known (else None)."""
     datasets = import_datasets()
     what = _describe(cfg, split)
     kwargs = dict(name=cfg.hf_name or None, split=split, streaming=cfg.streaming)
@@ -88,13 +89,14 @@ def load_split(cfg, split: str, files):
             f"{what} cannot be loaded: {_first_line(e)} Check config.data.hf_path and hf_name; "
             "offline, point hf_path=parquet|json|arrow and hf_data_files at a local copy, or "
             "set HF_HUB_OFFLINE=1 to read HF's cache.") from None
+    rows = _known_rows(ds, split, files, cfg)
     if not cfg.streaming:
         ds = ds.to_iterable_dataset()  # one reading path; the Arrow file stays memory-mapped
     columns = ds.column_names
     if columns is not None and cfg.text_column not in columns:
         raise DataError(f"{what} has no column {cfg.text_column!r} (it has {columns}); set "
                         "config.data.text_column.")
-    return ds.select_columns([cfg.text_column]) if columns is not None else ds
+    return (ds.select_columns([cfg.text_column]) if columns is not None else ds), rows
 
 
 def _texts(ds, cfg, what: str, start: int) -> Iterator[str]:
@@ -120,8 +122,8 @@ def _texts(ds, cfg, what: str, start: int) -> Iterator[str]:
 def hf_source(cfg) -> DocSource:
     """The `hf` source of `config.data` as a DocSource (see the module docstring)."""
     files = data_files(cfg)
-    train_ds = load_split(cfg, cfg.hf_split, files)
-    val_ds = load_split(cfg, cfg.hf_val_split, files) if cfg.hf_val_split else None
+    train_ds, rows = load_split(cfg, cfg.hf_split, files)
+    val_ds, val_rows = load_split(cfg, cfg.hf_val_split, files) if cfg.hf_val_split else (None, 0)
     identity = {"hf": [cfg.hf_path, cfg.hf_name, cfg.hf_split, cfg.hf_val_split,
                        cfg.text_column],
                 "files": documents.file_identity(files) if isinstance(files, list) else files}
@@ -147,7 +149,8 @@ def hf_source(cfg) -> DocSource:
             return documents.batches(documents.skip(tagged, start))
         return _held_out(_texts(train_ds, cfg, train_what, start), start, cfg)
 
-    return DocSource(read, origin, identity, _num_rows(train_ds, val_ds, cfg))
+    return DocSource(read, origin, identity,
+                     None if rows is None or val_rows is None else rows + val_rows)
 
 
 def _held_out(texts: Iterator[str], start: int, cfg) -> Iterator[documents.Batch]:
@@ -159,15 +162,22 @@ def _held_out(texts: Iterator[str], start: int, cfg) -> Iterator[documents.Batch
         position += len(docs)
 
 
-def _num_rows(train_ds, val_ds, cfg) -> int | None:
-    """Rows of the split(s) when the dataset's info knows them (for the ETA), else None."""
-    counts = []
-    for ds, split in ((train_ds, cfg.hf_split), (val_ds, cfg.hf_val_split)):
-        if ds is None:
-            continue
-        info = getattr(ds, "info", None)
-        splits = getattr(info, "splits", None) or {}
-        if split not in splits or not splits[split].num_examples:
-            return None
-        counts.append(splits[split].num_examples)
-    return sum(counts)
+def _known_rows(ds, split: str, files, cfg) -> int | None:
+    """Rows of a loaded split for the progress bar's ETA: an Arrow dataset's length, the
+    footers of local parquet files, or the dataset card's count; None when unknown."""
+    if hasattr(ds, "num_rows"):
+        return ds.num_rows
+    if cfg.hf_path == "parquet" and isinstance(files, list):
+        import pyarrow.parquet as pq  # installed with datasets
+
+        rows = 0
+        for f in files:
+            try:
+                rows += pq.ParquetFile(f).metadata.num_rows
+            except Exception as e:  # noqa: BLE001  (pyarrow's errors: a damaged footer)
+                raise DataError(f"{f} is not a readable parquet file ({type(e).__name__}: "
+                                f"{_first_line(e)}); check or re-download it.") from None
+        return rows
+    splits = getattr(getattr(ds, "info", None), "splits", None) or {}
+    info = splits.get(split) if hasattr(splits, "get") else None
+    return info.num_examples if info is not None and info.num_examples else None
