@@ -25,12 +25,14 @@ import sys
 import threading
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import common
 from gpt2jax import data
-from gpt2jax.data import shards
+from gpt2jax.cli import CliArgs, run_mode
+from gpt2jax.data import prepare, shards
 from gpt2jax.errors import DataError
 from gpt2jax.data.sources import EOT_TEXT as EOT
 from helpers import REPO, corpus_documents
@@ -229,3 +231,30 @@ def test_sigkill_mid_shard_resumes_byte_identical(data_dir, tmp_path):
     meta = shards.read_meta(str(out))
     assert meta["num_tokens"] == sum(np.fromfile(out / e["name"], np.uint16).size
                                      for s in shards.SPLITS for e in meta["splits"][s]["files"])
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused(corpora, tmp_path):
+    _, new, folder, _ = corpora
+    staging = folder / shards.PARTIAL
+    staging.mkdir()
+    held = prepare._lock(staging)  # what a running prepare holds
+    before = tree_digest(folder)
+    try:
+        with pytest.raises(DataError, match="Another prepare is writing into.*shards_dir"):
+            data.prepare_shards(char_config(new, folder), progress=False)
+    finally:
+        os.close(held)
+    assert (staging / "lock").exists() and tree_digest(folder) == before  # nothing touched
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(corpora, monkeypatch):
+    _, new, folder, ref = corpora
+    config = ml_collections.ConfigDict({"data": char_config(new, folder)})
+    with monkeypatch.context() as m:
+        inject(m, ("unlink",), 1, KeyboardInterrupt)  # Ctrl-C as the commit starts
+        with pytest.raises(DataError, match=r"Interrupted: .*prepare.partial/ keeps the finished "
+                                            r"shards; rerun the same `--mode=prepare`"):
+            run_mode("prepare", config, CliArgs())
+    assert (folder / shards.PARTIAL / "state.json").is_file()
+    run_mode("prepare", config, CliArgs())
+    assert tree_digest(folder) == tree_digest(ref)

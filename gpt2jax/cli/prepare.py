@@ -9,7 +9,8 @@ ids) into `config.data.shards_dir` (or `--workdir`). Killed, the same command re
 from __future__ import annotations
 
 from gpt2jax.data import prepare_shards
-from gpt2jax.errors import ConfigError
+from gpt2jax.data.shards import PARTIAL
+from gpt2jax.errors import ConfigError, DataError
 
 
 def main(config, args) -> dict:
@@ -24,7 +25,11 @@ def main(config, args) -> dict:
     if "://" in out_dir:  # np.memmap and pathlib read and write local files only
         raise ConfigError(f"Shards folder {out_dir} is not a local folder; write the shards to "
                           "local disk, then copy them (e.g. `gcloud storage cp -r DIR gs://...`).")
-    meta = prepare_shards(config.data, out_dir)
+    try:
+        meta = prepare_shards(config.data, out_dir)
+    except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, not a traceback
+        raise DataError(f"Interrupted: {out_dir}/{PARTIAL}/ keeps the finished shards; rerun "
+                        "the same `--mode=prepare` command to resume.") from None
     tok = meta["tokenizer"]
     for split, info in meta["splits"].items():
         print(f"{split}: {info['num_tokens']:,} tokens, {info['num_documents']:,} documents in "

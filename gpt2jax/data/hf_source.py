@@ -20,6 +20,7 @@ read from HF's own cache (`HF_HUB_OFFLINE=1`), as `datasets` does.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -100,7 +101,13 @@ def load_split(cfg, split: str, files):
 
 
 def _texts(ds, cfg, what: str, start: int) -> Iterator[str]:
-    """The documents of a loaded split from row `start`; a null text is an empty document."""
+    """The documents of a loaded split from row `start`; a null text is an empty document.
+
+    A read error becomes one DataError; `datasets`' own ERROR log of it is silenced while
+    reading (it would print the same failure a second time, as a log line)."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         for batch in ds.skip(start).iter(batch_size=READ_BATCH):
             if cfg.text_column not in batch:
@@ -117,6 +124,8 @@ def _texts(ds, cfg, what: str, start: int) -> Iterator[str]:
     except Exception as e:  # noqa: BLE001  (pyarrow / datasets / json errors while reading)
         raise DataError(f"{what} could not be read: {type(e).__name__}: {_first_line(e)} "
                         "Check the files (a damaged or truncated parquet/jsonl?).") from None
+    finally:
+        logger.setLevel(level)
 
 
 def hf_source(cfg) -> DocSource:

@@ -249,19 +249,19 @@ def prepare_shards(cfg, out_dir: str | None = None, progress: bool = True) -> di
     out = _output_dir(cfg, out_dir)
     staging = out / PARTIAL
     source = doc_source(cfg)  # bad input is refused here, before anything is written
-    state = read_state(staging / STATE)
-    tok = source_tokenizer(cfg, source, state)
-    recipe = _recipe(cfg, source, tok)
-    if state is not None:
-        _check_same_recipe(state, recipe, staging)
-    else:
-        state = _new_state(cfg, source, tok, recipe)
     start = time.perf_counter()
     new_dirs = [d for d in (*reversed(out.parents), out, staging) if not d.exists()]
-    lock = None
+    lock, state = None, None
     try:
         staging.mkdir(parents=True, exist_ok=True)
         lock = _lock(staging)  # a second prepare stops here, touching nothing
+        state = read_state(staging / STATE)  # read under the lock: no other writer now
+        tok = source_tokenizer(cfg, source, state)
+        recipe = _recipe(cfg, source, tok)
+        if state is not None:
+            _check_same_recipe(state, recipe, staging)
+        else:
+            state = _new_state(cfg, source, tok, recipe)
         if state["phase"] == "tokenize":
             _tokenize(staging, state, source, tok, cfg, progress)
             state["meta"] = _final_meta(state, staging)

@@ -137,11 +137,13 @@ class Progress:
     """A tqdm bar of documents (ETA when their number is known) with tokens and tokens/s."""
 
     def __init__(self, enabled: bool, total: int | None, docs: int, tokens: int):
-        self.bar = tqdm(total=total, initial=docs, unit="doc", unit_scale=True, desc="prepare",
-                        disable=not enabled, mininterval=0.5, smoothing=0.1)
+        self.enabled, self.total, self.docs, self.bar = enabled, total, docs, None
         self.tokens, self.new_tokens, self.start = tokens, 0, time.perf_counter()
 
     def advance(self, docs: int, tokens: int) -> None:
+        if self.bar is None:  # shown from the first batch on: a source that fails at once
+            self.bar = tqdm(total=self.total, initial=self.docs, unit="doc", desc="prepare",
+                            disable=not self.enabled, mininterval=0.5, smoothing=0.1)
         self.tokens += tokens
         self.new_tokens += tokens
         rate = self.new_tokens / max(time.perf_counter() - self.start, 1e-9)
@@ -150,7 +152,8 @@ class Progress:
         self.bar.update(docs)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def make_progress(enabled: bool, total: int | None, docs: int, tokens: int) -> Progress:
