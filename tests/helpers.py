@@ -8,8 +8,10 @@ from each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -160,3 +163,28 @@ def malicious_pickle(path: Path, victim: Path) -> None:
             return (Path.touch, (victim,))
 
     path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_bytes: int):
+    """A tmpfs of `size_bytes` mounted at `path` (created) for the body: a small real disk
+    that fills up, for full-disk tests. Needs root (CAP_SYS_ADMIN, as in this project's test
+    containers); skips the test where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(path: Path, leave_bytes: int) -> Path:
+    """Writes `path` (a ballast file) so that its disk has about `leave_bytes` free; returns
+    it (delete it to free the space again)."""
+    free = shutil.disk_usage(path.parent).free
+    with open(path, "wb") as f:
+        f.write(b"\0" * max(free - leave_bytes, 0))
+    return path

@@ -138,11 +138,28 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
                 _log_shardings(setup, state)
                 writer = _open_writer(setup)
                 yield Run(setup, state, writer)
-            finally:
-                checkpointer.close()
-                ds.train.close()
-                if writer is not None:
-                    writer.close()
+            except BaseException:  # the error on its way out is the one to report
+                _close(checkpointer, ds.train, writer, quietly=True)
+                raise
+            _close(checkpointer, ds.train, writer, quietly=False)
+
+
+def _close(checkpointer, train_iter, writer, quietly: bool) -> None:
+    """Closes the run's checkpointer (waiting for its save), data and writer, each even if
+    another fails. The first failure is raised, unless `quietly` (an error is already on its
+    way out, e.g. a full disk: then the others are its echoes, logged, not raised)."""
+    errors = []
+    for close in (checkpointer.close, train_iter.close,
+                  writer.close if writer is not None else None):
+        try:
+            if close is not None:
+                close()
+        except Exception as e:  # noqa: BLE001 - reported below or logged
+            errors.append(e)
+    if errors and not quietly:
+        raise errors[0]
+    for e in errors:
+        logging.warning("While closing after an earlier error: %s: %s", type(e).__name__, e)
 
 
 def _make_workdir(workdir: Path) -> None:
@@ -261,4 +278,5 @@ def _open_writer(setup: RunSetup) -> metric_writers.MultiWriter:
     config_json = json.loads(setup.config.to_json_best_effort())
     ckpt_lib.save_json(setup.workdir / "config.json", config_json)
     data_lib.save_tokenizer(setup.ds.tokenizer, setup.workdir / "tokenizer.json")
-    return metric_writers.create_writer(setup.workdir, main_process=True)
+    return metric_writers.create_writer(setup.workdir, main_process=True,
+                                        start_step=setup.start_step)
