@@ -86,12 +86,23 @@ def truncate(model: Path, size: int | None = None) -> Path:
     return model
 
 
-def fake_checkpoint(workdir: Path, **model) -> None:
-    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it."""
+def fake_checkpoint(workdir: Path, tokenizer: dict | None = None, **model) -> None:
+    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it;
+    `tokenizer`: the tokenizer metadata it records (default: a char tokenizer, no vocabulary)."""
     ck = Checkpointer(workdir, keep=3, keep_best=0, async_save=False)
     ck.save(3, {"params": {"wte": jnp.zeros((4, 4))}}, {"position": 0},
-            {"model": tiny_config(**{**MICRO, **model}).to_dict(), "tokenizer": {"name": "char"}})
+            {"model": tiny_config(**{**MICRO, **model}).to_dict(),
+             "tokenizer": tokenizer or {"name": "char"}})
     ck.close()
+
+
+def char_vocabulary(text: str, straight_to_curly: bool = False) -> dict:
+    """The char tokenizer metadata of `text`; with `straight_to_curly`, of the same text with
+    its straight apostrophes and commas written curly (same length, other characters)."""
+    if straight_to_curly:
+        text = text.replace("'", "\u2019").replace(",", "\u201a")
+    chars = "".join(sorted(set(text)))
+    return {"name": "char", "vocab_size": len(chars), "eot_id": None, "chars": chars}
 
 
 # The checkpoint of another model that the workdir-other-model cases leave in the workdir.

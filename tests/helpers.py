@@ -19,10 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
 import transformers
+
+from configs import common
 
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
@@ -41,6 +44,28 @@ MICRO = dict(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
 def tiny_config(**overrides) -> GPT2Config:
     """`GPT2Config` of TINY with `overrides` (any GPT2Config field) on top."""
     return GPT2Config(**{**TINY, **overrides})
+
+
+def char_run_config(text_file: str | os.PathLike, num_steps: int, save_every: int,
+                    async_save: bool = True, keep: int = 3) -> ml_collections.ConfigDict:
+    """A training config of a 1-layer, 16-wide char model on `text_file` (batch 8: the 8
+    simulated devices of the test process; no eval, no export); every other field from
+    configs/common.py."""
+    c = ml_collections.ConfigDict()
+    c.model = common.model_config(n_layer=1, n_embd=16, n_head=2, n_positions=32,
+                                  vocab_size=65, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  resid_pdrop=0.0)
+    c.train = common.train_config(
+        batch_size=8, grad_accum_steps=1, block_size=16, num_steps=num_steps,
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=2, lr_decay_steps=100,
+        log_every=1, eval_every=0, peak_flops=1e12, export_hf=False, progress_bar=False)
+    c.data = common.data_config(train_file=str(text_file), tokenizer="char", prefetch=0)
+    c.checkpoint = common.checkpoint_config(save_every=save_every, keep=keep, keep_best=0,
+                                            async_save=async_save)
+    c.mesh = common.mesh_config()
+    c.seed = 0
+    c.init_from = ""
+    return c
 
 
 def tiny_params(cfg: GPT2Config, seed: int = 0):

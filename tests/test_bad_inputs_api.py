@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
+from catalogue import OTHER_MODEL, Case, case_dir, char_vocabulary, check_ids, fake_checkpoint
+from catalogue import truncate
 from catalogue import tree_change, tree_hash, tree_paths
 from configs import common, gpt2
 from gpt2jax.cli.config_check import check_config
@@ -229,6 +230,14 @@ def a_file(work):
     (work / "afile").write_text("x")
 
 
+def checkpoint_of_other_text(work):
+    """The workdir holds a checkpoint of the very model `training()` builds, trained on the
+    same line with its commas written curly: as many characters, other ids."""
+    model = dict(vocab_size=65, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    fake_checkpoint(work / "run", char_vocabulary(SHAKESPEARE_LINE, straight_to_curly=True),
+                    **model)
+
+
 # ----------------------------------------------------------------------------- the catalogue
 
 CASES = [
@@ -330,6 +339,10 @@ CASES = [
     Case("workdir-other-model", "workdir holds a checkpoint with n_embd=8, config n_embd=16",
          training(setup=lambda work: fake_checkpoint(work / "run", **OTHER_MODEL)),
          ("different model", "n_embd", "new --workdir")),
+    Case("workdir-other-vocabulary", "resume a char run on a text whose commas are now straight",
+         training(setup=checkpoint_of_other_text),
+         ("another vocabulary", "only in the saved vocabulary", "\u201a", "tokenizer.json",
+          "new --workdir")),
     Case("workdir-under-a-file", "workdir below a regular file (fails even for root)",
          training("afile/run", setup=a_file), ("workdir", "not a directory", "writable")),
 ]

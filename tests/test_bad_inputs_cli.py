@@ -24,7 +24,8 @@ from typing import Callable
 
 import pytest
 
-from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
+from catalogue import OTHER_MODEL, Case, case_dir, char_vocabulary, check_ids, fake_checkpoint
+from catalogue import truncate
 from catalogue import tree_change, tree_hash, tree_paths
 from helpers import REPO, malicious_pickle, run_cli, save_tiny
 
@@ -55,6 +56,14 @@ def write(name: str, content: str | bytes):
         else:
             (work / name).write_text(content)
     return setup
+
+
+def shakespeare_checkpoint_of_other_text(work):
+    """A checkpoint of configs/shakespeare_char.py:cpu's model whose run read Tiny Shakespeare
+    with curly apostrophes and commas: 65 characters, two of them others."""
+    text = (REPO / "gpt2jax" / "data" / "assets" / "tinyshakespeare" / "input.txt").read_text()
+    fake_checkpoint(work / "run", char_vocabulary(text, straight_to_curly=True),
+                    vocab_size=65, n_positions=64, n_layer=4, n_head=4, n_embd=128)
 
 
 def pickle_model(work):
@@ -110,6 +119,10 @@ CASES = [
          argv(*TRAIN, "--config.mesh.data=-1",
               setup=lambda work: fake_checkpoint(work / "run", **OTHER_MODEL)),
          ("different model", "new --workdir")),
+    Case("workdir-other-vocabulary-cli", "resume on Tiny Shakespeare with its apostrophes "
+         "and commas now curly in the saved run",
+         argv(*TRAIN, "--config.mesh.data=-1", setup=shakespeare_checkpoint_of_other_text),
+         ("another vocabulary", "only in the data", "tokenizer.json", "new --workdir")),
     Case("workdir-under-a-file-cli", "--workdir below a regular file",
          argv("--mode=train", "--config=configs/shakespeare_char.py:cpu",
               "--workdir={work}/afile/run", setup=write("afile", "x")),

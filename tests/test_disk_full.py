@@ -17,38 +17,18 @@ import re
 import time
 
 import jax
-import ml_collections
 import pytest
 
-from configs import common
 from gpt2jax.errors import GPT2JaxError, StorageError
 from gpt2jax.training.checkpoint import Checkpointer, CheckpointSaveError
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.weights.pretrained import save_pretrained
-from helpers import REPO, TINY, cli_env, fill_disk, run_cli, tiny_config, tiny_params, tmpfs
+from helpers import (REPO, TINY, char_run_config, cli_env, fill_disk, run_cli, tiny_config,
+                     tiny_params, tmpfs)
 
 TMP_MARK = "orbax-checkpoint-tmp"
 DISK_BYTES = 16 * 2**20
 LINE = "First Citizen: Before we proceed any further, hear me speak.\n"
-
-
-def _config(text_file: str, async_save: bool = True, num_steps: int = 12):
-    """A 1-layer char model, a checkpoint every 4 steps (every field from configs/common.py)."""
-    c = ml_collections.ConfigDict()
-    c.model = common.model_config(n_layer=1, n_embd=16, n_head=2, n_positions=32,
-                                  vocab_size=65, embd_pdrop=0.0, attn_pdrop=0.0,
-                                  resid_pdrop=0.0)
-    c.train = common.train_config(
-        batch_size=8, grad_accum_steps=1, block_size=16, num_steps=num_steps,
-        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=2, lr_decay_steps=100,
-        log_every=1, eval_every=0, peak_flops=1e12, export_hf=False, progress_bar=False)
-    c.data = common.data_config(train_file=text_file, tokenizer="char", prefetch=0)
-    c.checkpoint = common.checkpoint_config(save_every=4, keep=3, keep_best=0,
-                                            async_save=async_save)
-    c.mesh = common.mesh_config()
-    c.seed = 0
-    c.init_from = ""
-    return c
 
 
 def _digest(directory) -> dict[str, str]:
@@ -69,6 +49,7 @@ def test_full_disk_stops_at_the_failed_save_keeps_the_last_good_one_and_resumes(
     text.write_text(LINE * 40)
     with tmpfs(tmp_path / "disk", DISK_BYTES) as disk:
         work, ballast, seen = disk / "run", disk / "ballast", {}
+        config = char_run_config(text, 12, save_every=4, async_save=async_save)
 
         def fill_after_first_checkpoint(step, run):
             seen["last"] = step
@@ -83,8 +64,7 @@ def test_full_disk_stops_at_the_failed_save_keeps_the_last_good_one_and_resumes(
                     time.sleep(0.01)
 
         with pytest.raises(GPT2JaxError) as info:
-            train_and_evaluate(_config(str(text), async_save), work,
-                               hooks=[fill_after_first_checkpoint])
+            train_and_evaluate(config, work, hooks=[fill_after_first_checkpoint])
         message = str(info.value)
         record_property("message", f"{type(info.value).__name__}: {message}")
         assert isinstance(info.value, CheckpointSaveError), repr(info.value)
@@ -103,7 +83,7 @@ def test_full_disk_stops_at_the_failed_save_keeps_the_last_good_one_and_resumes(
         if not async_save:
             return  # the resume below is the same for both
         ballast.unlink()  # free the space; the same command resumes from step 4
-        result = train_and_evaluate(_config(str(text), async_save), work)
+        result = train_and_evaluate(config, work)
         assert result["step"] == 12
         assert Checkpointer(work).all_steps() == [4, 8, 12]
         # steps 5.. ran twice (before the failure and after the resume), recorded once

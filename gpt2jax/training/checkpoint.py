@@ -296,6 +296,28 @@ def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
         )
 
 
+def check_same_tokenizer(saved: dict | None, tokenizer, where: str) -> None:
+    """Raises CheckpointMismatchError if the checkpoint at `where` was trained with another
+    tokenizer than `tokenizer` (the data's): another kind, or a character vocabulary with
+    other characters (a text with curly quotes made straight shifts every id after them).
+    A checkpoint that recorded no tokenizer passes."""
+    current = tokenizer.to_json()
+    if not saved or all(saved.get(k) == current.get(k) for k in ("name", "vocab_size", "chars")
+                        if k in saved):
+        return
+    if saved.get("name") != current.get("name"):
+        shown = f"tokenizer: saved {saved.get('name')!r} vs the data's {current.get('name')!r}"
+    else:
+        old, new = set(saved.get("chars", "")), set(current.get("chars", ""))
+        shown = (f"{len(old)} characters saved vs {len(new)} in the data; only in the saved "
+                 f"vocabulary: {''.join(sorted(old - new))[:20]!r}, only in the data: "
+                 f"{''.join(sorted(new - old))[:20]!r}")
+    raise CheckpointMismatchError(
+        f"The checkpoint in {where} was trained on another vocabulary ({shown}); nothing was "
+        "restored or overwritten. Resume on the data it was trained on (its vocabulary is "
+        "saved in the workdir's tokenizer.json), or use a new --workdir.")
+
+
 def save_json(path: Path, obj: Any) -> None:
     """Writes JSON atomically (tmp file + rename)."""
     tmp = path.with_suffix(path.suffix + ".tmp")

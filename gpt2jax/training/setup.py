@@ -130,7 +130,7 @@ def open_run(config, workdir: str | Path) -> Iterator[Run]:
                 if tc.lr_decay_steps <= 0:
                     tc = dataclasses.replace(tc, lr_decay_steps=num_steps)
                 latest = _resume_step(ck, checkpointer)
-                cfg, pretrained = _model(config, cfg, tc, checkpointer, latest)
+                cfg, pretrained = _model(config, cfg, tc, checkpointer, latest, ds.tokenizer)
                 _check_vocab(cfg, ds.tokenizer)
                 setup = RunSetup(config, workdir, cfg, tc, options, num_steps, latest or 0,
                                  config.seed, ds, checkpointer, Trainer(cfg, tc, mesh, rules))
@@ -229,14 +229,18 @@ def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
     return latest
 
 
-def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None):
+def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None,
+           tokenizer):
     """(the GPT2Config trained, pretrained params or None): the checkpoint's model when
-    resuming, else `init_from`'s, else `cfg` itself."""
+    resuming (refused if it is another model, or was trained on another vocabulary than
+    `tokenizer`'s: the ids would mean other tokens), else `init_from`'s, else `cfg` itself."""
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
             saved = checkpointer.read_meta(latest)["model"]
             cfg = GPT2Config(**dict(saved, **overrides_from(config.model)))
-        checkpointer.check_model(latest, cfg)
+        meta = checkpointer.check_model(latest, cfg)
+        ckpt_lib.check_same_tokenizer(meta.get("tokenizer"), tokenizer,
+                                      str(checkpointer.directory / str(latest)))
         return cfg, None
     if not config.init_from:
         return cfg, None
