@@ -61,13 +61,15 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def describe_write_error(error: BaseException, path: str | os.PathLike) -> str:
-    """What went wrong writing below `path`, in words: the OS reason and the disk, e.g.
-    "No space left on device (the disk mounted at /data has 0.1 MB free of 24.0 MB)";
-    for an error without an errno, its type and the first line of its message."""
+    """What went wrong writing below `path`, in words: the OS reason, and for a full or
+    read-only disk which one, e.g. "No space left on device (the disk mounted at /data has
+    0.1 MB free of 24.0 MB)"; for an error without an errno, its type and first line."""
     code = os_errno(error)
     if code is None:
         first = (str(error).strip().splitlines() or [""])[0][:200]
         return f"{type(error).__name__}: {first}"
+    if code not in _FULL + (errno.EROFS,):  # not about the disk: the reason alone
+        return os.strerror(code)
     mount = Path(path).expanduser().absolute()
     while not mount.exists() and mount != mount.parent:
         mount = mount.parent

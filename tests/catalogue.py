@@ -54,6 +54,8 @@ def tree_hash(root: Path) -> str:
             h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
         elif path.is_dir():
             h.update(f"D {rel}\n".encode())
+        elif not path.is_file():  # a pipe or a device: its name only (reading would block)
+            h.update(f"S {rel}\n".encode())
         else:
             h.update(f"F {rel} {path.stat().st_size}\n".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -107,3 +109,39 @@ def char_vocabulary(text: str, straight_to_curly: bool = False) -> dict:
 
 # The checkpoint of another model that the workdir-other-model cases leave in the workdir.
 OTHER_MODEL = dict(vocab_size=65, n_positions=32, n_embd=8, n_layer=1, n_head=2)
+
+
+def run_api_case(c: Case, tmp_path: Path, record_property) -> None:
+    """Runs one API case in `tmp_path/work` and checks it (the module doc of
+    test_bad_inputs_api.py): a typed error naming the problem and the fix, the tree unchanged."""
+    work = case_dir(tmp_path / "work")
+    record_property("what", c.what)
+    call = c.make(work)
+    before, paths = tree_hash(work), tree_paths(work)
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001  (recorded for the table, then checked)
+        record_property("message", f"{type(e).__name__}: {e}")
+        if tree_hash(work) != before:
+            record_property("workdir_change", tree_change(work, paths))
+        raise_as = e
+    else:
+        raise_as = None
+    assert raise_as is not None, "no error was raised"
+    message = str(raise_as)
+    assert isinstance(raise_as, c.error) and isinstance(raise_as, GPT2JaxError), repr(raise_as)
+    assert "\n" not in message, message
+    for fragment in c.expect:
+        assert fragment in message.lower(), (fragment, message)
+    assert tree_hash(work) == before, f"the workdir changed: {tree_change(work, paths)}"
+    assert not (work / "pwned").exists()
+
+
+def damage_largest_array_file(step_dir: Path) -> None:
+    """Inverts the first 64 bytes of the largest OCDBT data file of checkpoint `step_dir`'s
+    `state` item (its headers: TensorStore then fails to decode it)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[:64] = bytes(b ^ 0xFF for b in data[:64])
+    biggest.write_bytes(bytes(data))

@@ -191,13 +191,15 @@ def malicious_pickle(path: Path, victim: Path) -> None:
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size_bytes: int):
+def tmpfs(path: Path, size_bytes: int, read_only: bool = False):
     """A tmpfs of `size_bytes` mounted at `path` (created) for the body: a small real disk
-    that fills up, for full-disk tests. Needs root (CAP_SYS_ADMIN, as in this project's test
-    containers); skips the test where mounting is not allowed."""
+    that fills up, or (`read_only`) one that refuses every write, even root's. Needs root
+    (CAP_SYS_ADMIN, as in this project's test containers); skips the test where mounting is
+    not allowed."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
-                              str(path)], capture_output=True, text=True)
+    options = f"size={size_bytes}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
     try:

@@ -21,14 +21,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from catalogue import OTHER_MODEL, Case, case_dir, char_vocabulary, check_ids, fake_checkpoint
-from catalogue import truncate
-from catalogue import tree_change, tree_hash, tree_paths
+from catalogue import OTHER_MODEL, Case, char_vocabulary, check_ids, fake_checkpoint
+from catalogue import run_api_case, truncate
 from configs import common, gpt2
 from gpt2jax.cli.config_check import check_config
 from gpt2jax.data import build_datasets
 from gpt2jax.data.bpe import get_encoding, load_ranks
-from gpt2jax.errors import GPT2JaxError
 from gpt2jax.generation.generate import generate
 from gpt2jax.nn.model import init_params
 from gpt2jax.parallel.sharding import mesh_shape
@@ -350,26 +348,7 @@ CASES = [
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_api_case(c: Case, tmp_path, record_property):
-    work = case_dir(tmp_path / "work")
-    record_property("what", c.what)
-    call = c.make(work)
-    before, paths = tree_hash(work), tree_paths(work)
-    try:
-        call()
-    except Exception as e:  # noqa: BLE001  (recorded for the table, then checked)
-        record_property("message", f"{type(e).__name__}: {e}")
-        if tree_hash(work) != before:
-            record_property("workdir_change", tree_change(work, paths))
-        raise_as = e
-    else:
-        raise_as = None
-    assert raise_as is not None, "no error was raised"
-    message = str(raise_as)
-    assert isinstance(raise_as, c.error) and isinstance(raise_as, GPT2JaxError), repr(raise_as)
-    for fragment in c.expect:
-        assert fragment in message.lower(), (fragment, message)
-    assert tree_hash(work) == before, f"the workdir changed: {tree_change(work, paths)}"
-    assert not (work / "pwned").exists()
+    run_api_case(c, tmp_path, record_property)
 
 
 def test_api_catalogue_is_large_enough():

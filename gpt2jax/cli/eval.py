@@ -9,12 +9,12 @@ tokenizer: a char model is scored on characters).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import jax
 
+from gpt2jax.cli.files import check_output_file, write_json
 from gpt2jax.parallel import sharding
 from gpt2jax.eval import tasks
 from gpt2jax.weights.loader import model_for_config
@@ -95,14 +95,15 @@ def evaluate_config(config, progress: bool | None = None) -> list[dict]:
 
 def main(config, args) -> list[dict]:
     """Evaluates, prints the table, writes the JSON; returns the rows."""
+    out, flag = args.output_json, "--output_json"
+    if not out and args.workdir:
+        out, flag = str(Path(args.workdir) / f"eval_{config.eval.task}.json"), "--workdir"
+    # checked before the work: a result that cannot be written is known before it is computed
+    target = check_output_file(out, flag) if out else None
     rows = evaluate_config(config)
     print(format_table(rows), flush=True)
-    out = args.output_json
-    if not out and args.workdir:
-        out = str(Path(args.workdir) / f"eval_{config.eval.task}.json")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if target is not None:
         payload = {"task": config.eval.task, "init_from": config.init_from, "rows": rows}
-        Path(out).write_text(json.dumps(payload, indent=2))
+        write_json(target, payload, flag, indent=2)
         print(f"wrote {out}", flush=True)
     return rows

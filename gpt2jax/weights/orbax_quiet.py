@@ -35,9 +35,10 @@ def _first_line(error: BaseException | None) -> str:
 
 
 def _debugging() -> bool:
+    """absl verbosity >= 1 (`-v=1`): its logger lets DEBUG records through."""
     try:
-        return absl_logging.get_verbosity() >= 1
-    except Exception:  # noqa: BLE001 - at interpreter exit absl may be half torn down
+        return logging.getLogger("absl").isEnabledFor(logging.DEBUG)
+    except Exception:  # noqa: BLE001 - at interpreter exit logging may be half torn down
         return False
 
 

@@ -37,7 +37,8 @@ from gpt2jax.nn.model import GPT2Config
 from gpt2jax.nn.scan import to_layout
 from gpt2jax.weights.hf_config import config_from_hf, config_to_hf, make_config  # noqa: F401
 from gpt2jax.weights.formats import (  # noqa: F401  (flax_msgpack_to_state_dict: public)
-    flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file, resolve,
+    check_finite, flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file,
+    resolve,
 )
 
 Params = dict[str, Any]
@@ -275,6 +276,8 @@ def load_pretrained(path_or_name: str | os.PathLike, *, allow_pickle: bool = Fal
     else:
         state = read_weights_file(path, allow_pickle)
         hf = None if "n_head" in config_overrides else read_config_json(path.parent)
+    check_finite(state, repr(str(path)), "it is damaged or was saved from a diverged run: "
+                 "re-download or re-export it")
     if hf is None:
         cfg = infer_config(state, **config_overrides)
     else:

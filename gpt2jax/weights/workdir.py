@@ -13,11 +13,13 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 
 from gpt2jax.errors import WeightsError
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.nn.scan import to_layout
 from gpt2jax.weights import orbax_quiet
+from gpt2jax.weights.formats import check_finite
 
 ITEMS = ("state", "data", "meta")
 # GPT2Config fields that may change between a run and its resume (no effect on shapes).
@@ -87,6 +89,11 @@ def _load(manager, directory: Path, step: int | None, config_overrides: dict):
             restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True,
         )))
+    where = directory / str(step)
+    older = [s for s in manager.all_steps() if s < step]
+    check_finite(flatten_dict(restored["state"]["params"], sep="/"), f"Checkpoint {where}",
+                 f"it was left as it is; load an earlier one (step={older[-1]})" if older else
+                 "it was left as it is; there is no earlier one: train again")
     params = to_layout(restored["state"]["params"], scan_layers)
     return cfg.replace(scan_layers=scan_layers), params, dict(meta.get("tokenizer", {}))
 
