@@ -44,14 +44,19 @@ def read_text_file(path: str | os.PathLike, flag: str, what: str) -> str:
         if data.startswith(bom):
             raise ConfigError(
                 f"{flag}={path} is {encoding} text, not UTF-8; convert it: "
-                f"iconv -f {encoding} -t UTF-8 {path} > {p.stem}.utf8{p.suffix}")
+                f"iconv -f {encoding} -t UTF-8 {path} > {_utf8_name(p)}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"{flag}={path} is not UTF-8 text (byte {e.start}: {data[e.start:e.end]!r}); "
             f"convert it, e.g. from Latin-1: iconv -f LATIN1 -t UTF-8 {path} > "
-            f"{p.stem}.utf8{p.suffix}") from None
+            f"{_utf8_name(p)}") from None
+
+
+def _utf8_name(p: Path) -> Path:
+    """Where the converted copy of `p` could go: beside it, `<stem>.utf8<suffix>`."""
+    return p.with_name(f"{p.stem}.utf8{p.suffix}")
 
 
 def _is_stream(p: Path) -> bool:
@@ -64,9 +69,11 @@ def _is_stream(p: Path) -> bool:
 
 
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
-    """Before the work: the result file a flag names can be written. Its folder is created
-    if missing (as `--workdir` is); a folder at the path, or a folder that cannot be written,
-    is a one-line error naming the flag and the fix. A pipe or terminal is accepted."""
+    """Before the work: the result file a flag names can be written. Missing folders are
+    fine (`write_json` creates them, as `--workdir` is created; nothing is made before the
+    result exists); a folder at the path, a file where a folder belongs, or a folder that
+    cannot be written is a one-line error naming the flag and the fix. A pipe or terminal is
+    accepted."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise ConfigError(f"{flag}={path} is a folder; pass a file path, e.g. "
@@ -75,16 +82,18 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
         return p
     if p.exists() and not p.is_file():
         raise ConfigError(f"{flag}={path} is not a regular file; pass a file path.")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise ConfigError(f"{flag}={path} cannot be written: {p.parent} is a file, not a "
+    existing = p.parent  # the folders to create are made when the result is written
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag}={path} cannot be written: {existing} is a file, not a "
                           "folder (not a directory); pass a path in a writable folder.")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{p.name}.probe-"):
             pass  # root ignores permission bits: only a real write tells
     except OSError as e:
-        raise StorageError(f"{flag}={path} cannot be written: its folder {p.parent} "
-                           f"({describe_write_error(e, p.parent)}); pass a path in a "
+        raise StorageError(f"{flag}={path} cannot be written: its folder {existing} "
+                           f"({describe_write_error(e, existing)}); pass a path in a "
                            "writable folder.") from e
     return p
 
@@ -98,6 +107,7 @@ def write_json(path: Path, obj: Any, flag: str, indent: int = 1) -> None:
         return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError as e:

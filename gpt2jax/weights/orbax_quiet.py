@@ -8,8 +8,8 @@ that names the problem and the fix. Orbax and TensorStore also echo it, on the c
 2. TensorStore reads and writes still in flight finish later and call back into the asyncio
    loop that Orbax closed at the failure: `RuntimeError: Event loop is closed`, printed by
    `sys.unraisablehook` from TensorStore's threads, before or after our error line;
-3. coroutines abandoned at the failure are collected at exit ("Exception ignored in:
-   <coroutine ...>"), or asyncio reports their exception as "never retrieved".
+3. coroutines and futures abandoned at the failure are collected later ("Exception ignored
+   in: <coroutine ...>"; asyncio's "Future exception was never retrieved", one per array).
 None of them says more than the error we raise. `install()` (once per process) keeps (1) as
 its one log line with the exception's first line instead of the traceback, and sends (2) and
 (3) to the log at verbosity 1; any other unraisable exception goes to the previous hook as it
@@ -19,6 +19,7 @@ is. With `-v=1` (absl verbosity >= 1) everything is logged in full, for debuggin
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import types
@@ -42,6 +43,16 @@ def _debugging() -> bool:
         return False
 
 
+# TensorStore's error messages (what Orbax's array reads and writes fail with) say so
+_TENSORSTORE_TEXT = re.compile(r"tensorstore|OCDBT|os_error_code|orbax", re.IGNORECASE)
+
+
+def _is_orbax_failure(error: BaseException | None, tb) -> bool:
+    """An exception raised in Orbax or TensorStore code, or a TensorStore error (raised in
+    C++, its traceback shows no Python frame of theirs; its message names TensorStore)."""
+    return _through_echo_source(tb) or bool(_TENSORSTORE_TEXT.search(str(error)[:2000]))
+
+
 def _through_echo_source(tb) -> bool:
     """Whether a traceback passes through Orbax or TensorStore code."""
     while tb is not None:
@@ -60,8 +71,8 @@ class _OneLineOrbaxErrors(logging.Filter):
         if not record.exc_info or _debugging():
             return True
         error = record.exc_info[1]
-        if record.name == "asyncio":
-            return not _through_echo_source(record.exc_info[2])
+        if record.name == "asyncio":  # "Future/Task exception was never retrieved"
+            return not _is_orbax_failure(error, record.exc_info[2])
         if any(s in record.pathname for s in _ECHO_SOURCES):
             record.msg, record.args = "%s [%s: %s]", (
                 record.getMessage(), type(error).__name__, _first_line(error))
@@ -77,7 +88,7 @@ def _is_echo(unraisable) -> bool:
     code = getattr(unraisable.object, "cr_code", None)
     if isinstance(code, types.CodeType) and any(s in code.co_filename for s in _ECHO_SOURCES):
         return True
-    return _through_echo_source(unraisable.exc_traceback)
+    return _is_orbax_failure(error, unraisable.exc_traceback)
 
 
 def _unraisable_hook(unraisable) -> None:
