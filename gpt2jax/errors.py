@@ -76,9 +76,11 @@ def describe_write_error(error: BaseException, path: str | os.PathLike) -> str:
     where = mount
     while not os.path.ismount(mount) and mount != mount.parent:
         mount = mount.parent
-    try:
-        usage = shutil.disk_usage(where)
-        space = f" has {usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.1f} MB"
-    except OSError:
-        space = ""
+    space = ""
+    if code in _FULL:
+        try:
+            usage = shutil.disk_usage(where)
+            space = f" has {usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.1f} MB"
+        except OSError:
+            pass
     return f"{os.strerror(code)} (the disk mounted at {mount}{space})"

@@ -92,8 +92,8 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{p.name}.probe-"):
             pass  # root ignores permission bits: only a real write tells
     except OSError as e:
-        raise StorageError(f"{flag}={path} cannot be written: its folder {existing} "
-                           f"({describe_write_error(e, existing)}); pass a path in a "
+        raise StorageError(f"{flag}={path} cannot be written in {existing}: "
+                           f"{describe_write_error(e, existing)}; pass a path in a "
                            "writable folder.") from e
     return p
 

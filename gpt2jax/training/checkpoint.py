@@ -13,7 +13,7 @@ restored or overwritten.
 
 A save that fails (a full disk, a read-only or broken filesystem) is reported once, as
 `CheckpointSaveError` naming the disk and the last good checkpoint: an asynchronous save's
-failure surfaces at the next `check_save()` (the loop polls after every step, so a run never
+failure surfaces at the next `wait_if_failed()` (the loop polls after every step, so a run never
 goes on unsaved for long); the failed step's temporary folder is removed and the checkpoints
 saved before it are untouched (Orbax deletes old ones only after a save is finalized).
 """

@@ -66,8 +66,8 @@ def acquire(workdir: Path, process_index: int = 0) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:  # checked first: nothing else is written before the lock
-            raise StorageError(f"The workdir {workdir} is not writable "
-                               f"({describe_write_error(e, workdir)}); pass a writable "
+            raise StorageError(f"The workdir {workdir} is not writable: "
+                               f"{describe_write_error(e, workdir)}; pass a writable "
                                "--workdir.") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
