@@ -59,6 +59,8 @@ def tree_hash(root: Path) -> str:
             h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
         elif path.is_dir():
             h.update(f"D {rel}\n".encode())
+        elif not path.is_file():  # a pipe or a device: its name only (reading would block)
+            h.update(f"S {rel}\n".encode())
         else:
             h.update(f"F {rel} {path.stat().st_size}\n".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -91,12 +93,23 @@ def truncate(model: Path, size: int | None = None) -> Path:
     return model
 
 
-def fake_checkpoint(workdir: Path, **model) -> None:
-    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it."""
+def fake_checkpoint(workdir: Path, tokenizer: dict | None = None, **model) -> None:
+    """A finalized Orbax checkpoint (step 3) of another tiny model, as a run would leave it;
+    `tokenizer`: the tokenizer metadata it records (default: a char tokenizer, no vocabulary)."""
     ck = Checkpointer(workdir, keep=3, keep_best=0, async_save=False)
     ck.save(3, {"params": {"wte": jnp.zeros((4, 4))}}, {"position": 0},
-            {"model": tiny_config(**{**MICRO, **model}).to_dict(), "tokenizer": {"name": "char"}})
+            {"model": tiny_config(**{**MICRO, **model}).to_dict(),
+             "tokenizer": tokenizer or {"name": "char"}})
     ck.close()
+
+
+def char_vocabulary(text: str, straight_to_curly: bool = False) -> dict:
+    """The char tokenizer metadata of `text`; with `straight_to_curly`, of the same text with
+    its straight apostrophes and commas written curly (same length, other characters)."""
+    if straight_to_curly:
+        text = text.replace("'", "\u2019").replace(",", "\u201a")
+    chars = "".join(sorted(set(text)))
+    return {"name": "char", "vocab_size": len(chars), "eot_id": None, "chars": chars}
 
 
 # The checkpoint of another model that the workdir-other-model cases leave in the workdir.
@@ -206,3 +219,39 @@ SHARD_DAMAGE = [
     ("shards-interrupted-prepare", "no meta.json, a prepare.partial/ progress folder",
      interrupted_prepare, ("meta.json", "interrupted", "--mode=prepare")),
 ]
+
+
+def run_api_case(c: Case, tmp_path: Path, record_property) -> None:
+    """Runs one API case in `tmp_path/work` and checks it (the module doc of
+    test_bad_inputs_api.py): a typed error naming the problem and the fix, the tree unchanged."""
+    work = case_dir(tmp_path / "work")
+    record_property("what", c.what)
+    call = c.make(work)
+    before, paths = tree_hash(work), tree_paths(work)
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001  (recorded for the table, then checked)
+        record_property("message", f"{type(e).__name__}: {e}")
+        if tree_hash(work) != before:
+            record_property("workdir_change", tree_change(work, paths))
+        raise_as = e
+    else:
+        raise_as = None
+    assert raise_as is not None, "no error was raised"
+    message = str(raise_as)
+    assert isinstance(raise_as, c.error) and isinstance(raise_as, GPT2JaxError), repr(raise_as)
+    assert "\n" not in message, message
+    for fragment in c.expect:
+        assert fragment in message.lower(), (fragment, message)
+    assert tree_hash(work) == before, f"the workdir changed: {tree_change(work, paths)}"
+    assert not (work / "pwned").exists()
+
+
+def damage_largest_array_file(step_dir: Path) -> None:
+    """Inverts the first 64 bytes of the largest OCDBT data file of checkpoint `step_dir`'s
+    `state` item (its headers: TensorStore then fails to decode it)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[:64] = bytes(b ^ 0xFF for b in data[:64])
+    biggest.write_bytes(bytes(data))
