@@ -8,8 +8,10 @@ from each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,9 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
+import pytest
 import torch
 import transformers
+
+from configs import common
 
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
@@ -38,6 +44,28 @@ MICRO = dict(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
 def tiny_config(**overrides) -> GPT2Config:
     """`GPT2Config` of TINY with `overrides` (any GPT2Config field) on top."""
     return GPT2Config(**{**TINY, **overrides})
+
+
+def char_run_config(text_file: str | os.PathLike, num_steps: int, save_every: int,
+                    async_save: bool = True, keep: int = 3) -> ml_collections.ConfigDict:
+    """A training config of a 1-layer, 16-wide char model on `text_file` (batch 8: the 8
+    simulated devices of the test process; no eval, no export); every other field from
+    configs/common.py."""
+    c = ml_collections.ConfigDict()
+    c.model = common.model_config(n_layer=1, n_embd=16, n_head=2, n_positions=32,
+                                  vocab_size=65, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  resid_pdrop=0.0)
+    c.train = common.train_config(
+        batch_size=8, grad_accum_steps=1, block_size=16, num_steps=num_steps,
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=2, lr_decay_steps=100,
+        log_every=1, eval_every=0, peak_flops=1e12, export_hf=False, progress_bar=False)
+    c.data = common.data_config(train_file=str(text_file), tokenizer="char", prefetch=0)
+    c.checkpoint = common.checkpoint_config(save_every=save_every, keep=keep, keep_best=0,
+                                            async_save=async_save)
+    c.mesh = common.mesh_config()
+    c.seed = 0
+    c.init_from = ""
+    return c
 
 
 def tiny_params(cfg: GPT2Config, seed: int = 0):
@@ -160,3 +188,75 @@ def malicious_pickle(path: Path, victim: Path) -> None:
             return (Path.touch, (victim,))
 
     path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def corpus_documents(data_dir: Path, n_docs: int, seed: int = 0) -> list[str]:
+    """`n_docs` documents of real text: runs of 1-6 consecutive paragraphs of Tiny Shakespeare
+    and WikiText-2 (raw test), taken at seeded random places (the text of the shared data)."""
+    text = ((data_dir / "tinyshakespeare" / "input.txt").read_text() +
+            (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text())
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        start, k = int(rng.integers(0, len(paragraphs) - 6)), int(rng.integers(1, 7))
+        docs.append("\n\n".join(paragraphs[start:start + k]))
+    return docs
+
+
+def write_parquet(path: Path, docs: list[str], row_group_size: int = 256, **columns) -> Path:
+    """`docs` as the `text` column of a parquet file (plus `columns`), like a hub shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": docs, "id": list(range(len(docs))), **columns}), path,
+                   row_group_size=row_group_size)
+    return path
+
+
+def hellaswag_rows(data_dir: Path, n: int) -> list[dict]:
+    """`n` (<= 6) rows in the hub's Rowan/hellaswag format from Tiny Shakespeare lines: the
+    context is a line and the start of the next, the endings are the true rest and three
+    other lines' ends; odd rows carry a "[title]" artifact that lm-eval's preprocess rewrites."""
+    lines = [ln for ln in (data_dir / "tinyshakespeare" / "input.txt").read_text().split("\n")
+             if len(ln.split()) >= 6][:40]
+    rows = []
+    for i in range(n):
+        nxt = lines[i * 6 + 1].split()
+        ends = [" ".join(lines[i * 6 + k].split()[3:]) for k in (2, 3, 4)]
+        ends.insert(i % 4, " ".join(nxt[3:]))
+        rows.append({"activity_label": "Shakespeare", "ctx_a": lines[i * 6],
+                     "ctx_b": " ".join(nxt[:3]) + (" [title]" if i % 2 else ""),
+                     "endings": ends, "label": str(i % 4)})
+    return rows
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_bytes: int, read_only: bool = False):
+    """A tmpfs of `size_bytes` mounted at `path` (created) for the body: a small real disk
+    that fills up, or (`read_only`) one that refuses every write, even root's. Needs root
+    (CAP_SYS_ADMIN, as in this project's test containers); skips the test where mounting is
+    not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_bytes}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(path: Path, leave_bytes: int) -> Path:
+    """Writes `path` (a ballast file) so that its disk has about `leave_bytes` free; returns
+    it (delete it to free the space again)."""
+    free = shutil.disk_usage(path.parent).free
+    with open(path, "wb") as f:
+        f.write(b"\0" * max(free - leave_bytes, 0))
+    return path

@@ -22,11 +22,16 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
+import jax
 import pytest
+from safetensors.numpy import load_file, save_file
 
-from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
-from catalogue import tree_change, tree_hash, tree_paths
-from helpers import REPO, malicious_pickle, run_cli, save_tiny
+from catalogue import (OTHER_MODEL, SHARD_DAMAGE, Case, case_dir, char_vocabulary, check_ids,
+                       damage_largest_array_file, fake_checkpoint, prepared_shards, tree_change,
+                       tree_hash, tree_paths, truncate)
+from gpt2jax.nn.model import init_params
+from gpt2jax.training.checkpoint import Checkpointer
+from helpers import REPO, malicious_pickle, run_cli, save_tiny, tiny_config
 
 CLI_TIMEOUT_S = 120
 
@@ -38,6 +43,7 @@ PREPARE = ("--mode=prepare", "--config=configs/prepare_shakespeare.py:char")
 SHARDS = ("--config.data.shards_dir={work}/shards", "--workdir={work}")
 GENERATE = ("--mode=generate", "--config=configs/gpt2.py:small")
 EVAL_FILE = ("--mode=eval", "--config=configs/eval.py:file")  # fails before a model loads
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def argv(*args: str, setup: Callable[[Path], None] | None = None):
@@ -56,6 +62,54 @@ def write(name: str, content: str | bytes):
         else:
             (work / name).write_text(content)
     return setup
+
+
+def damaged_shards(damage: Callable[[Path], None]):
+    """setup(work): char shards prepared in work/shards, then `damage(folder)`."""
+    return lambda work: damage(prepared_shards(work))
+
+
+# Training from the shards folder of a damaged_shards setup (char vocabulary <= 65).
+TRAIN_SHARDS = (*TRAIN, "--config.data.source=shards", "--config.data.shards_dir={work}/shards",
+                "--config.train.batch_size=8", "--config.train.num_steps=2")
+# The catalogue's shard damage that the CLI also shows (the API runs all of it).
+CLI_SHARD_CASES = ("shards-meta-empty", "shards-meta-missing-key", "shards-shard-odd-size",
+                   "shards-ids-outside-vocab", "shards-old-meta-new-shards")
+def shakespeare_checkpoint_of_other_text(work):
+    """A checkpoint of configs/shakespeare_char.py:cpu's model whose run read Tiny Shakespeare
+    with curly apostrophes and commas: 65 characters, two of them others."""
+    text = (REPO / "gpt2jax" / "data" / "assets" / "tinyshakespeare" / "input.txt").read_text()
+    fake_checkpoint(work / "run", char_vocabulary(text, straight_to_curly=True),
+                    vocab_size=65, n_positions=64, n_layer=4, n_head=4, n_embd=128)
+
+
+def prompt_file(data: bytes):
+    return write("p.txt", data)
+
+
+def model_with(config_json: str | None = None, nan: bool = False):
+    """setup(work): a tiny HF model in work/model, its config.json replaced / a NaN put in."""
+    def setup(work):
+        model = save_tiny(work / "model")
+        if config_json is not None:
+            (model / "config.json").write_text(config_json)
+        if nan:
+            state = load_file(str(model / "model.safetensors"))
+            state["transformer.wte.weight"][0, 0] = float("nan")
+            save_file(state, str(model / "model.safetensors"), metadata={"format": "pt"})
+    return setup
+
+
+def damaged_newest_checkpoint(work):
+    """A workdir with checkpoints 1 and 2 of a 4-layer, 128-wide char model (many arrays, as
+    configs/shakespeare_char.py:cpu), the newest one damaged."""
+    cfg = tiny_config(vocab_size=65, n_positions=64, n_layer=4, n_head=4, n_embd=128)
+    ck = Checkpointer(work / "run", keep=2, keep_best=0, async_save=False)
+    for step in (1, 2):
+        ck.save(step, {"params": init_params(cfg, jax.random.PRNGKey(step))}, {"position": 0},
+                {"model": cfg.to_dict(), "tokenizer": char_vocabulary(SHAKESPEARE_CHARS)})
+    ck.close()
+    damage_largest_array_file(work / "run" / "checkpoints" / "2")
 
 
 def pickle_model(work):
@@ -112,6 +166,8 @@ CASES = [
          argv(*EVAL_FILE, "--config.eval.file={work}/latin1.txt",
               setup=write("latin1.txt", "café au lait\n".encode("latin-1"))),
          ("not utf-8", "iconv")),
+    *[Case(f"{case_id}-cli", what, argv(*TRAIN_SHARDS, setup=damaged_shards(damage)), expect)
+      for case_id, what, damage, expect in SHARD_DAMAGE if case_id in CLI_SHARD_CASES],
     Case("mesh-device-mismatch-cli", "--config.mesh.data=3 on 8 devices",
          argv(*TRAIN, "--config.mesh.data=3"), ("8 are available", "product is 8")),
     Case("train-batch-not-divisible-cli", "--config.train.batch_size=12 on 8 devices",
@@ -121,6 +177,10 @@ CASES = [
          argv(*TRAIN, "--config.mesh.data=-1",
               setup=lambda work: fake_checkpoint(work / "run", **OTHER_MODEL)),
          ("different model", "new --workdir")),
+    Case("workdir-other-vocabulary-cli", "resume on Tiny Shakespeare with its apostrophes "
+         "and commas now curly in the saved run",
+         argv(*TRAIN, "--config.mesh.data=-1", setup=shakespeare_checkpoint_of_other_text),
+         ("another vocabulary", "only in the data", "tokenizer.json", "new --workdir")),
     Case("workdir-under-a-file-cli", "--workdir below a regular file",
          argv("--mode=train", "--config=configs/shakespeare_char.py:cpu",
               "--workdir={work}/afile/run", setup=write("afile", "x")),
@@ -147,6 +207,36 @@ CASES = [
               setup=lambda work: (save_tiny(work / "model", vocab_size=50257, n_positions=64),
                                   write("train.txt", "To be, or not to be: that is it.")(work))),
          ("too small", "add text")),
+    Case("prompt-file-latin1-cli", "--prompt_file in Latin-1 ('caf\\xe9')",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt_file={work}/p.txt",
+              setup=prompt_file("café\n".encode("latin-1"))),
+         ("--prompt_file", "not utf-8 text", "iconv -f latin1 -t utf-8")),
+    Case("prompt-file-utf16-cli", "--prompt_file in UTF-16 (with its byte-order mark)",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt_file={work}/p.txt",
+              setup=prompt_file("hello\n".encode("utf-16"))),
+         ("--prompt_file", "utf-16 text, not utf-8", "iconv -f utf-16 -t utf-8")),
+    Case("prompt-file-folder-cli", "--prompt_file is a folder",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt_file={work}"),
+         ("--prompt_file", "is a folder", "one prompt per line")),
+    Case("output-json-folder-cli", "--output_json is an existing folder (checked first)",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt=hi", "--output_json={work}"),
+         ("--output_json", "is a folder", "results.json")),
+    Case("output-json-unwritable-cli", "--output_json in a folder that cannot be made",
+         argv(*GENERATE, "--config.model.n_layer=1", "--prompt=hi",
+              "--output_json={work}/afile/out.json", setup=write("afile", "x")),
+         ("--output_json", "cannot be written", "not a directory", "writable folder")),
+    Case("data-file-is-a-folder-cli", "--config.data.train_file is a folder",
+         argv(*TRAIN, "--config.data.train_file={work}"), ("is a folder", "glob")),
+    Case("weights-config-json-array-cli", "--config.init_from=DIR whose config.json is [1, 2]",
+         argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi",
+              setup=model_with(config_json="[1, 2]")), ("config.json", "json array")),
+    Case("weights-nan-cli", "--config.init_from=DIR whose wte holds a NaN",
+         argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi",
+              setup=model_with(nan=True)), ("non-finite", "wte.weight", "re-download")),
+    Case("checkpoint-damaged-generate-cli", "--config.init_from=WORKDIR, newest checkpoint "
+         "damaged (no Orbax echo after the line)",
+         argv(*GENERATE, "--config.init_from={work}/run", "--prompt=ROMEO",
+              setup=damaged_newest_checkpoint), ("checkpoints/2 cannot be read", "step 1")),
     Case("prompt-file-missing-cli", "--prompt_file that does not exist",
          argv(*GENERATE, "--config.model.n_layer=1", "--prompt_file={work}/nope.txt"),
          ("does not exist", "one prompt per line")),

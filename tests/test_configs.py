@@ -23,7 +23,9 @@ from gpt2jax.weights.pretrained import WeightsError, check_gpt2_layout
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 HELPERS = {"__init__", "common"}  # modules of configs/ that are not config files
 GPT2_COUNTS = {"small": 124_439_808, "medium": 354_823_168, "large": 774_030_080,
-               "xl": 1_557_611_200}
+               "xl": 1_557_611_200,
+               # the 124M recipes pad the vocabulary to 50,304 rows: + 47 x 768
+               "owt": 124_475_904, "fineweb10b": 124_475_904}
 
 
 def _documented_args(name: str, doc: str) -> list[str | None]:
@@ -55,7 +57,7 @@ def test_config_files_are_found_and_documented():
         assert module.__doc__ and f"configs/{stem}.py" in module.__doc__, (
             f"configs/{stem}.py: the docstring must show the command that runs it")
     args = dict.fromkeys(a for s, a in _cases() if s == "gpt2")
-    assert list(args) == [None, "small", "medium", "large", "xl"]
+    assert list(args) == [None, "small", "medium", "large", "xl", "owt", "fineweb10b"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,7 @@ touch it)."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import jax
 import numpy as np
@@ -61,6 +62,8 @@ def test_unreadable_checkpoint_names_itself_and_the_way_on(tmp_path, text):  # n
     c.checkpoint.restore_step = 2
     res = train_and_evaluate(c, work)  # resumes from 2, saves a new 4
     assert res["step"] == 4
+    records = [json.loads(ln) for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # 3, 4 re-run: once
     aside = work / "checkpoints_set_aside" / "4"
     assert _digest(aside) == damaged  # moved, byte for byte, never deleted
     assert checkpoint.Checkpointer(work).all_steps() == [2, 4]

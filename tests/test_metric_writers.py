@@ -19,6 +19,11 @@ from gpt2jax.training import metric_writers
 def _events(folder: Path) -> list:
     """The Events of the one TensorBoard event file in `folder` (TFRecord framing)."""
     (path,) = folder.glob("events.out.tfevents.*")
+    return _events_of(path)
+
+
+def _events_of(path: Path) -> list:
+    """The Events of one TensorBoard event file (TFRecord framing)."""
     out, data, pos = [], path.read_bytes(), 0
     while pos < len(data):
         (length,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -64,6 +69,28 @@ def test_jsonl_appends_on_resume(tmp_path):
         w.close()
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_a_resumed_run_records_each_step_once(tmp_path):
+    """A run resumed (or rolled back) to checkpoint 2 runs steps 3.. again: their earlier
+    records, and a line cut short by a kill, go; TensorBoard purges them alike."""
+    path = tmp_path / "metrics.jsonl"
+    w = metric_writers.create_writer(tmp_path, main_process=True, start_step=0)
+    for step in (1, 2, 3, 4):
+        w.write_scalars(step, {"loss": float(step)})
+    w.close()
+    with open(path, "a") as f:
+        f.write('{"step": 5, "lo')  # killed mid-line
+    w = metric_writers.create_writer(tmp_path, main_process=True, start_step=2)
+    for step in (3, 4, 5):
+        w.write_scalars(step, {"loss": 10.0 + step})
+    w.close()
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in records] == [
+        (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+    events = [e for f in sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+              for e in _events_of(f)]
+    assert any(e.session_log.status == e.session_log.START and e.step == 3 for e in events)
 
 
 @pytest.mark.parametrize("torch_first", [False, True])

@@ -2,8 +2,9 @@
 
     GPT2JAX_DATA_DIR=../shared/data python experiments/reliability/run_catalogue.py
 
-Runs tests/test_bad_inputs_api.py + _cli.py, test_safe_loading.py, test_crash_safety.py,
-test_preemption.py and test_nan_guard.py under pytest (JUnit XML, with the messages each test
+Runs tests/test_bad_inputs_api.py + _files.py + _cli.py, test_safe_loading.py,
+test_crash_safety.py, test_preemption.py, test_nan_guard.py, test_disk_full.py,
+test_workdir_races.py and test_quiet_errors.py under pytest (JUnit XML, with the messages each test
 records), then rewrites the part of experiments/reliability/README.md between the RESULTS
 markers: one row per bad input (surface, input, outcome, the message the user saw), one row
 per SIGKILL of the crash test (moment, steps run, where the next run resumed), and the
@@ -24,9 +25,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TEST_FILES = ["tests/test_bad_inputs_api.py", "tests/test_bad_inputs_cli.py",
-              "tests/test_safe_loading.py",
-              "tests/test_crash_safety.py", "tests/test_preemption.py", "tests/test_nan_guard.py"]
+TEST_FILES = ["tests/test_bad_inputs_api.py", "tests/test_bad_inputs_files.py",
+              "tests/test_bad_inputs_cli.py", "tests/test_safe_loading.py",
+              "tests/test_crash_safety.py", "tests/test_preemption.py", "tests/test_nan_guard.py",
+              "tests/test_disk_full.py", "tests/test_workdir_races.py",
+              "tests/test_quiet_errors.py"]
 BEGIN, END = "<!-- RESULTS BEGIN -->", "<!-- RESULTS END -->"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 
+from gpt2jax.cli.files import check_output_file, write_json
 from gpt2jax.parallel import sharding
 from gpt2jax.eval import tasks
 from gpt2jax.weights.loader import model_for_config
@@ -124,24 +125,26 @@ def examples_path(out: str) -> Path:
 def main(config, args) -> list[dict]:
     """Evaluates, prints the table, writes the JSON (and the examples' jsonl); returns the
     rows."""
+    out, flag = args.output_json, "--output_json"
+    if not out and args.workdir:
+        out, flag = str(Path(args.workdir) / f"eval_{config.eval.task}.json"), "--workdir"
+    # checked before the work: a result that cannot be written is known before it is computed
+    target = check_output_file(out, flag) if out else None
     rows, examples = evaluate(config, explicit=args.config_overrides)
     print(format_table(rows), flush=True)
-    out = args.output_json
-    if not out and args.workdir:
-        out = str(Path(args.workdir) / f"eval_{config.eval.task}.json")
-    if not out:
+    if target is None:
         if examples:
             print(f"({len(examples)} examples' prompts, references and outputs are written "
                   "with --output_json=FILE or --workdir=DIR)", flush=True)
         return rows
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     payload = {"task": config.eval.task, "init_from": config.init_from, "rows": rows}
     if examples:
         path = examples_path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)  # created with the result, as write_json
         path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
                         encoding="utf-8")
         payload["examples_file"] = str(path)
         print(f"wrote {path} ({len(examples)} examples: prompt, reference, output)", flush=True)
-    Path(out).write_text(json.dumps(payload, indent=2))
+    write_json(target, payload, flag, indent=2)
     print(f"wrote {out}", flush=True)
     return rows

@@ -17,13 +17,13 @@ prompts, completions, token ids and beam scores.
 from __future__ import annotations
 
 import codecs
-import json
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from gpt2jax.cli.files import check_output_file, read_text_file, write_json
 from gpt2jax.data.tokenizers import Tokenizer
 from gpt2jax.errors import ConfigError
 from gpt2jax.generation.args import suppress_past_tokenizer
@@ -41,10 +41,8 @@ def read_prompts(args) -> list[str]:
         prompts = [args.prompt]
     else:
         path = Path(args.prompt_file)
-        if not path.is_file():
-            raise ConfigError(f"--prompt_file={path} does not exist; pass a text file with one "
-                              "prompt per line.")
-        prompts = path.read_text(encoding="utf-8").splitlines()
+        prompts = read_text_file(path, "--prompt_file",
+                                 "a text file with one prompt per line").splitlines()
         if not prompts:
             raise ConfigError(f"--prompt_file={path} is empty; write one prompt per line.")
     for number, prompt in enumerate(prompts, 1):
@@ -108,6 +106,8 @@ def _mesh_kwargs(config) -> dict:
 def main(config, args) -> list[dict]:
     """Runs generation for the CLI; prints text; optionally writes --output_json."""
     prompts = read_prompts(args)
+    # checked before the work: a result that cannot be written is known before it is computed
+    out_json = check_output_file(args.output_json, "--output_json") if args.output_json else None
     kwargs = generate_kwargs(config)
     gen_args = make_args(**kwargs)
     cfg, params, tokenizer = model_for_config(config, explicit=args.config_overrides)
@@ -129,8 +129,8 @@ def main(config, args) -> list[dict]:
             for text in item["completions"]:
                 print(item["prompt"] + text, flush=True)
                 print("-" * 40)
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if out_json is not None:
+        write_json(out_json, results, "--output_json")
     return results
 
 

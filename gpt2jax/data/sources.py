@@ -53,6 +53,12 @@ def resolve_files(pattern: str, field: str) -> list[str]:
             raise DataError(f"No file matches config.data.{field}={path!r}; check the glob "
                             "and that the files exist.")
         return files
+    if os.path.isdir(path):
+        raise DataError(f"Data file {path!r} (config.data.{field}) is a folder; give a text "
+                        f"file, or a glob of its files like {os.path.join(path, '*.txt')!r}.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise DataError(f"Data file {path!r} (config.data.{field}) is not a regular file (a "
+                        "pipe or a device: it can be read only once); save it to a file first.")
     if not os.path.isfile(path):
         raise DataError(f"Data file {path!r} (config.data.{field}) does not exist; give an "
                         "existing path or glob.")

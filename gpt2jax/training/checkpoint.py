@@ -8,7 +8,14 @@ A checkpoint at step s is `<workdir>/checkpoints/<s>/` with three items:
 
 Saves are asynchronous (`wait_until_finished` before exit). Kept: the last `keep` checkpoints
 plus the `keep_best` with the lowest validation loss. A workdir whose checkpoint holds another
-model shape is refused with an error before anything is restored or overwritten.
+model shape, or was trained on another vocabulary, is refused with an error before anything is
+restored or overwritten.
+
+A save that fails (a full disk, a read-only or broken filesystem) is reported once, as
+`CheckpointSaveError` naming the disk and the last good checkpoint: an asynchronous save's
+failure surfaces at the next `wait_if_failed()` (the loop polls after every step, so a run never
+goes on unsaved for long); the failed step's temporary folder is removed and the checkpoints
+saved before it are untouched (Orbax deletes old ones only after a save is finalized).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, StorageError, describe_write_error, is_disk_full
 from gpt2jax.nn.model import GPT2Config
+from gpt2jax.weights import orbax_quiet
 from gpt2jax.weights.workdir import (  # noqa: F401 (re-exported: the run-side names)
     UNRECORDED, ITEMS, LAYOUT_FIELDS, LOAD_OVERRIDES, RESUMABLE_CHANGES,
     CheckpointUnreadableError, checkpoint_dir, load_params_for_inference)
@@ -34,6 +42,10 @@ SET_ASIDE = "checkpoints_set_aside"  # <workdir>/<this>/<step>: checkpoints roll
 
 class CheckpointMismatchError(ConfigError):
     """The workdir holds a checkpoint of a different model; nothing was restored or written."""
+
+
+class CheckpointSaveError(StorageError):
+    """A checkpoint could not be written; training stopped, earlier checkpoints are intact."""
 
 
 def _val_loss(metrics: dict) -> float:
@@ -74,7 +86,11 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,  # delete what saves killed mid-write left behind
         )
+        orbax_quiet.install()  # a failed save is our one error line, not Orbax's tracebacks
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._async = async_save
+        self._pending: int | None = None  # the step of a save not yet known to have finished
+        self._failed = False  # a save failed: its temporary folder is removed again at close
 
     def latest_step(self) -> int | None:
         """The newest finalized checkpoint step, None if there is none."""
@@ -150,16 +166,63 @@ class Checkpointer:
         None leaves the checkpoint out of the best ranking.
         """
         metrics = None if val_loss is None else {"val_loss": float(val_loss)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(dict(meta, step=int(step))),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        self.wait_until_finished()  # (Orbax waits too) a previous failure is reported as its own
+        self._pending = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    meta=ocp.args.JsonSave(dict(meta, step=int(step))),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as e:  # noqa: BLE001 - TensorStore/OS errors have no common type
+            raise self._save_failed(e) from e
+        if not self._async:  # a synchronous save that returned is finalized
+            self._pending = None
+
+    def wait_if_failed(self) -> None:
+        """Raises CheckpointSaveError if the asynchronous save in flight has failed; returns
+        at once otherwise (no waiting for a save still being written). Cheap: the loop calls
+        it after every step."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self.wait_until_finished()
+
+    def _save_failed(self, error: Exception) -> CheckpointSaveError:
+        """The one-line error of the failed save of step `self._pending`, after removing its
+        temporary folder and re-reading which checkpoints are finalized."""
+        step, self._pending, self._failed = self._pending, None, True
+        self._remove_temporary_folders()
+        self.manager.reload()
+        return CheckpointSaveError(self.stopped(
+            f"Checkpoint {step} could not be written to {self.directory}", error))
+
+    def _remove_temporary_folders(self) -> None:
+        """Removes the `<step>.orbax-checkpoint-tmp` folders of failed saves (process 0, the
+        one that owns Orbax's directory operations; this run holds the workdir lock)."""
+        if jax.process_index() == 0:
+            for tmp in ocp.path.step.all_temporary_paths(self.directory):
+                shutil.rmtree(str(tmp.get()), ignore_errors=True)
+
+    def stopped(self, what: str, error: BaseException, where: Path | None = None) -> str:
+        """'<what>: <reason and disk>; training stopped, <the last good checkpoint>. To go
+        on, <fix> and run the same command again: it resumes from step <N>.' for a write
+        under `where` (default: the checkpoints folder) that failed with `error`."""
+        if self._pending is None:  # no save in flight: what is finalized on disk now
+            self.manager.reload()
+        last = self.latest_step()
+        kept = (f"the last good checkpoint is step {last} ({self.directory / str(last)}), left "
+                "as it was" if last is not None else "no checkpoint was saved before it")
+        fix = ("free space on that disk (or keep fewer checkpoints: --config.checkpoint.keep=1 "
+               "--config.checkpoint.keep_best=0)" if is_disk_full(error) else
+               "make the workdir writable again (or fix its disk)")
+        resume = f"resumes from step {last}" if last is not None else "starts afresh"
+        reason = describe_write_error(error, where or self.directory)
+        return (f"{what}: {reason}; training stopped, {kept}. To go on, {fix} and run the "
+                f"same command again: it {resume}.")
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
         """Restores (state, data_state, meta) of `step` into the shardings of `abstract_state`.
@@ -181,13 +244,26 @@ class Checkpointer:
         return restored["state"], dict(restored["data"]), dict(restored["meta"])
 
     def wait_until_finished(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; raises CheckpointSaveError if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - TensorStore/OS errors have no common type
+            if self._pending is None:
+                raise
+            raise self._save_failed(e) from e
+        self._pending = None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self.manager.wait_until_finished()
-        await_tmp_cleanup(self.manager)
-        self.manager.close()
+        """Waits for pending saves and releases the manager (also after a failed save: Orbax
+        raises a save's failure once per thread, so closing after it is quiet). Raises
+        CheckpointSaveError if the save in flight fails."""
+        try:
+            self.wait_until_finished()
+        finally:
+            await_tmp_cleanup(self.manager)
+            self.manager.close()
+            if self._failed:  # writes of the failed save still in flight at the failure
+                self._remove_temporary_folders()  # may have re-created parts of its folder
 
 
 def await_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
@@ -218,6 +294,28 @@ def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
             "or overwritten. Use a new --workdir, or set the config to the saved model."
             + (layout or "")
         )
+
+
+def check_same_tokenizer(saved: dict | None, tokenizer, where: str) -> None:
+    """Raises CheckpointMismatchError if the checkpoint at `where` was trained with another
+    tokenizer than `tokenizer` (the data's): another kind, or a character vocabulary with
+    other characters (a text with curly quotes made straight shifts every id after them).
+    A checkpoint that recorded no tokenizer passes."""
+    current = tokenizer.to_json()
+    if not saved or all(saved.get(k) == current.get(k) for k in ("name", "vocab_size", "chars")
+                        if k in saved):
+        return
+    if saved.get("name") != current.get("name"):
+        shown = f"tokenizer: saved {saved.get('name')!r} vs the data's {current.get('name')!r}"
+    else:
+        old, new = set(saved.get("chars", "")), set(current.get("chars", ""))
+        shown = (f"{len(old)} characters saved vs {len(new)} in the data; only in the saved "
+                 f"vocabulary: {''.join(sorted(old - new))[:20]!r}, only in the data: "
+                 f"{''.join(sorted(new - old))[:20]!r}")
+    raise CheckpointMismatchError(
+        f"The checkpoint in {where} was trained on another vocabulary ({shown}); nothing was "
+        "restored or overwritten. Resume on the data it was trained on (its vocabulary is "
+        "saved in the workdir's tokenizer.json), or use a new --workdir.")
 
 
 def save_json(path: Path, obj: Any) -> None:

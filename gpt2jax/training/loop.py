@@ -12,6 +12,7 @@ Workdir: `config.json` (the run's config), `tokenizer.json`, `metrics.jsonl` (a 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 from collections.abc import Collection, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from gpt2jax import data as data_lib
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, GPT2JaxError, StorageError, os_errno
 from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate
 from gpt2jax.training.meter import StepMetrics, Throughput, log_steps, peak_flops
@@ -31,6 +32,10 @@ from gpt2jax.training.preemption import PreemptionGuard
 from gpt2jax.training.setup import Hook, Run, open_run
 from gpt2jax.training.step import Trainer, model_flops_per_token
 from gpt2jax.weights.pretrained import gpt2_layout_mismatch, save_pretrained
+
+# OS errors writing the workdir's files (metrics, TensorBoard, config) that stop a run with one
+# line: a full disk, a quota, a filesystem remounted read-only.
+WORKDIR_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = (),
@@ -48,9 +53,19 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = (),
       dict with the final step, last train loss and last val loss.
     Raises:
       TrainingDivergedError on a NaN/inf loss or update (nothing non-finite is saved).
+      CheckpointSaveError when a checkpoint cannot be written (a full disk: the first failed
+        save stops the run); StorageError when another file of the workdir cannot be.
     """
     with open_run(config, workdir, explicit) as run:
-        return _train(run, hooks)
+        try:
+            return _train(run, hooks)
+        except OSError as e:
+            if isinstance(e, GPT2JaxError) or os_errno(e) not in WORKDIR_ERRNOS:
+                raise
+            ck = run.checkpointer
+            ck.wait_until_finished()  # a failed save in flight filled the disk: report it
+            raise StorageError(ck.stopped(f"Writing to the workdir {run.workdir} failed", e,
+                                          run.workdir)) from e
 
 
 def _meta(run: Run) -> dict:
@@ -101,6 +116,7 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
                 bar.update(len(batches))
             for hook in hooks:
                 hook(step, run)
+            run.checkpointer.wait_if_failed()  # a failed async save stops the run at once
             # every step is offered to the guard (multi-host: the agreed stop step is one)
             if any([guard.should_stop(s) for s in range(first, step + 1)]):
                 break  # preempted: the checkpoint is saved just below
@@ -313,6 +329,10 @@ def export_hf(run: Run) -> Path | None:
         if jax.process_index() != 0:
             return run.workdir / "hf"
     params = jax.device_get(params)
-    target = save_pretrained(run.cfg, params, run.workdir / "hf", overwrite=True)
+    try:
+        target = save_pretrained(run.cfg, params, run.workdir / "hf", overwrite=True)
+    except StorageError as e:  # the run itself is saved: say so, and how to export only
+        raise StorageError(f"{e} Training finished and its checkpoints are intact: the same "
+                           "command again writes only the export.") from e
     data_lib.save_tokenizer(run.ds.tokenizer, target / "gpt2jax_tokenizer.json")
     return target

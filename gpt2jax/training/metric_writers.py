@@ -49,9 +49,16 @@ class MetricWriter(Protocol):
 
 class JsonlWriter:
     """`metrics.jsonl`: one JSON line `{"step": step, **scalars}` per record (appends, so a
-    resumed run continues the file). Texts are not written (they go to the console)."""
+    resumed run continues the file). Texts are not written (they go to the console).
 
-    def __init__(self, path: Path):
+    `start_step`: the step the run starts after (the checkpoint it resumed or rolled back to;
+    0 for a new run). Records of later steps are dropped first: those steps run again, and each
+    step's record must appear once. A line cut short by a kill is dropped too. None: keep all.
+    """
+
+    def __init__(self, path: Path, start_step: int | None = None):
+        if start_step is not None:
+            keep_records_up_to(path, start_step)
         self._file = open(path, "a", encoding="utf-8")
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -68,10 +75,12 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-    """A TensorBoard event file in `directory` (tensorboardX), tags from `TENSORBOARD_TAGS`."""
+    """A TensorBoard event file in `directory` (tensorboardX), tags from `TENSORBOARD_TAGS`.
+    Events after `start_step` from an earlier run are purged (tensorboardX `purge_step`)."""
 
-    def __init__(self, directory: Path):
-        self._writer = _tensorboardx_summary_writer()(str(directory))
+    def __init__(self, directory: Path, start_step: int | None = None):
+        purge = None if start_step is None else start_step + 1
+        self._writer = _tensorboardx_summary_writer()(str(directory), purge_step=purge)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
@@ -128,15 +137,46 @@ class MultiWriter:
             w.close()
 
 
-def create_writer(workdir: Path, main_process: bool, tensorboard: bool = True) -> MultiWriter:
+def create_writer(workdir: Path, main_process: bool, tensorboard: bool = True,
+                  start_step: int | None = None) -> MultiWriter:
     """The run's writer: on the main process `<workdir>/metrics.jsonl`, `<workdir>/tensorboard/`
-    (unless `tensorboard=False`) and the log; elsewhere nothing (files are process 0's)."""
+    (unless `tensorboard=False`) and the log; elsewhere nothing (files are process 0's).
+    `start_step`: the checkpoint step a run starts from (0: new); the files forget later steps
+    (they run again). None: keep everything."""
     if not main_process:
         return MultiWriter()
-    sinks = [JsonlWriter(Path(workdir) / "metrics.jsonl"), LoggingWriter()]
+    sinks = [JsonlWriter(Path(workdir) / "metrics.jsonl", start_step), LoggingWriter()]
     if tensorboard:
-        sinks.append(TensorBoardWriter(Path(workdir) / "tensorboard"))
+        sinks.append(TensorBoardWriter(Path(workdir) / "tensorboard", start_step))
     return MultiWriter(sinks)
+
+
+def keep_records_up_to(path: Path, step: int) -> None:
+    """Rewrites the JSON-lines file `path` (if any) without its records of steps after `step`
+    and without lines that are not whole JSON records; atomically (a temporary file renamed
+    over it), and only if something is dropped."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = [ln for ln in lines if _record_step(ln) is not None and _record_step(ln) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+    logging.info("%s: dropped %d record(s) after step %d (those steps run again).", path,
+                 len(lines) - len(kept), step)
+
+
+def _record_step(line: str) -> int | None:
+    """The step of one whole metrics.jsonl line, None for a torn or foreign line."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _tensorboardx_summary_writer():

@@ -142,7 +142,7 @@ def open_run(config, workdir: str | Path, explicit: Collection[str] = ()) -> Ite
                     tc = dataclasses.replace(tc, lr_decay_steps=num_steps)
                 latest = _resume_step(ck, checkpointer)
                 cfg, pretrained, init_tok = _model(config, cfg, tc, checkpointer, latest,
-                                                   explicit)
+                                                   explicit, ds.tokenizer)
                 _check_init_tokenizer(config.init_from, init_tok, ds.tokenizer)
                 _check_vocab(cfg, ds.tokenizer)
                 setup = RunSetup(config, workdir, cfg, tc, options, num_steps, latest or 0,
@@ -151,11 +151,28 @@ def open_run(config, workdir: str | Path, explicit: Collection[str] = ()) -> Ite
                 _log_shardings(setup, state)
                 writer = _open_writer(setup)
                 yield Run(setup, state, writer)
-            finally:
-                checkpointer.close()
-                ds.train.close()
-                if writer is not None:
-                    writer.close()
+            except BaseException:  # the error on its way out is the one to report
+                _close(checkpointer, ds.train, writer, quietly=True)
+                raise
+            _close(checkpointer, ds.train, writer, quietly=False)
+
+
+def _close(checkpointer, train_iter, writer, quietly: bool) -> None:
+    """Closes the run's checkpointer (waiting for its save), data and writer, each even if
+    another fails. The first failure is raised, unless `quietly` (an error is already on its
+    way out, e.g. a full disk: then the others are its echoes, logged, not raised)."""
+    errors = []
+    for close in (checkpointer.close, train_iter.close,
+                  writer.close if writer is not None else None):
+        try:
+            if close is not None:
+                close()
+        except Exception as e:  # noqa: BLE001 - reported below or logged
+            errors.append(e)
+    if errors and not quietly:
+        raise errors[0]
+    for e in errors:
+        logging.warning("While closing after an earlier error: %s: %s", type(e).__name__, e)
 
 
 def _fitted_streams(config, tc: TrainConfig, options: LoopOptions, placement: Placement):
@@ -256,19 +273,23 @@ def _resume_step(ck, checkpointer: ckpt_lib.Checkpointer) -> int | None:
 
 
 def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int | None,
-           explicit: Collection[str]):
+           explicit: Collection[str], data_tokenizer):
     """(the GPT2Config trained, pretrained params or None, their tokenizer or None): the
-    checkpoint's model when resuming, else `init_from`'s (`weights.loader.load_model`: an HF
-    directory, a weights file, a hub name or another run's workdir; its kv heads converted
-    when `train.convert_kv_heads` > 0), else `cfg` itself. An explicit `model.X` override
-    that the loaded model fixes is refused (`check_explicit`)."""
+    checkpoint's model when resuming (refused if it is another model, or was trained on
+    another vocabulary than `data_tokenizer`'s: the ids would mean other tokens), else
+    `init_from`'s (`weights.loader.load_model`: an HF directory, a weights file, a hub name or
+    another run's workdir; its kv heads converted when `train.convert_kv_heads` > 0), else
+    `cfg` itself. An explicit `model.X` override that the loaded model fixes is refused
+    (`check_explicit`)."""
     overrides = explicit_overrides(config.model, explicit)
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
             saved = checkpointer.read_meta(latest)["model"]
             cfg = GPT2Config(**dict(saved, **overrides))
             check_explicit(cfg, config.model, explicit, str(checkpointer.directory))
-        checkpointer.check_model(latest, cfg)
+        meta = checkpointer.check_model(latest, cfg)
+        ckpt_lib.check_same_tokenizer(meta.get("tokenizer"), data_tokenizer,
+                                      str(checkpointer.directory / str(latest)))
         return cfg, None, None
     groups = config.train.convert_kv_heads
     if not config.init_from:
@@ -331,4 +352,5 @@ def _open_writer(setup: RunSetup) -> metric_writers.MultiWriter:
     config_json = json.loads(setup.config.to_json_best_effort())
     ckpt_lib.save_json(setup.workdir / "config.json", config_json)
     data_lib.save_tokenizer(setup.ds.tokenizer, setup.workdir / "tokenizer.json")
-    return metric_writers.create_writer(setup.workdir, main_process=True)
+    return metric_writers.create_writer(setup.workdir, main_process=True,
+                                        start_step=setup.start_step)

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gpt2jax.errors import ConfigError
+from gpt2jax.errors import ConfigError, StorageError, describe_write_error
 
 
 class WorkdirLockedError(ConfigError):
@@ -57,12 +57,18 @@ def _describe(owner: dict) -> str:
 def acquire(workdir: Path, process_index: int = 0) -> int:
     """Takes `<workdir>/train.<process_index>.lock`; returns its file descriptor.
 
-    Raises WorkdirLockedError if a live process holds it. A lock file left by a dead process
-    is taken over (logged as a warning).
+    Raises WorkdirLockedError if a live process holds it, StorageError if the workdir cannot
+    be written (read-only, full). A lock file left by a dead process is taken over (logged as
+    a warning).
     """
     path = lock_path(workdir, process_index)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # checked first: nothing else is written before the lock
+            raise StorageError(f"The workdir {workdir} is not writable: "
+                               f"{describe_write_error(e, workdir)}; pass a writable "
+                               "--workdir.") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

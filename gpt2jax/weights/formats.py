@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from gpt2jax.weights import hub
+from gpt2jax.weights.hf_config import check_hf_config, json_type
 from gpt2jax.errors import WeightsError
 
 StateDict = dict[str, np.ndarray]
@@ -60,10 +61,20 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_sharded_safetensors(index: Path) -> StateDict:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError) as e:
-        raise WeightsError(f"{str(index)!r} is not a safetensors index ({e}); re-download it.")
+    """The tensors of the shards a `model.safetensors.index.json` maps them to: an object whose
+    `weight_map` maps tensor names to file names in the index's folder."""
+    raw = _read_json(index)
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        got = (f"a JSON {json_type(raw)}" if not isinstance(raw, dict) else
+               f"weight_map is the JSON {json_type(weight_map)} {json.dumps(weight_map)[:40]}")
+        raise WeightsError(f"{str(index)!r} is not a safetensors index ({got}; expected an "
+                           "object with a non-empty \"weight_map\": {tensor name: shard file "
+                           "name}); re-download it.")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise WeightsError(f"{str(index)!r}: weight_map[{name!r}] = {shard!r} is not the "
+                               "name of a file beside the index; re-download it.")
     state: StateDict = {}
     for shard in sorted(set(weight_map.values())):
         state.update(_read_safetensors(index.parent / shard))
@@ -108,7 +119,12 @@ def _read_tf_checkpoint(directory: Path) -> tuple[dict, StateDict]:
             f"{str(directory)!r} holds an OpenAI TensorFlow checkpoint, which needs tensorflow "
             "to read: pip install tensorflow, or use the HF safetensors weights (e.g. 'gpt2')."
         ) from e
-    hparams = json.loads((directory / "hparams.json").read_text())
+    hparams = _read_json(directory / "hparams.json")
+    keys = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+    if not isinstance(hparams, dict) or not all(
+            isinstance(hparams.get(k), int) and hparams[k] > 0 for k in keys):
+        raise WeightsError(f"{str(directory / 'hparams.json')!r} must be an object with the "
+                           f"positive integers {list(keys)}; re-download the checkpoint.")
     reader = tf.train.load_checkpoint(str(directory / "model.ckpt"))
     state = {}
     for name in reader.get_variable_to_shape_map():
@@ -164,10 +180,34 @@ def read_config_json(directory: Path) -> dict | None:
     path = directory / "config.json"
     if not path.is_file():
         return None
+    return check_hf_config(_read_json(path), str(path))
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON of `path`; WeightsError naming the file if it is not JSON (or UTF-8)."""
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise WeightsError(f"{str(path)!r} is not valid JSON ({e}); fix or re-download it.")
+
+
+def check_finite(tensors: Mapping[str, Any], what: str, fix: str) -> None:
+    """Raises WeightsError if a floating tensor of `tensors` (name -> array) holds NaN or inf:
+    such weights load and generate garbage. `what` names the source, `fix` the way on.
+
+    One float64 sum per tensor is exact for this (float32/16 values cannot overflow it; NaN
+    and inf propagate), and streams once over the weights; counts only for the message."""
+    bad = []
+    for name, value in tensors.items():
+        a = np.asarray(value)
+        if a.dtype.kind in "iub" or np.isfinite(np.sum(a, dtype=np.float64)):
+            continue
+        bad.append(f"{name} ({int(a.size - np.isfinite(a.astype(np.float32)).sum())} of "
+                   f"{a.size} values)")
+    if bad:
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise WeightsError(f"{what} holds non-finite weights (NaN or inf) in {bad[0]}{more}; "
+                           f"{fix}.")
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Mapping
 
 from gpt2jax.errors import ConfigError, WeightsError
@@ -10,6 +11,48 @@ from gpt2jax.nn.model import GPT2Config
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPT2Config)}
+
+# What each field of config.json that we read must hold: (check, what the fix should write).
+_POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                 "a positive integer")
+_NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+_PROBABILITY = (lambda v: _NUMBER[0](v) and 0 <= v < 1, "a number in [0, 1)")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_FIELD_TYPES = {
+    "vocab_size": _POSITIVE_INT, "n_positions": _POSITIVE_INT, "n_embd": _POSITIVE_INT,
+    "n_layer": _POSITIVE_INT, "n_head": _POSITIVE_INT,
+    "n_inner": (lambda v: v is None or _POSITIVE_INT[0](v), "null or a positive integer"),
+    "layer_norm_epsilon": (lambda v: _NUMBER[0](v) and v > 0, "a number > 0"),
+    "embd_pdrop": _PROBABILITY, "attn_pdrop": _PROBABILITY, "resid_pdrop": _PROBABILITY,
+    "initializer_range": (lambda v: _NUMBER[0](v) and v >= 0, "a number >= 0"),
+    "model_type": (lambda v: isinstance(v, str), "a string like \"gpt2\""),
+    "activation_function": (lambda v: isinstance(v, str), "a string like \"gelu_new\""),
+    "scale_attn_by_inverse_layer_idx": _BOOL, "add_cross_attention": _BOOL,
+    "scale_attn_weights": _BOOL, "tie_word_embeddings": _BOOL,
+}
+
+
+def check_hf_config(hf: Any, source: str) -> dict:
+    """`hf` (the parsed `config.json` at `source`) if it is a JSON object whose fields that we
+    read hold the right types; else WeightsError naming the file, the field and the type."""
+    if not isinstance(hf, dict):
+        raise WeightsError(f"{source!r} holds a JSON {json_type(hf)}, not an object of GPT-2 "
+                           "settings ({\"n_layer\": 12, ...}); fix or re-download it.")
+    for key, (ok, expected) in _FIELD_TYPES.items():
+        if key in hf and not ok(hf[key]):
+            raise WeightsError(f"{source!r}: {key} must be {expected}, got the JSON "
+                               f"{json_type(hf[key])} {json.dumps(hf[key])[:40]}; fix that "
+                               "field or re-download the file.")
+    return hf
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (object, array, string, number, boolean, null)."""
+    for kind, name in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"),
+                       ((int, float), "number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides) -> GPT2Config:

@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 import jax
+from absl import logging
 
 from gpt2jax.data.tokenizers import Tokenizer, get_tokenizer, load_tokenizer, tokenizer_from_json
-from gpt2jax.errors import ConfigError, GPT2JaxError
+from gpt2jax.errors import ConfigError, GPT2JaxError, WeightsError
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.weights import workdir as saved_run
 from gpt2jax.weights.pretrained import load_pretrained
 
 Params = dict[str, Any]
+# Reads of a workdir's newest checkpoint that a training run's clean-up may overtake, in a
+# row (each retry reads the then newest; a run saving faster than one read per save loses).
+_READ_ATTEMPTS = 5
 # The file a training run's HF export (`<workdir>/hf`) writes beside the weights.
 EXPORT_TOKENIZER = "gpt2jax_tokenizer.json"
 
@@ -132,17 +136,44 @@ def model_for_config(config, ranks_path: str = "", explicit: Collection[str] = (
 
 def _load_workdir(workdir: Path, step: int | None, ranks_path: str,
                   overrides: dict) -> tuple[GPT2Config, Params, Tokenizer]:
-    try:
-        cfg, params, meta = saved_run.load_params_for_inference(workdir, step, **overrides)
-    except GPT2JaxError:
-        raise
-    except Exception as e:  # noqa: BLE001 - TensorStore / JSON errors have no common type
-        raise _unreadable(workdir, step, e) from e
+    cfg, params, meta = _read_racing_deletion(workdir, step, overrides)
     if meta:
         return cfg, params, tokenizer_from_json(meta, ranks_path)
     saved = workdir / "tokenizer.json"  # older runs kept the tokenizer only here
     return cfg, params, (load_tokenizer(saved, ranks_path) if saved.is_file()
                          else get_tokenizer(ranks_path))
+
+
+def _read_racing_deletion(workdir: Path, step: int | None, overrides: dict):
+    """`load_params_for_inference` of checkpoint `step` (None: the newest finalized one).
+
+    A training run that keeps only its newest checkpoints deletes the one a reader is reading
+    as soon as it finalizes the next. A read that fails because its checkpoint was deleted,
+    or is no longer the newest, is retried on the newest finalized step (up to
+    `_READ_ATTEMPTS` times); only a checkpoint that is still there and still the one asked
+    for is reported unreadable. An explicit `step` deleted meanwhile is a WeightsError.
+    """
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        steps = _finalized_steps(workdir) if step is None else []
+        chosen = step if step is not None else (steps[-1] if steps else None)
+        try:
+            return saved_run.load_params_for_inference(workdir, chosen, **overrides)
+        except GPT2JaxError:
+            raise
+        except Exception as e:  # noqa: BLE001 - TensorStore / JSON errors have no common type
+            now = _finalized_steps(workdir)
+            if chosen is None or (chosen in now and (step is not None or chosen == now[-1])):
+                raise _unreadable(workdir, chosen, e) from e
+            if step is not None:
+                raise WeightsError(
+                    f"Checkpoint {step} of {workdir} was deleted while it was read (a training "
+                    f"run keeps only its newest checkpoints); load one of {now} instead, or "
+                    "leave the step out for the newest.") from e
+            if attempt == _READ_ATTEMPTS:
+                raise _unreadable(workdir, chosen, e) from e
+            logging.info("Checkpoint %d of %s was replaced while it was read (%s); reading "
+                         "the newest, %s.", chosen, workdir, type(e).__name__, now[-1:])
+    raise AssertionError("unreachable")
 
 
 def _export_tokenizer(source: Path, ranks_path: str) -> Tokenizer:
@@ -154,9 +185,13 @@ def _export_tokenizer(source: Path, ranks_path: str) -> Tokenizer:
 
 def _finalized_steps(workdir: Path) -> list[int]:
     """The steps of `<workdir>/checkpoints/<step>` folders (Orbax renames a finished save to
-    its bare step number; unfinished ones carry a tmp suffix)."""
+    its bare step number; unfinished ones carry a tmp suffix); [] if there are none."""
     directory = saved_run.checkpoint_dir(workdir)
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+    try:
+        return sorted(int(p.name) for p in directory.iterdir()
+                      if p.name.isdigit() and p.is_dir())
+    except OSError:  # the folder itself is gone or unreadable
+        return []
 
 
 def _unreadable(workdir: Path, step: int | None, error: Exception):

@@ -33,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gpt2jax.errors import WeightsError
+from gpt2jax.errors import StorageError, WeightsError, describe_write_error, is_disk_full, os_errno
 from gpt2jax.nn.model import GPT2Config
 from gpt2jax.nn.scan import to_layout
 from gpt2jax.weights.hf_config import config_from_hf, config_to_hf, make_config  # noqa: F401
 from gpt2jax.weights.formats import (  # noqa: F401  (flax_msgpack_to_state_dict: public)
-    flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file, resolve,
+    check_finite, flax_msgpack_to_state_dict, read_config_json, read_directory, read_weights_file,
+    resolve,
 )
 
 Params = dict[str, Any]
@@ -275,6 +276,8 @@ def load_pretrained(path_or_name: str | os.PathLike, *, allow_pickle: bool = Fal
     else:
         state = read_weights_file(path, allow_pickle)
         hf = None if "n_head" in config_overrides else read_config_json(path.parent)
+    check_finite(state, repr(str(path)), "it is damaged or was saved from a diverged run: "
+                 "re-download or re-export it")
     if hf is None:
         cfg = infer_config(state, **config_overrides)
     else:
@@ -317,17 +320,25 @@ def save_pretrained(cfg: GPT2Config, params: Params, directory: str | os.PathLik
             "overwrite=True to replace it."
         )
     state = params_to_hf_state_dict(params, cfg)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         hf = config_to_hf(cfg)
         hf["torch_dtype"] = str(next(iter(state.values())).dtype)
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if os_errno(e) is None or isinstance(e, WeightsError):
+            raise
+        fix = "free space on that disk" if is_disk_full(e) else "make it writable"
+        raise StorageError(
+            f"Saving the model to {str(target)!r} failed: {describe_write_error(e, target)}; "
+            f"nothing was written there (the partial files were removed). To go on, {fix} "
+            "and save again.") from e
     return target
 
 

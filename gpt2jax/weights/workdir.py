@@ -13,10 +13,13 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 
 from gpt2jax.errors import ConfigError, WeightsError
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.nn.scan import to_layout
+from gpt2jax.weights import orbax_quiet
+from gpt2jax.weights.formats import check_finite
 
 ITEMS = ("state", "data", "meta")
 # GPT2Config fields that may change between a run and its resume (no effect on shapes).
@@ -60,7 +63,15 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
             f"No checkpoints in {directory}; pass the --workdir of a training run "
             "(python run.py --mode=train ...)."
         )
+    orbax_quiet.install()  # a failed read is the caller's one error line, not Orbax's echoes
     manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+    try:
+        return _load(manager, directory, step, config_overrides)
+    finally:
+        manager.close()
+
+
+def _load(manager, directory: Path, step: int | None, config_overrides: dict):
     step = manager.latest_step() if step is None else step
     if step is None:
         raise WeightsError(f"{directory} holds no finished checkpoint; train longer or check it.")
@@ -79,7 +90,11 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
             restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True,
         )))
-    manager.close()
+    where = directory / str(step)
+    older = [s for s in manager.all_steps() if s < step]
+    check_finite(flatten_dict(restored["state"]["params"], sep="/"), f"Checkpoint {where}",
+                 f"it was left as it is; load an earlier one (step={older[-1]})" if older else
+                 "it was left as it is; there is no earlier one: train again")
     params = to_layout(restored["state"]["params"], scan_layers)
     return cfg.replace(scan_layers=scan_layers), params, dict(meta.get("tokenizer", {}))
 
