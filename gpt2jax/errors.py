@@ -84,3 +84,7 @@ def describe_write_error(error: BaseException, path: str | os.PathLike) -> str:
         except OSError:
             pass
     return f"{os.strerror(code)} (the disk mounted at {mount}{space})"
+
+
+class OutOfMemoryError(GPT2JaxError, MemoryError):
+    """A device (or the host) ran out of memory for the computation a config asks for."""

@@ -224,6 +224,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
     assert Checkpointer(tmp_path / "w").all_steps() == [2]
 
 
+def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, text_file):
+    # XLA's RESOURCE_EXHAUSTED ended the run in a raw traceback (configs/gpt2.py:fineweb10b on a
+    # CPU: "Out of memory allocating 89... bytes"); it is raised here from a hook at step 3, as
+    # the real one surfaces when a step's metrics are fetched.
+    from gpt2jax.errors import OutOfMemoryError
+    from gpt2jax.training.loop import train_and_evaluate
+
+    def exhaust(step, run):
+        if step == 3:
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory allocating 1865022768000 bytes.")
+
+    c = tiny_char_config(text_file, steps=6)
+    with pytest.raises(OutOfMemoryError) as info:
+        train_and_evaluate(c, tmp_path / "w", hooks=[exhaust])
+    message = str(info.value)
+    assert "\n" not in message and "ran out of memory (1,736.9 GiB at once)" in message
+    for fix in ("last good checkpoint is step 2", "train.grad_accum_steps", "remat=full",
+                "--mode=plan"):
+        assert fix in message, message
+
+
 def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, text_file,
                                                                     capsys):
     """A model vocabulary padded past the tokenizer's (96 rows for the text's characters, as

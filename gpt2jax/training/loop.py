@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -24,9 +25,10 @@ import numpy as np
 from absl import logging
 
 from gpt2jax import data as data_lib
-from gpt2jax.errors import ConfigError, GPT2JaxError, StorageError, os_errno
+from gpt2jax.errors import ConfigError, GPT2JaxError, OutOfMemoryError, StorageError, os_errno
 from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate
+from gpt2jax.training.checkpoint import checkpoint_dir
 from gpt2jax.training.meter import StepMetrics, Throughput, log_steps, peak_flops
 from gpt2jax.training.preemption import PreemptionGuard
 from gpt2jax.training.setup import Hook, Run, open_run
@@ -53,19 +55,41 @@ def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = (),
       dict with the final step, last train loss and last val loss.
     Raises:
       TrainingDivergedError on a NaN/inf loss or update (nothing non-finite is saved).
+      OutOfMemoryError when XLA cannot allocate the step (one line naming the fixes).
       CheckpointSaveError when a checkpoint cannot be written (a full disk: the first failed
         save stops the run); StorageError when another file of the workdir cannot be.
     """
-    with open_run(config, workdir, explicit) as run:
-        try:
-            return _train(run, hooks)
-        except OSError as e:
-            if isinstance(e, GPT2JaxError) or os_errno(e) not in WORKDIR_ERRNOS:
-                raise
-            ck = run.checkpointer
-            ck.wait_until_finished()  # a failed save in flight filled the disk: report it
-            raise StorageError(ck.stopped(f"Writing to the workdir {run.workdir} failed", e,
-                                          run.workdir)) from e
+    try:
+        with open_run(config, workdir, explicit) as run:
+            try:
+                return _train(run, hooks)
+            except OSError as e:
+                if isinstance(e, GPT2JaxError) or os_errno(e) not in WORKDIR_ERRNOS:
+                    raise
+                ck = run.checkpointer
+                ck.wait_until_finished()  # a failed save in flight filled the disk: report it
+                raise StorageError(ck.stopped(f"Writing to the workdir {run.workdir} failed", e,
+                                              run.workdir)) from e
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise OutOfMemoryError(out_of_memory_message(e, workdir)) from e
+
+
+def out_of_memory_message(error: Exception, workdir: str | Path) -> str:
+    """One line for XLA's RESOURCE_EXHAUSTED: how much was asked, the ways to need less, and
+    the last good checkpoint (left as it was; the same command resumes from it)."""
+    asked = re.search(r"allocating (\d+) bytes", str(error))
+    size = f" ({int(asked.group(1)) / 2 ** 30:,.1f} GiB at once)" if asked else ""
+    folder = checkpoint_dir(workdir)
+    steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and p.is_dir())
+    kept = (f"the last good checkpoint is step {steps[-1]}, left as it was" if steps
+            else "no checkpoint was saved")
+    return (f"The devices ran out of memory{size}: the train step needs more than they hold; "
+            f"{kept}. Lower train.batch_size or raise train.grad_accum_steps (the same batch in "
+            "smaller pieces), or set --config.model.remat=full or --config.train.loss_chunk_size"
+            "=4096; `python run.py --mode=plan` with the same flags shows the memory per device "
+            "before a run.")
 
 
 def _meta(run: Run) -> dict:
