@@ -31,7 +31,7 @@ _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write results as JSON t
 _COMPILE_N_LAYER = flags.DEFINE_integer(
     "compile_n_layer", 0, "--mode=plan: compile a copy with this many layers after lowering "
     "the whole model (0 = compile the whole model).")
-# Multi-process (one process per host); automatic on Cloud TPU. See README "Scale-out".
+# Multi-process (one process per host); automatic on Cloud TPU. See docs/scale-out.md.
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for jax.distributed (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")

@@ -75,7 +75,7 @@ def resumes_exactly(make, state_of, restore) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--batches", type=int, default=90)  # within one epoch (103)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)

@@ -77,7 +77,7 @@ def mesh_config() -> ml_collections.ConfigDict:
     Parallelism is chosen by the sizes (the rules stay): data parallel `--config.mesh.data=-1`
     (default); FSDP `--config.mesh.data=1 --config.mesh.fsdp=-1`; FSDP x tensor parallel
     `--config.mesh.fsdp=-1 --config.mesh.tensor=4` (tensor must divide n_head); two slices
-    `--config.mesh.dcn_data=2`. See README "Scale-out".
+    `--config.mesh.dcn_data=2`. See docs/scale-out.md.
     """
     c = ml_collections.ConfigDict()
     c.data = -1                    # data-parallel size (-1 = all devices not used below)

@@ -16,7 +16,7 @@ experiments/shakespeare_char_cpu/README.md for the measured curve and tokens/s):
         --config.init_from=/tmp/sc --prompt="ROMEO:"
 
 Needs nothing but the install: Tiny Shakespeare ships inside the package
-(`dataset:tinyshakespeare/input.txt`, see README "Data"). The vocabulary is the corpus's
+(`dataset:tinyshakespeare/input.txt`, see docs/data.md). The vocabulary is the corpus's
 65 characters (model.vocab_size = 65, checked against the tokenizer at start).
 """
 

@@ -16,15 +16,18 @@ from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.weights.pretrained import save_pretrained
 from helpers import REPO, tiny_params
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+# the README and the documentation site's pages (docs/), where the sections now live; a
+# page's title (its first line, "# Title") is read as a section heading like README's "## X"
+README = "\n".join("#" + p.read_text(encoding="utf-8") for p in
+                   [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
 TINY = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, attention_impl="xla")
 
 
 def _section(heading: str) -> str:
-    """The text of the README section `heading` (## or ###), up to the next heading (a
+    """The text of the docs section `heading` (#, ## or ###), up to the next heading (a
     `# comment` line inside a code block is not one)."""
     found = re.search(rf"^##+ {re.escape(heading)}\n(.*?)(?=^##+ |\Z)", README, re.M | re.S)
-    assert found, f"README.md has no section {heading!r}"
+    assert found, f"README.md and docs/ have no section {heading!r}"
     return found.group(1)
 
 

@@ -22,7 +22,9 @@ import pytest
 from configs import gpt2
 from helpers import REPO, cli_env, corpus_documents, hellaswag_rows, write_parquet
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+# the README and the documentation site's pages (docs/), where the recipes are written
+README = "\n".join(p.read_text(encoding="utf-8") for p in
+                   [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
 PREPARE = ("--mode=prepare", "--config=configs/prepare_hf.py:parquet",
            "--config.data.hf_data_files='corpus/*.parquet'")
 TINY = ("--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",

@@ -10,8 +10,8 @@ batches.
 
 Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets), `hf`
 (Hugging Face datasets: hub names, local parquet / jsonl / arrow), `shards` (token files
-written and checksummed by `python run.py --mode=prepare`, gpt2jax.data.prepare). See README
-`## Data`.
+written and checksummed by `python run.py --mode=prepare`, gpt2jax.data.prepare). See
+docs/data.md.
 Public data files by name (`dataset:NAME`): `resolve.data_file` (data dir, caches, the
 package, a checksummed download; `registry` pins the sources, `downloads` fetches).
 """
