@@ -150,7 +150,7 @@ def new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
                 "(max_new_tokens <= 0); raise max_length or set max_new_tokens."
             )
     longest = int(mask.sum(-1).max())
-    check_length(cfg, longest + new, f"A prompt of {longest} tokens + {new} new tokens, in all",
+    check_length(cfg, longest + new, f"{longest} prompt tokens + {new} new tokens",
                  "shorten the prompt or lower max_new_tokens/max_length")
     return int(new)
 
