@@ -91,7 +91,7 @@ def test_learned_positions_refuse_with_the_schemes_that_go_further():
     with pytest.raises(ConfigError, match=r"context_length=48 exceeds the model's "
                        r"n_positions=16 .*" + f"{schemes}"):
         perplexity(cfg, params, text, context_length=LONG)
-    with pytest.raises(ConfigError, match=f"prompt of 5 tokens.*{schemes}"):
+    with pytest.raises(ConfigError, match=rf"5 prompt tokens \+ 48 new tokens=53 .*{schemes}"):
         generate(cfg, params, text[None, :5], max_new_tokens=LONG)
     with pytest.raises(ConfigError, match=f"max_length=48 exceeds.*{schemes}"):
         init_cache(cfg, 1, LONG)

@@ -133,6 +133,10 @@ def test_uptraining_converts_in_the_loop_and_the_model_saves_and_reloads(tmp_pat
     jax.tree.map(np.testing.assert_array_equal, params, want)
     ids = jnp.asarray(np.arange(24).reshape(2, 12) % cfg.vocab_size)
     np.testing.assert_array_equal(_logits(cfg, params, ids), _logits(want_cfg, want, ids))
+    c.train.convert_kv_method = "median"
+    with pytest.raises(ConfigError, match="train.convert_kv_method='median': method='median'"):
+        train_and_evaluate(c, tmp_path / "median")
     c.init_from, c.train.learning_rate = "", 1e-3
     with pytest.raises(ConfigError, match="convert_kv_heads=2 converts a loaded model"):
         train_and_evaluate(c, tmp_path / "none")
+    assert not (tmp_path / "median").exists() and not (tmp_path / "none").exists()

@@ -5,10 +5,13 @@ cannot hold the variant. Before, such a run saved its checkpoint and then exited
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from configs import shakespeare_char
-from gpt2jax.training.loop import train_and_evaluate
+from gpt2jax.nn.model import GPT2Config
+from gpt2jax.training.loop import export_hf, train_and_evaluate
 from gpt2jax.weights.loader import load_model
 from helpers import cli_env, run_cli
 
@@ -48,18 +51,31 @@ def _config(text_file, **model):
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_variant_run_skips_the_hf_export_with_one_line(name, text_file, tmp_path, capsys):
-    workdir = tmp_path / name
-    out = train_and_evaluate(_config(text_file, **VARIANTS[name]), workdir)
-    assert out["step"] == 1
-    printed = [line for line in capsys.readouterr().out.splitlines() if "export_hf" in line]
+def test_every_variant_skips_the_hf_export_with_one_line(name, tmp_path, capsys):
+    """The export step of a finished run (`loop.export_hf`), for each variant: nothing
+    written, one line naming the fields and the checkpoint to load instead."""
+    cfg = GPT2Config(**SHRINK, vocab_size=65, **VARIANTS[name])
+    run = types.SimpleNamespace(cfg=cfg, workdir=tmp_path, state=None, ds=None)
+    assert export_hf(run) is None
+    printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 1, printed
     key = next(iter(VARIANTS[name]))
     assert printed[0].startswith("export_hf skipped: the HF GPT-2 layout cannot represent {")
-    assert f"'{key}'" in printed[0] and f"--config.init_from={workdir}" in printed[0]
+    assert f"'{key}'" in printed[0] and f"--config.init_from={tmp_path}" in printed[0]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_variant_run_ends_well_and_its_checkpoint_loads(text_file, tmp_path, capsys):
+    """A whole run of a variant (the new sinusoidal positions): exit value, one line, and
+    the checkpoint that line points to holds the variant."""
+    workdir = tmp_path / "sinusoidal"
+    out = train_and_evaluate(_config(text_file, position="sinusoidal"), workdir)
+    assert out["step"] == 1
+    printed = [line for line in capsys.readouterr().out.splitlines() if "export_hf" in line]
+    assert len(printed) == 1 and "{'position': 'sinusoidal'}" in printed[0], printed
     assert not (workdir / "hf").exists()
-    cfg, _, _ = load_model(workdir)  # the checkpoint the line points to holds the variant
-    assert getattr(cfg, key) == VARIANTS[name][key]
+    cfg, _, _ = load_model(workdir)
+    assert cfg.position == "sinusoidal"
 
 
 def test_plain_gpt2_run_still_exports(text_file, tmp_path, capsys):

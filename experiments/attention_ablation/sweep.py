@@ -100,7 +100,8 @@ def _measure(scale: str) -> ml_collections.ConfigDict:
     """What each run reports besides its val loss (gpt2jax/cli/sweep_measure.py)."""
     trained = {"": 128, "smoke": 32, "gpt2_small": 512}[scale]
     c = ml_collections.ConfigDict()
-    c.eval_lengths = tuple(trained * k for k in (1, 2, 4, 8))  # Press et al.'s 1x..8x
+    c.eval_lengths = tuple(trained * k for k in ((1, 2) if scale == "smoke" else (1, 2, 4, 8)))
+    # Press et al.'s 1x..8x (smoke: 1x, 2x)
     c.eval_tokens = 4096 if scale == "smoke" else 0  # first N val tokens scored (0 = all)
     c.eval_batch_size = 8          # windows per forward pass
     c.decode_tokens = 16 if scale == "smoke" else trained - 1  # greedy, batch 1, timed

@@ -301,9 +301,13 @@ def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int |
     cfg, pretrained, tokenizer = load_model(config.init_from, **overrides)
     check_explicit(cfg, config.model, explicit, config.init_from)
     if groups:  # GQA/MQA "uptraining" (Ainslie et al. 2023) from a multi-head model
-        cfg, pretrained = convert_kv_heads(cfg, pretrained, groups,
-                                           config.train.convert_kv_method,
-                                           jax.random.key(config.seed))
+        method = config.train.convert_kv_method
+        try:
+            cfg, pretrained = convert_kv_heads(cfg, pretrained, groups, method,
+                                               jax.random.key(config.seed))
+        except ConfigError as e:  # name the config keys the user set
+            raise ConfigError(f"train.convert_kv_heads={groups}, train.convert_kv_method="
+                              f"{method!r}: {e}") from None
     if tc.block_size > cfg.n_positions:
         raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
                           f"model's n_positions={cfg.n_positions}.")
