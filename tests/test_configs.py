@@ -156,3 +156,25 @@ def test_model_config_defaults_are_gpt2config_defaults():
     assert set(section.keys()) == set(fields)
     assert {k: section[k] for k in fields} == fields
     assert GPT2Config.from_config(section) == GPT2Config()
+
+
+def test_data_config_is_common_data_config_typed():
+    """configs/common.py:data_config() and gpt2jax.data.config.DataConfig have the same fields
+    (one source of truth); choices are refused once, at the edge, with their fix."""
+    import dataclasses
+
+    from configs import common
+    from gpt2jax.data.config import DataConfig
+    from gpt2jax.errors import ConfigError
+
+    section = common.data_config()
+    assert set(section.keys()) == {f.name for f in dataclasses.fields(DataConfig)}
+    typed = DataConfig.from_config(section)
+    assert dataclasses.asdict(typed) == section.to_dict()
+    for field, bad in (("source", "csv"), ("tokenizer", "bytes"), ("mode", "shuffled"),
+                       ("encoding_errors", "ignore")):
+        with pytest.raises(ConfigError, match=f"config.data.{field}="):
+            DataConfig.from_config(common.data_config(**{field: bad}))
+    del section["shards_dir"]
+    with pytest.raises(ConfigError, match="missing \\['shards_dir'\\]"):
+        DataConfig.from_config(section)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from gpt2jax.data import prepare_shards
 from gpt2jax.data.shards import PARTIAL
 from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.data.config import DataConfig
 
 
 def main(config, args) -> dict:
@@ -26,7 +27,7 @@ def main(config, args) -> dict:
         raise ConfigError(f"Shards folder {out_dir} is not a local folder; write the shards to "
                           "local disk, then copy them (e.g. `gcloud storage cp -r DIR gs://...`).")
     try:
-        meta = prepare_shards(config.data, out_dir)
+        meta = prepare_shards(DataConfig.from_config(config.data), out_dir)
     except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, not a traceback
         raise DataError(f"Interrupted: {out_dir}/{PARTIAL}/ keeps the finished shards; rerun "
                         "the same `--mode=prepare` command to resume.") from None

@@ -23,6 +23,7 @@ tracing (`mesh_rules`, `constrain`) and reports shardings and memory:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import contextvars
 import math
 from collections.abc import Iterator, Sequence
@@ -37,13 +38,42 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from gpt2jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
-DCN_FIELDS = ("dcn_data", "dcn_fsdp", "dcn_tensor")
 
 PyTree = Any
 
 
 class MeshError(ConfigError):
     """A mesh that does not fit the devices or the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """`config.mesh` as a frozen, typed value (configs/common.py:mesh_config's fields): the
+    ICI sizes per slice (-1 = the rest), the DCN factors across slices, the logical rules."""
+
+    data: int
+    fsdp: int
+    tensor: int
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+    rules: tuple = ()
+
+    @classmethod
+    def from_config(cls, mesh_config) -> MeshConfig:
+        """`config.mesh` (a ConfigDict, or a MeshConfig as it is); configs written before
+        multi-slice support hold no dcn_* fields: one slice."""
+        if isinstance(mesh_config, cls):
+            return mesh_config
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mesh_config.keys()) - fields)
+        if unknown:
+            raise MeshError(f"config.mesh has unknown keys {unknown}; see "
+                            "configs/common.py:mesh_config() for its fields.")
+        values = {k: mesh_config[k] for k in fields if k in mesh_config}
+        values["rules"] = tuple((name, tuple(a) if isinstance(a, list) else a)
+                                for name, a in values.get("rules", ()))
+        return cls(**values)
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -81,11 +111,6 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
 AUTO_AXES = (AxisType.Auto,) * len(MESH_AXES)
 
 
-def _dcn_sizes(mesh_config) -> tuple[int, int, int]:
-    # Configs built before multi-slice support have no dcn_* fields: one slice.
-    return tuple(int(mesh_config[f]) if f in mesh_config else 1 for f in DCN_FIELDS)
-
-
 def _granules(devices: Sequence[jax.Device]) -> tuple[int, bool]:
     """(number of slices, whether processes stand in for slices)."""
     slices = {getattr(d, "slice_index", None) for d in devices}
@@ -105,8 +130,8 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
       axis the DCN (multi-slice) factor is the outer one.
     """
     devices = list(jax.devices() if devices is None else devices)
-    dcn = _dcn_sizes(mesh_config)
-    ici = (mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
+    m = MeshConfig.from_config(mesh_config)
+    dcn, ici = (m.dcn_data, m.dcn_fsdp, m.dcn_tensor), (m.data, m.fsdp, m.tensor)
     if all(s == 1 for s in dcn):
         return _single_slice_mesh(mesh_shape(*ici, len(devices)), devices)
     num_granules, by_process = _granules(devices)
@@ -141,7 +166,7 @@ def _single_slice_mesh(shape: tuple[int, int, int], devices: list) -> Mesh:
 
 def rules(mesh_config) -> tuple:
     """The logical-axis rules as a tuple of (logical, mesh-axes) pairs."""
-    return tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in mesh_config.rules)
+    return MeshConfig.from_config(mesh_config).rules
 
 
 # The mesh that `constrain` places activations on; set by `mesh_rules` while tracing.

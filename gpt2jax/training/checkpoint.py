@@ -20,6 +20,7 @@ saved before it are untouched (Orbax deletes old ones only after a save is final
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -59,6 +60,36 @@ def _policy(keep: int, keep_best: int):
         policies.append(cm.BestN(get_metric_fn=_val_loss, reverse=True,
                                  n=keep_best, keep_checkpoints_without_metrics=False))
     return cm.AnyPreservationPolicy(policies)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """`config.checkpoint` as a frozen, typed value (configs/common.py:checkpoint_config)."""
+
+    save_every: int
+    keep: int
+    keep_best: int
+    async_save: bool
+    resume: bool
+    restore_step: int
+
+    def __post_init__(self):
+        for name in ("save_every", "keep_best", "restore_step"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"config.checkpoint.{name}={getattr(self, name)!r} must be an "
+                                  "int >= 0.")
+        if not isinstance(self.keep, int) or self.keep < 1:
+            raise ConfigError(f"config.checkpoint.keep={self.keep!r} must be an int >= 1 (the "
+                              "newest checkpoint is always kept).")
+
+    @classmethod
+    def from_config(cls, checkpoint_config) -> CheckpointConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in checkpoint_config]
+        if missing:
+            raise ConfigError(f"config.checkpoint is missing {missing}; build it with "
+                              "configs/common.py:checkpoint_config().")
+        return cls(**{n: checkpoint_config[n] for n in names})
 
 
 class Checkpointer:

@@ -22,6 +22,7 @@ import ml_collections
 from absl import logging
 
 from gpt2jax import data as data_lib
+from gpt2jax.data.config import DataConfig
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.nn.model import GPT2Config
 from gpt2jax.parallel import sharding as sharding_lib
@@ -60,7 +61,7 @@ class LoopOptions:
 
     @classmethod
     def from_config(cls, config) -> LoopOptions:
-        t, ck = config.train, config.checkpoint
+        t, ck = config.train, ckpt_lib.CheckpointConfig.from_config(config.checkpoint)
         return cls(t.log_every, t.eval_every, t.eval_batches, t.eval_at_start, t.sample_tokens,
                    t.sample_prompt, t.peak_flops, t.export_hf, t.progress_bar, t.lm_eval,
                    ck.save_every, ck.keep_best, t.steps_per_call)
@@ -128,12 +129,12 @@ def open_run(config, workdir: str | Path, explicit: Collection[str] = ()) -> Ite
         with workdir_lock(workdir):  # a second run on this workdir stops here
             _check_block_size(tc, cfg, config.init_from)
             mesh, rules = sharding_lib.make_mesh(config.mesh), sharding_lib.rules(config.mesh)
-            config, tc, options, streams = _fitted_streams(config, tc, options,
-                                                           Placement(mesh, rules))
-            ds = data_lib.datasets_from_streams(config.data, streams, tc.block_size,
+            config, data, tc, options, streams = _fitted_streams(config, tc, options,
+                                                                 Placement(mesh, rules))
+            ds = data_lib.datasets_from_streams(data, streams, tc.block_size,
                                                 tc.batch_size, config.seed,
                                                 jax.process_index(), jax.process_count())
-            ck = config.checkpoint
+            ck = ckpt_lib.CheckpointConfig.from_config(config.checkpoint)
             checkpointer = ckpt_lib.Checkpointer(workdir, ck.keep, ck.keep_best, ck.async_save)
             writer = None
             try:
@@ -176,32 +177,35 @@ def _close(checkpointer, train_iter, writer, quietly: bool) -> None:
 
 
 def _fitted_streams(config, tc: TrainConfig, options: LoopOptions, placement: Placement):
-    """(config, tc, options, the data's streams), with block / batch / eval batches (and a
-    held-out fraction) fitted to a small text when `train.fit_to_data` (training/fit.py):
-    a line says what changed, and the config copy returned (written to the workdir's
-    config.json) holds the values trained with."""
-    streams = data_lib.load_streams(config.data)
+    """(config, `DataConfig`, tc, options, the data's streams), with block / batch / eval
+    batches (and a held-out fraction) fitted to a small text when `train.fit_to_data`
+    (training/fit.py): a line says what changed, and the config copy returned (written to the
+    workdir's config.json) holds the values trained with."""
+    data = DataConfig.from_config(config.data)
+    streams = data_lib.load_streams(data)
     if not config.train.fit_to_data:
-        return config, tc, options, streams
+        return config, data, tc, options, streams
     config = ml_collections.ConfigDict(config.to_dict())
     changes = ()
-    if config.data.source == "text" and not config.data.val_file:  # a held-out split
+    if data.source == "text" and not data.val_file:  # a held-out split
         fraction = fit_lib.held_out_fraction(len(streams[1]) + len(streams[2]),
-                                             config.data.val_fraction)
-        if fraction != config.data.val_fraction and len(streams[2]) <= fit_lib.MIN_BLOCK:
-            changes = (f"data.val_fraction {config.data.val_fraction:g} -> {fraction:g}",)
+                                             data.val_fraction)
+        if fraction != data.val_fraction and len(streams[2]) <= fit_lib.MIN_BLOCK:
+            changes = (f"data.val_fraction {data.val_fraction:g} -> {fraction:g}",)
             config.data.val_fraction = fraction
-            streams = data_lib.load_streams(config.data)
+            data = data.replace(val_fraction=fraction)
+            streams = data_lib.load_streams(data)
     _, train, val = streams
     fit = fit_lib.fit_to_data(len(train), len(val), tc.block_size, tc.batch_size,
                               options.eval_batches,
                               tc.grad_accum_steps * placement.data_parallel_size, changes)
-    line = fit.describe(config.data.train_file or train.origin, len(train) + len(val))
+    line = fit.describe(data.train_file or train.origin, len(train) + len(val))
     if line and jax.process_index() == 0:
         print(line, flush=True)
     config.train.update(block_size=fit.block_size, batch_size=fit.batch_size,
                         eval_batches=fit.eval_batches)
-    return (config, dataclasses.replace(tc, block_size=fit.block_size, batch_size=fit.batch_size),
+    return (config, data,
+            dataclasses.replace(tc, block_size=fit.block_size, batch_size=fit.batch_size),
             dataclasses.replace(options, eval_batches=fit.eval_batches), streams)
 
 
