@@ -157,10 +157,10 @@ def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
 
 
 def test_close_before_any_save_finishes_the_tmp_cleanup(tmp_path):
-    # Orbax deletes stale tmp directories in a background thread started with the manager;
-    # close() must wait for it (checkpoint.await_tmp_cleanup), or a run that stops before its
-    # first save leaves that thread deleting in the workdir. 200 of them: close() outruns an
-    # unawaited cleanup.
+    # Orbax deletes stale tmp directories in a background thread started with the manager,
+    # which only a private method awaits; the Checkpointer removes them itself, before the
+    # manager exists, so a run that stops before its first save leaves nothing deleting in the
+    # workdir. 200 of them: an unawaited background cleanup would still be at work.
     directory = checkpoint.checkpoint_dir(tmp_path)
     directory.mkdir(parents=True)
     stale = [directory / f"{s}.orbax-checkpoint-tmp-{1700000000 + s}" for s in range(200)]

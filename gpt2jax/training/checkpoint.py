@@ -115,9 +115,14 @@ class Checkpointer:
             best_mode="min",
             enable_async_checkpointing=async_save,
             create=True,
-            cleanup_tmp_directories=True,  # delete what saves killed mid-write left behind
+            # What saves killed mid-write left behind is removed below, before the manager
+            # exists and synchronously (Orbax's own cleanup runs in a background thread that
+            # only a private method awaits).
+            cleanup_tmp_directories=False,
         )
         orbax_quiet.install()  # a failed save is our one error line, not Orbax's tracebacks
+        if self.directory.is_dir():
+            self._remove_temporary_folders()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         self._async = async_save
         self._pending: int | None = None  # the step of a save not yet known to have finished
@@ -291,22 +296,9 @@ class Checkpointer:
         try:
             self.wait_until_finished()
         finally:
-            await_tmp_cleanup(self.manager)
             self.manager.close()
             if self._failed:  # writes of the failed save still in flight at the failure
                 self._remove_temporary_folders()  # may have re-created parts of its folder
-
-
-def await_tmp_cleanup(manager: ocp.CheckpointManager) -> None:
-    """Waits for the cleanup of stale tmp directories that `cleanup_tmp_directories=True`
-    starts in a background thread when the manager is created.
-
-    The project's one private Orbax call, here only: Orbax (0.12.8) awaits that thread inside
-    `save()` alone and has no public method for it (`wait_until_finished` and `close` do not
-    wait), yet a run that stops before its first save must not leave it deleting in the
-    directory. If a later Orbax drops the method, nothing is awaited.
-    """
-    getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
 
 
 def check_same_model(saved: dict, cfg: GPT2Config, where: str) -> None:
