@@ -64,6 +64,15 @@ def test_random_init_streams_greedy_text(tokenizer, capsys, tmp_path):
     assert json.loads(out.read_text()) == results
 
 
+def test_a_streamed_request_too_long_prints_nothing_before_its_error(capsys):
+    # the prompt was echoed before generate refused the length: "Helloerror: ..." on a terminal
+    config = tiny_config()
+    config.generate.update(max_new_tokens=200)  # 2 + 200 > n_positions=128
+    with pytest.raises(ConfigError, match="exceeds the model's n_positions=128"):
+        cli.main(config, CliArgs(prompt="Hello"))
+    assert capsys.readouterr().out == ""
+
+
 def test_padded_vocabulary_generates_only_decodable_tokens(capsys):
     """A random model with 100,000 rows (half past the tokenizer's 50,257, so greedy picks
     them at most steps; decoding one crashed before `suppress_tokens`): every new token

@@ -26,7 +26,7 @@ import numpy as np
 from gpt2jax.cli.files import check_output_file, read_text_file, write_json
 from gpt2jax.data.tokenizers import Tokenizer
 from gpt2jax.errors import ConfigError
-from gpt2jax.generation.args import suppress_past_tokenizer
+from gpt2jax.generation.args import new_token_count, prepare_inputs, suppress_past_tokenizer
 from gpt2jax.generation.generate import generate, make_args
 from gpt2jax.parallel import sharding
 from gpt2jax.weights.loader import model_for_config
@@ -115,7 +115,8 @@ def main(config, args) -> list[dict]:
     ids, mask = encode_batch(tokenizer, prompts, gen_args.pad_id)
     stream = len(prompts) == 1 and gen_args.num_beams == 1 and gen_args.num_return_sequences == 1
     streamer = TerminalStreamer(tokenizer, gen_args.eos_ids) if stream else None
-    if stream:
+    if stream:  # the prompt is echoed only once the request is known to fit the model
+        new_token_count(cfg, *prepare_inputs(ids, mask, gen_args), gen_args)
         print(prompts[0], end="", flush=True)
     mesh = {} if stream else _mesh_kwargs(config)  # one streamed prompt: one device
     out = generate(cfg, params, ids, mask, return_dict=True, streamer=streamer, **mesh,
