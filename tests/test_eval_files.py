@@ -96,6 +96,24 @@ def test_char_model_scores_every_character_but_the_first(tmp_path):
     assert got["bits_per_byte"]["value"] == pytest.approx(ref.bits_per_byte, rel=1e-6)
 
 
+def test_file_task_reports_one_row_set_per_context_length(tmp_path):
+    # --config.eval.context_lengths was ignored by the file task (one row set at the model's
+    # context); an ALiBi model trained at 32 is scored at 16, 32 and 64, disjoint windows
+    text = "héllo wörld, hello world!\n" * 12
+    enc = CharTokenizer(sorted(set(text)))
+    cfg = tiny_config(vocab_size=enc.vocab_size, n_positions=32, position="alibi")
+    params = tiny_params(cfg)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    config = eval_configs.get_config("file")
+    config.eval.update(file=str(tmp_path / "t.txt"), progress=False, context_lengths="16,32,64")
+    rows = tasks.run_task(tasks.TaskContext("file", cfg, params, enc, config.eval, ""))
+    assert [(r["context_length"], r["metric"]) for r in rows] == [
+        (n, m) for n in (16, 32, 64) for m in ("ppl", "bits_per_byte")]
+    ids = np.array(enc.encode(text))
+    ref = perplexity(cfg, params, ids, 64, 64)
+    assert rows[4]["value"] == pytest.approx(ref.perplexity, rel=1e-6)
+
+
 def _generation_config(task: str, data_dir, **eval_overrides):
     config = eval_configs.get_config(task)
     config.model.update(n_layer=1, n_embd=32, n_head=2, n_positions=128)

@@ -194,7 +194,8 @@ def _file_text(ecfg, data_dir) -> tuple[Path, str]:
 
 
 def _file(ctx) -> list[dict]:
-    """Perplexity and bits per byte of one text file (module docstring: `file`)."""
+    """Perplexity and bits per byte of one text file (module docstring: `file`), at each
+    length of `eval.context_lengths` when it is set."""
     path, text = _file_text(ctx.ecfg, ctx.data_dir)
     ids = _truncate(ctx.enc.encode(text), ctx.ecfg)
     if ctx.enc.eot_id is not None:
@@ -202,7 +203,14 @@ def _file(ctx) -> list[dict]:
     if len(ids) < 2:
         raise DataError(f"--config.eval.file: {str(path)!r} is one token long; a perplexity "
                         "needs a second token to predict. Give a longer file.")
-    context, stride = windows_of(ctx.ecfg, ctx.cfg)
+    rows = []
+    for context, stride in context_runs(ctx.ecfg, ctx.cfg):
+        rows += _file_rows(ctx, path, ids, context, stride)
+    return rows
+
+
+def _file_rows(ctx, path: Path, ids: np.ndarray, context: int, stride: int) -> list[dict]:
+    """The two rows (ppl, bits_per_byte) of the file's tokens `ids` at one window plan."""
     if len(ids) < context <= ctx.cfg.n_positions:  # (a longer context: perplexity's error)
         context = len(ids)  # one window either way: the same scores, less padding
     stride = min(stride, context)
