@@ -214,8 +214,7 @@ def test_two_run_py_processes_preempted_and_resumed_equal_one_process(tmp_path, 
     for name in ("p0", "p1"):
         assert f"preemption notice at step {stopped[0]}:" in first.output(name), name
     # Resumed from it and finished; losses, val loss, HF weights equal the one-process run.
-    assert f"Resumed from {multi / 'checkpoints'} at step {stopped[0]}." in second.output(
-        "p0", "err")
+    assert f"Resumed from {multi / 'checkpoints'} at step {stopped[0]}." in second.output("p0")
     assert _finalized_steps(multi) == [stopped[0], NUM_STEPS]
     for name in ("p0", "p1"):
         assert f"done: step {NUM_STEPS}," in second.output(name)

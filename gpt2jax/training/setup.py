@@ -335,7 +335,8 @@ def _first_state(setup: RunSetup, latest: int | None, pretrained) -> TrainState:
     if latest is not None:
         state, data_state, _ = setup.checkpointer.restore(latest, trainer.abstract_state())
         setup.ds.train.restore(data_state)
-        logging.info("Resumed from %s at step %d.", setup.checkpointer.directory, latest)
+        if jax.process_index() == 0:  # a console line, like the metrics: resuming is news
+            print(f"Resumed from {setup.checkpointer.directory} at step {latest}.", flush=True)
         return state
     if pretrained is not None:
         return trainer.state_from_params(pretrained, setup.seed)
