@@ -5,7 +5,8 @@
 Writes, next to it, and prints `results.md`:
 - per variant: val loss at the trained length (mean ± 95 % interval over seeds, Student t),
   Δ vs the baseline, perplexity at each measured length (when the sweep measured them),
-  training tokens/s, params, KV-cache bytes per token, decode tokens/s;
+  training tokens/s, params, KV-cache bytes per token, decode tokens/s; and each longer
+  length's perplexity over the same seed's at the trained length (paired ratios);
 - the KV-head conversion table (when the sweep converted): per kv heads g and method, the
   NLL at the trained length before and after uptraining, cache bytes, decode tokens/s;
 and the plots `val_loss.png` (mean validation curve per variant, band = min..max over
@@ -86,6 +87,23 @@ def markdown_table(rows: list[dict], baseline: str, runs: list[dict]) -> str:
             f"{fmt_ci(x['final_val_loss'] for x in rs)} | {delta} |{ppl} "
             f"{r['tokens_per_sec']:,.0f} | {r['params']:,} | {r['kv_cache_bytes_per_token']:,} "
             f"| {decode} |")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_table(rows: list[dict], runs: list[dict]) -> str:
+    """Perplexity at each length over the same seed's perplexity at the first (trained)
+    length: mean ± 95 % interval of the per-seed ratios (paired, so seed-to-seed
+    differences in level cancel). Variants that stop at the trained length are left out."""
+    lengths = _lengths(runs)
+    lines = ["| variant |" + "".join(f" ppl @ {n} / ppl @ {lengths[0]} |" for n in lengths[1:]),
+             "|---|" + "---:|" * (len(lengths) - 1)]
+    for r in rows:
+        rs = [x for x in runs if x["variant"] == r["variant"]]
+        if any(v is None for x in rs for v in x["eval_nll"].values()):
+            continue
+        cells = [fmt_ci([np.exp(x["eval_nll"][n] - x["eval_nll"][lengths[0]]) for x in rs])
+                 for n in lengths[1:]]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +215,8 @@ def main(results_dir: str) -> str:
     results = json.loads(path.read_text())
     rows, runs, sweep = results["summary"], results["runs"], results["sweep"]
     table = markdown_table(rows, sweep["baseline"], runs)
+    if len(_lengths(runs)) > 1:
+        table += "\n" + ratio_table(rows, runs)
     plot_curves(runs, rows, out / "val_loss.png")
     plot_tradeoff(rows, out / "loss_vs_throughput.png")
     if _lengths(runs):
