@@ -108,20 +108,26 @@ def ratio_table(rows: list[dict], runs: list[dict]) -> str:
 
 
 def kv_table(kv: list[dict], runs: list[dict], source: str, trained: str) -> str:
-    """Per (kv heads g, method): NLL at the trained length before/after uptraining."""
-    src = [x for x in runs if x["variant"] == source]
-    lines = ["| kv heads | method | NLL before uptraining | NLL after | KV cache B/token "
-             "| decode tokens/s |", "|---:|---|---:|---:|---:|---:|"]
-    if src and "eval_nll" in src[0]:
-        lines.append(f"| {src[0]['model']['n_head']} (MHA, {source}) | trained | "
-                     f"{fmt_ci(x['eval_nll'][trained] for x in src)} | | "
-                     f"{src[0]['kv_cache_bytes_per_token']:,} | "
-                     f"{np.mean([x['decode_tokens_per_sec'] for x in src]):,.0f} |")
+    """Per (kv heads g, method): NLL at the trained length before/after uptraining, and its
+    difference from the same seed's multi-head source (paired, mean ± 95 %)."""
+    src = {x["seed"]: x for x in runs if x["variant"] == source}
+    lines = ["| kv heads | method | NLL converted | Δ vs MHA | NLL after uptraining | Δ vs MHA "
+             "| KV cache B/token | decode tokens/s |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    if src:
+        one = next(iter(src.values()))
+        lines.append(f"| {one['model']['n_head']} (MHA, {source}) | trained | "
+                     f"{fmt_ci(x['eval_nll'][trained] for x in src.values())} | | | | "
+                     f"{one['kv_cache_bytes_per_token']:,} | "
+                     f"{np.mean([x['decode_tokens_per_sec'] for x in src.values()]):,.0f} |")
     keys = list(dict.fromkeys((r["groups"], r["method"]) for r in kv))
     for g, m in keys:
         rs = [r for r in kv if (r["groups"], r["method"]) == (g, m)]
-        after = fmt_ci(r.get("nll_after") for r in rs)
-        lines.append(f"| {g} | {m} | {fmt_ci(r['nll_before'] for r in rs)} | {after} | "
+        cells = []
+        for field in ("nll_before", "nll_after"):
+            cells.append(fmt_ci(r.get(field) for r in rs))
+            cells.append(fmt_ci(r[field] - src[r["seed"]]["eval_nll"][trained] for r in rs
+                                if r.get(field) is not None and r["seed"] in src))
+        lines.append(f"| {g} | {m} | " + " | ".join(cells) + f" | "
                      f"{rs[0]['kv_cache_bytes_per_token']:,} | "
                      f"{np.mean([r['decode_tokens_per_sec'] for r in rs]):,.0f} |")
     return "\n".join(lines) + "\n"
