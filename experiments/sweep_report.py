@@ -5,7 +5,8 @@
 Writes, next to it, and prints `results.md`:
 - per variant: val loss at the trained length (mean ± 95 % interval over seeds, Student t),
   Δ vs the baseline, perplexity at each measured length (when the sweep measured them),
-  training tokens/s, params, KV-cache bytes per token, decode tokens/s;
+  training tokens/s, params, KV-cache bytes per token, decode tokens/s; and each longer
+  length's perplexity over the same seed's at the trained length (paired ratios);
 - the KV-head conversion table (when the sweep converted): per kv heads g and method, the
   NLL at the trained length before and after uptraining, cache bytes, decode tokens/s;
 and the plots `val_loss.png` (mean validation curve per variant, band = min..max over
@@ -89,21 +90,44 @@ def markdown_table(rows: list[dict], baseline: str, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ratio_table(rows: list[dict], runs: list[dict]) -> str:
+    """Perplexity at each length over the same seed's perplexity at the first (trained)
+    length: mean ± 95 % interval of the per-seed ratios (paired, so seed-to-seed
+    differences in level cancel). Variants that stop at the trained length are left out."""
+    lengths = _lengths(runs)
+    lines = ["| variant |" + "".join(f" ppl @ {n} / ppl @ {lengths[0]} |" for n in lengths[1:]),
+             "|---|" + "---:|" * (len(lengths) - 1)]
+    for r in rows:
+        rs = [x for x in runs if x["variant"] == r["variant"]]
+        if any(v is None for x in rs for v in x["eval_nll"].values()):
+            continue
+        cells = [fmt_ci([np.exp(x["eval_nll"][n] - x["eval_nll"][lengths[0]]) for x in rs])
+                 for n in lengths[1:]]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def kv_table(kv: list[dict], runs: list[dict], source: str, trained: str) -> str:
-    """Per (kv heads g, method): NLL at the trained length before/after uptraining."""
-    src = [x for x in runs if x["variant"] == source]
-    lines = ["| kv heads | method | NLL before uptraining | NLL after | KV cache B/token "
-             "| decode tokens/s |", "|---:|---|---:|---:|---:|---:|"]
-    if src and "eval_nll" in src[0]:
-        lines.append(f"| {src[0]['model']['n_head']} (MHA, {source}) | trained | "
-                     f"{fmt_ci(x['eval_nll'][trained] for x in src)} | | "
-                     f"{src[0]['kv_cache_bytes_per_token']:,} | "
-                     f"{np.mean([x['decode_tokens_per_sec'] for x in src]):,.0f} |")
+    """Per (kv heads g, method): NLL at the trained length before/after uptraining, and its
+    difference from the same seed's multi-head source (paired, mean ± 95 %)."""
+    src = {x["seed"]: x for x in runs if x["variant"] == source}
+    lines = ["| kv heads | method | NLL converted | Δ vs MHA | NLL after uptraining | Δ vs MHA "
+             "| KV cache B/token | decode tokens/s |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    if src:
+        one = next(iter(src.values()))
+        lines.append(f"| {one['model']['n_head']} (MHA, {source}) | trained | "
+                     f"{fmt_ci(x['eval_nll'][trained] for x in src.values())} | | | | "
+                     f"{one['kv_cache_bytes_per_token']:,} | "
+                     f"{np.mean([x['decode_tokens_per_sec'] for x in src.values()]):,.0f} |")
     keys = list(dict.fromkeys((r["groups"], r["method"]) for r in kv))
     for g, m in keys:
         rs = [r for r in kv if (r["groups"], r["method"]) == (g, m)]
-        after = fmt_ci(r.get("nll_after") for r in rs)
-        lines.append(f"| {g} | {m} | {fmt_ci(r['nll_before'] for r in rs)} | {after} | "
+        cells = []
+        for field in ("nll_before", "nll_after"):
+            cells.append(fmt_ci(r.get(field) for r in rs))
+            cells.append(fmt_ci(r[field] - src[r["seed"]]["eval_nll"][trained] for r in rs
+                                if r.get(field) is not None and r["seed"] in src))
+        lines.append(f"| {g} | {m} | " + " | ".join(cells) + f" | "
                      f"{rs[0]['kv_cache_bytes_per_token']:,} | "
                      f"{np.mean([r['decode_tokens_per_sec'] for r in rs]):,.0f} |")
     return "\n".join(lines) + "\n"
@@ -197,6 +221,8 @@ def main(results_dir: str) -> str:
     results = json.loads(path.read_text())
     rows, runs, sweep = results["summary"], results["runs"], results["sweep"]
     table = markdown_table(rows, sweep["baseline"], runs)
+    if len(_lengths(runs)) > 1:
+        table += "\n" + ratio_table(rows, runs)
     plot_curves(runs, rows, out / "val_loss.png")
     plot_tradeoff(rows, out / "loss_vs_throughput.png")
     if _lengths(runs):
