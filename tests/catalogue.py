@@ -245,13 +245,3 @@ def run_api_case(c: Case, tmp_path: Path, record_property) -> None:
         assert fragment in message.lower(), (fragment, message)
     assert tree_hash(work) == before, f"the workdir changed: {tree_change(work, paths)}"
     assert not (work / "pwned").exists()
-
-
-def damage_largest_array_file(step_dir: Path) -> None:
-    """Inverts the first 64 bytes of the largest OCDBT data file of checkpoint `step_dir`'s
-    `state` item (its headers: TensorStore then fails to decode it)."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    biggest = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(biggest.read_bytes())
-    data[:64] = bytes(b ^ 0xFF for b in data[:64])
-    biggest.write_bytes(bytes(data))

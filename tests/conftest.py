@@ -37,3 +37,13 @@ def tokenizer(data_dir):
     from gpt2jax.data.bpe import get_encoding
 
     return get_encoding(data_dir / "gpt2" / "gpt2.tiktoken")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_20k(data_dir, tmp_path_factory) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare (58 distinct) as a file: the training
+    text of the tiny runs (tokenizing the whole 1 MB for a few steps is waste). Read only."""
+    path = tmp_path_factory.mktemp("shakespeare") / "shakespeare_20k.txt"
+    path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    return path
+

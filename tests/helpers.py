@@ -9,6 +9,7 @@ from each other.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import shutil
@@ -25,7 +26,7 @@ import pytest
 import torch
 import transformers
 
-from configs import common
+from configs import common, shakespeare_char
 
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
@@ -66,6 +67,31 @@ def char_run_config(text_file: str | os.PathLike, num_steps: int, save_every: in
     c.seed = 0
     c.init_from = ""
     return c
+
+
+def char_config(text_file: str | os.PathLike, num_steps: int = 4,
+                **model) -> ml_collections.ConfigDict:
+    """configs/shakespeare_char.py:cpu shrunk to seconds on `text_file`: 1 layer, 2 heads, 32
+    wide, 32 positions (+ `model`, any config.model key), batch 8 (the 8 simulated devices of
+    the test process), block 32, the learning rate decayed over the run; no evaluation, samples,
+    HF export or progress bar; one checkpoint, at the last step (keep 1, no best)."""
+    c = shakespeare_char.get_config("cpu")
+    c.model.update({**dict(n_layer=1, n_head=2, n_embd=32, n_positions=32), **model})
+    c.data.update(train_file=str(text_file), prefetch=0)
+    c.train.update(batch_size=8, block_size=32, num_steps=num_steps, lr_decay_steps=num_steps,
+                   warmup_steps=1, log_every=1, eval_every=0, sample_tokens=0,
+                   export_hf=False, progress_bar=False, peak_flops=1e9)
+    c.checkpoint.update(save_every=num_steps, keep=1, keep_best=0)
+    return c
+
+
+def params_hash(params) -> str:
+    """sha256 (16 hex digits) over the bytes of every leaf of a params pytree, in tree order:
+    equal hashes are bit-equal params."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
 
 
 def tiny_params(cfg: GPT2Config, seed: int = 0):
@@ -188,6 +214,27 @@ def malicious_pickle(path: Path, victim: Path) -> None:
             return (Path.touch, (victim,))
 
     path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `folder` (to show it untouched)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def damage_largest_array_file(step_dir: Path) -> None:
+    """Inverts the first 64 bytes of the largest OCDBT data file of checkpoint `step_dir`'s
+    `state` item: its headers, so TensorStore fails to decode it (a flip inside a raw,
+    incompressible zstd block would change values silently, which no reader can notice
+    without checksums)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[:64] = bytes(b ^ 0xFF for b in data[:64])
+    biggest.write_bytes(bytes(data))
 
 
 # ----------------------------------------------------------------------------- corpora

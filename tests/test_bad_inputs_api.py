@@ -32,8 +32,7 @@ from gpt2jax.nn.model import init_params
 from gpt2jax.parallel.sharding import mesh_shape
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
-from helpers import MICRO, malicious_pickle, save_tiny, tiny_config
-from test_crash_safety import tiny_config as train_config
+from helpers import MICRO, char_run_config, malicious_pickle, save_tiny, tiny_config
 
 SHAKESPEARE_LINE = "First Citizen: Before we proceed any further, hear me speak.\n"
 
@@ -227,8 +226,7 @@ def training(workdir: str = "run", model=None, setup=None, **train):
         if setup is not None:
             setup(work)
         (work / "text.txt").write_text(SHAKESPEARE_LINE * 40)
-        config = train_config(str(work / "text.txt"), num_steps=4)
-        config.train.batch_size = 8  # 8 simulated devices in the pytest process
+        config = char_run_config(work / "text.txt", num_steps=4, save_every=2)
         config.train.update(train)
         config.model.update(model or {})
         return lambda: train_and_evaluate(config, work / workdir)

@@ -27,11 +27,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from catalogue import (OTHER_MODEL, SHARD_DAMAGE, Case, case_dir, char_vocabulary, check_ids,
-                       damage_largest_array_file, fake_checkpoint, prepared_shards, tree_change,
-                       tree_hash, tree_paths, truncate)
+                       fake_checkpoint, prepared_shards, tree_change, tree_hash, tree_paths,
+                       truncate)
 from gpt2jax.nn.model import init_params
 from gpt2jax.training.checkpoint import Checkpointer
-from helpers import REPO, malicious_pickle, run_cli, save_tiny, tiny_config
+from helpers import (REPO, damage_largest_array_file, malicious_pickle, run_cli, save_tiny,
+                     tiny_config)
 
 CLI_TIMEOUT_S = 120
 

@@ -17,7 +17,7 @@ import pytest
 
 from gpt2jax.training import checkpoint
 from gpt2jax.training.loop import train_and_evaluate
-from test_checkpoint import _config, text  # noqa: F401
+from helpers import char_config
 
 
 def _val_losses(workdir) -> dict[int, float]:
@@ -30,9 +30,9 @@ def _val_losses(workdir) -> dict[int, float]:
     return out
 
 
-def _eval_config(text, steps, save_every, eval_every, keep=1, keep_best=1):  # noqa: F811
-    c = _config(text, steps=steps)
-    c.train.update(batch_size=8, eval_every=eval_every, eval_batches=1)  # 8 CPU devices
+def _eval_config(text, steps, save_every, eval_every, keep=1, keep_best=1):
+    c = char_config(text, steps)
+    c.train.update(eval_every=eval_every, eval_batches=1)
     c.checkpoint.update(save_every=save_every, keep=keep, keep_best=keep_best)
     return c
 
@@ -58,7 +58,7 @@ def _blow_up_at(at: int):
     return hook
 
 
-def test_unaligned_saves_are_ranked_by_their_own_val_loss(tmp_path, text):  # noqa: F811
+def test_unaligned_saves_are_ranked_by_their_own_val_loss(tmp_path, shakespeare_20k):
     """save_every=3, eval_every=2, keep=1, keep_best=1, checked with Orbax's real policies.
 
     After step 2's evaluation the output embedding is blown up, so every later loss is far
@@ -67,7 +67,7 @@ def test_unaligned_saves_are_ranked_by_their_own_val_loss(tmp_path, text):  # no
     up again after step 8: the best checkpoint of the first run must survive the resume
     (its metric is read back from disk) and the new, worse saves."""
     work = tmp_path / "w"
-    train_and_evaluate(_eval_config(text, steps=7, save_every=3, eval_every=2), work,
+    train_and_evaluate(_eval_config(shakespeare_20k, steps=7, save_every=3, eval_every=2), work,
                        hooks=[_blow_up_at(2)])
     val = _val_losses(work)
     assert {2, 3, 4, 6, 7} <= set(val), val  # 3 evaluated at its save; 2, 4, 6 by eval_every
@@ -79,14 +79,14 @@ def test_unaligned_saves_are_ranked_by_their_own_val_loss(tmp_path, text):  # no
     for step in survivors:
         assert _stored_metric(work, step) == pytest.approx(val[step], rel=1e-6)
 
-    train_and_evaluate(_eval_config(text, steps=10, save_every=3, eval_every=2), work,
+    train_and_evaluate(_eval_config(shakespeare_20k, steps=10, save_every=3, eval_every=2), work,
                        hooks=[_blow_up_at(8)])
     val = _val_losses(work)
     assert {9, 10} <= set(val) and min(val[9], val[10]) > val[best]  # the old best stays best
     assert checkpoint.Checkpointer(work).all_steps() == [best, 10], val
 
 
-def test_preemption_save_is_left_out_of_the_ranking(tmp_path, text):  # noqa: F811
+def test_preemption_save_is_left_out_of_the_ranking(tmp_path, shakespeare_20k):
     """SIGTERM after step 3 (last eval at step 2): the preemption checkpoint has no metric."""
 
     def preempt(step, run):
@@ -94,7 +94,7 @@ def test_preemption_save_is_left_out_of_the_ranking(tmp_path, text):  # noqa: F8
             os.kill(os.getpid(), signal.SIGTERM)
 
     work = tmp_path / "w"
-    res = train_and_evaluate(_eval_config(text, steps=8, save_every=100, eval_every=2,
+    res = train_and_evaluate(_eval_config(shakespeare_20k, steps=8, save_every=100, eval_every=2,
                                           keep=2), work, hooks=[preempt])
     assert res["preempted"] and res["step"] == 3
     assert 2 in _val_losses(work) and 3 not in _val_losses(work)

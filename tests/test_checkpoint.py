@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 
 from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError
+from helpers import char_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,14 +71,7 @@ def _losses(workdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def text(tmp_path_factory, data_dir):
-    path = tmp_path_factory.mktemp("data") / "train.txt"
-    path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, text):
+def runs(tmp_path_factory, shakespeare_20k):
     """(killed-then-resumed workdir, uninterrupted workdir) of the 20-step runner."""
     tmp_path = tmp_path_factory.mktemp("resume")
     script = tmp_path / "runner.py"
@@ -86,6 +80,7 @@ def runs(tmp_path_factory, text):
     # the three runs compile the same programs: the resumed and the straight run reuse the
     # killed run's compiles from a cache (as test_crash_safety's zygote does)
     env = _env(tmp_path / "xla_cache")
+    text = str(shakespeare_20k)
     proc = subprocess.Popen([sys.executable, str(script), text, str(killed), "block"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env, cwd=REPO)
@@ -114,26 +109,13 @@ def test_exact_resume_after_sigkill(runs):
     assert checkpoint.Checkpointer(killed).all_steps() == [16, 20]  # keep=2
 
 
-def _config(text, steps=4, **model):
-    from configs import shakespeare_char
-
-    c = shakespeare_char.get_config("cpu")
-    c.model.update(dict(dict(n_layer=1, n_head=2, n_embd=32, n_positions=32), **model))
-    c.data.update(train_file=text, prefetch=0)
-    c.train.update(batch_size=4, block_size=32, num_steps=steps, lr_decay_steps=steps,
-                   warmup_steps=1, log_every=1, eval_every=0, sample_tokens=0,
-                   export_hf=False, progress_bar=False, peak_flops=1e9)
-    c.checkpoint.update(save_every=steps, keep=1, keep_best=0)
-    return c
-
-
-def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
+def test_other_model_in_workdir_is_refused_and_params_load(runs, shakespeare_20k):
     from gpt2jax.training.loop import train_and_evaluate
 
     workdir = runs[1]
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     with pytest.raises(checkpoint.CheckpointMismatchError, match="n_embd: saved 32 vs config 64"):
-        train_and_evaluate(_config(text, steps=8, n_embd=64), workdir)
+        train_and_evaluate(char_config(shakespeare_20k, 8, n_embd=64), workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
     assert isinstance(checkpoint.CheckpointMismatchError("x"), ConfigError)
 
@@ -145,7 +127,7 @@ def test_other_model_in_workdir_is_refused_and_params_load(runs, text):
     from gpt2jax.parallel import sharding
     from gpt2jax.training.step import TrainConfig, Trainer
 
-    c = _config(text)
+    c = char_config(shakespeare_20k)
     mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=1, tensor=1)),
                               devices=jax.devices()[:1])
     trainer = Trainer(cfg, TrainConfig.from_config(c.train), mesh,

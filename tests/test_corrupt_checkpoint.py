@@ -6,7 +6,6 @@ touch it)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import jax
@@ -16,56 +15,38 @@ import pytest
 from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.training.loop import train_and_evaluate
-from test_checkpoint import _config, text  # noqa: F401
+from helpers import char_config, damage_largest_array_file, file_digests
 
 
-def _digest(directory) -> dict[str, str]:
-    """relative path -> sha256 of every file below `directory`."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _flip_bytes_of_largest_array_file(step_dir) -> None:
-    """Inverts the first 64 bytes of the largest OCDBT data file of the `state` item (its
-    headers: TensorStore then fails to decode it; a flip inside a raw, incompressible zstd
-    block would change values silently, which no reader can notice without checksums)."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    biggest = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(biggest.read_bytes())
-    data[:64] = bytes(b ^ 0xFF for b in data[:64])
-    biggest.write_bytes(bytes(data))
-
-
-def _run_config(text):  # noqa: F811
-    c = _config(text, steps=4)
-    c.train.batch_size = 8  # the 8 simulated CPU devices of the test session
+def _run_config(text):
+    c = char_config(text, 4)
     c.checkpoint.update(save_every=2, keep=3)
     return c
 
 
-def test_unreadable_checkpoint_names_itself_and_the_way_on(tmp_path, text):  # noqa: F811
+def test_unreadable_checkpoint_names_itself_and_the_way_on(tmp_path, shakespeare_20k):
     work = tmp_path / "w"
-    train_and_evaluate(_run_config(text), work)
+    train_and_evaluate(_run_config(shakespeare_20k), work)
     ckpts = work / "checkpoints"
     assert checkpoint.Checkpointer(work).all_steps() == [2, 4]
-    _flip_bytes_of_largest_array_file(ckpts / "4")
-    damaged = _digest(ckpts / "4")
+    damage_largest_array_file(ckpts / "4")
+    damaged = file_digests(ckpts / "4")
 
     with pytest.raises(checkpoint.CheckpointUnreadableError) as info:
-        train_and_evaluate(_run_config(text), work)  # the same command again
+        train_and_evaluate(_run_config(shakespeare_20k), work)  # the same command again
     message = str(info.value)
     assert isinstance(info.value, GPT2JaxError) and "\n" not in message, message
     assert str(ckpts / "4") in message and "--config.checkpoint.restore_step=2" in message
-    assert _digest(ckpts / "4") == damaged  # untouched
+    assert file_digests(ckpts / "4") == damaged  # untouched
 
-    c = _run_config(text)
+    c = _run_config(shakespeare_20k)
     c.checkpoint.restore_step = 2
     res = train_and_evaluate(c, work)  # resumes from 2, saves a new 4
     assert res["step"] == 4
     records = [json.loads(ln) for ln in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # 3, 4 re-run: once
     aside = work / "checkpoints_set_aside" / "4"
-    assert _digest(aside) == damaged  # moved, byte for byte, never deleted
+    assert file_digests(aside) == damaged  # moved, byte for byte, never deleted
     assert checkpoint.Checkpointer(work).all_steps() == [2, 4]
     _, params, _ = checkpoint.load_params_for_inference(work)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

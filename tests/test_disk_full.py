@@ -11,7 +11,6 @@ on a cluster's scratch disk. No write is simulated.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -23,17 +22,12 @@ from gpt2jax.errors import GPT2JaxError, StorageError
 from gpt2jax.training.checkpoint import Checkpointer, CheckpointSaveError
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.weights.pretrained import save_pretrained
-from helpers import (REPO, TINY, char_run_config, cli_env, fill_disk, run_cli, tiny_config,
-                     tiny_params, tmpfs)
+from helpers import (REPO, TINY, char_run_config, cli_env, file_digests, fill_disk, run_cli,
+                     tiny_config, tiny_params, tmpfs)
 
 TMP_MARK = "orbax-checkpoint-tmp"
 DISK_BYTES = 16 * 2**20
 LINE = "First Citizen: Before we proceed any further, hear me speak.\n"
-
-
-def _digest(directory) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _train_steps(workdir) -> list[int]:
@@ -55,7 +49,7 @@ def test_full_disk_stops_at_the_failed_save_keeps_the_last_good_one_and_resumes(
             seen["last"] = step
             if step == 5:  # checkpoint 4 is on disk (or being written): fill the disk
                 run.checkpointer.wait_until_finished()
-                seen["digest"] = _digest(work / "checkpoints" / "4")
+                seen["digest"] = file_digests(work / "checkpoints" / "4")
                 fill_disk(ballast, leave_bytes=16 * 1024)  # metrics fit, a checkpoint not
             if step == 9:  # the async write of checkpoint 8 fails while step 9 runs
                 deadline = time.time() + 120
@@ -78,7 +72,7 @@ def test_full_disk_stops_at_the_failed_save_keeps_the_last_good_one_and_resumes(
         assert seen["last"] <= (9 if async_save else 8), seen
         listing = sorted(p.name for p in (work / "checkpoints").iterdir())
         assert listing == ["4"] and not any(TMP_MARK in n for n in listing), listing
-        assert _digest(work / "checkpoints" / "4") == seen["digest"]  # intact
+        assert file_digests(work / "checkpoints" / "4") == seen["digest"]  # intact
 
         if not async_save:
             return  # the resume below is the same for both

@@ -23,7 +23,7 @@ from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.training import checkpoint
 from gpt2jax.weights import loader
 from gpt2jax.weights.pretrained import save_pretrained
-from test_corrupt_checkpoint import _digest, _flip_bytes_of_largest_array_file
+from helpers import damage_largest_array_file, file_digests
 
 N_CHARS = 2000
 
@@ -79,14 +79,14 @@ def test_damaged_workdir_checkpoint_is_one_clear_error_and_left_as_is(char_run, 
     _, text_file, cfg, params, chars = char_run
     work = tmp_path / "run"
     _save_run(work, cfg, params, {"name": "char", "chars": "".join(chars)}, steps=(1, 2))
-    _flip_bytes_of_largest_array_file(work / "checkpoints" / "2")
-    damaged = _digest(work / "checkpoints" / "2")
+    damage_largest_array_file(work / "checkpoints" / "2")
+    damaged = file_digests(work / "checkpoints" / "2")
     with pytest.raises(checkpoint.CheckpointUnreadableError) as info:
         eval_cli.evaluate_config(_eval_config(work, text_file))
     message = str(info.value)
     assert isinstance(info.value, GPT2JaxError) and "\n" not in message, message
     assert str(work / "checkpoints" / "2") in message and "step 1" in message, message
-    assert _digest(work / "checkpoints" / "2") == damaged
+    assert file_digests(work / "checkpoints" / "2") == damaged
 
 
 def test_generate_from_a_char_workdir_streams_characters(char_run, capsys):

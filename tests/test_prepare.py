@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from gpt2jax.cli import CliArgs, run_mode
 from gpt2jax.data import prepare, shards
 from gpt2jax.errors import DataError
 from gpt2jax.data.sources import EOT_TEXT as EOT
-from helpers import REPO, corpus_documents
+from helpers import REPO, corpus_documents, file_digests
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 30
 # Same length and layout, other characters: a re-prepare whose shards have the same sizes as
@@ -47,15 +46,9 @@ class Killed(BaseException):
     """Raised where the process is 'killed' (not an Exception: nothing may catch it)."""
 
 
-def char_config(text_file: Path, out: Path):
+def shards_config(text_file: Path, out: Path):
     return common.data_config(train_file=str(text_file), tokenizer="char", shards_dir=str(out),
                               tokens_per_shard=500)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder`."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def read_back(folder: Path) -> tuple[str, str]:
@@ -88,8 +81,8 @@ def corpora(tmp_path):
     old.write_text(TEXT)
     new.write_text(OTHER_TEXT)
     folder, ref = tmp_path / "shards", tmp_path / "ref"
-    data.prepare_shards(char_config(old, folder), progress=False)
-    data.prepare_shards(char_config(new, ref), progress=False)
+    data.prepare_shards(shards_config(old, folder), progress=False)
+    data.prepare_shards(shards_config(new, ref), progress=False)
     assert len(list(folder.glob("train_*.bin"))) == 4  # 1,800 train tokens in 500-token files
     return old, new, folder, ref
 
@@ -100,7 +93,7 @@ def _sweep(monkeypatch, corpora, tmp_path, names, error, check_error) -> int:
     _, new, folder, ref = corpora
     saved = tmp_path / "saved"
     shutil.copytree(folder, saved)
-    old_text, new_text, want = read_back(folder), read_back(ref), tree_digest(ref)
+    old_text, new_text, want = read_back(folder), read_back(ref), file_digests(ref)
     n = 0
     while True:
         n += 1
@@ -109,7 +102,7 @@ def _sweep(monkeypatch, corpora, tmp_path, names, error, check_error) -> int:
         with monkeypatch.context() as m:
             inject(m, names, n, error)
             try:
-                data.prepare_shards(char_config(new, folder), progress=False)
+                data.prepare_shards(shards_config(new, folder), progress=False)
                 break
             except (Killed, DataError) as e:
                 check_error(e)
@@ -117,9 +110,9 @@ def _sweep(monkeypatch, corpora, tmp_path, names, error, check_error) -> int:
             assert read_back(folder) in (old_text, new_text), f"call {n}: reads mixed data"
         except DataError as e:
             assert "interrupted" in str(e) and "--mode=prepare" in str(e), (n, str(e))
-        data.prepare_shards(char_config(new, folder), progress=False)  # the rerun
-        assert tree_digest(folder) == want, f"call {n}: the rerun differs from a clean run"
-    assert tree_digest(folder) == want
+        data.prepare_shards(shards_config(new, folder), progress=False)  # the rerun
+        assert file_digests(folder) == want, f"call {n}: the rerun differs from a clean run"
+    assert file_digests(folder) == want
     return n - 1
 
 
@@ -147,13 +140,13 @@ def test_changed_config_does_not_resume_someone_elses_prepare(corpora, tmp_path,
     with monkeypatch.context() as m:
         inject(m, ("unlink",), 1, Killed)  # the commit's first step (state.json is written)
         with pytest.raises(Killed):
-            data.prepare_shards(char_config(new, folder), progress=False)
-    other = char_config(new, folder)
+            data.prepare_shards(shards_config(new, folder), progress=False)
+    other = shards_config(new, folder)
     other.tokens_per_shard = 700
     with pytest.raises(DataError, match="interrupted prepare of another config.*"
                                         "tokens_per_shard.*delete"):
         data.prepare_shards(other, progress=False)
-    data.prepare_shards(char_config(new, folder), progress=False)  # the same config resumes
+    data.prepare_shards(shards_config(new, folder), progress=False)  # the same config resumes
 
 
 # ----------------------------------------------------------------------------- SIGKILL
@@ -223,7 +216,7 @@ def test_sigkill_mid_shard_resumes_byte_identical(data_dir, tmp_path):
                         k["files"].items())]
     assert mid_shard, report["kills"]
     assert all(k["position"] for k in killed), "a kill came before the first checkpoint"
-    assert tree_digest(out) == tree_digest(ref)  # byte-identical, meta.json included
+    assert file_digests(out) == file_digests(ref)  # byte-identical, meta.json included
     # the finished shards of the last kill were kept (moved, not rewritten): same inodes
     last = report["kills"][-1]
     kept = {n: last["files"][n][1] for n in last["kept"]}
@@ -238,18 +231,18 @@ def test_a_second_prepare_into_the_same_folder_is_refused(corpora, tmp_path):
     staging = folder / shards.PARTIAL
     staging.mkdir()
     held = prepare._lock(staging)  # what a running prepare holds
-    before = tree_digest(folder)
+    before = file_digests(folder)
     try:
         with pytest.raises(DataError, match="Another prepare is writing into.*shards_dir"):
-            data.prepare_shards(char_config(new, folder), progress=False)
+            data.prepare_shards(shards_config(new, folder), progress=False)
     finally:
         os.close(held)
-    assert (staging / "lock").exists() and tree_digest(folder) == before  # nothing touched
+    assert (staging / "lock").exists() and file_digests(folder) == before  # nothing touched
 
 
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(corpora, monkeypatch):
     _, new, folder, ref = corpora
-    config = ml_collections.ConfigDict({"data": char_config(new, folder)})
+    config = ml_collections.ConfigDict({"data": shards_config(new, folder)})
     with monkeypatch.context() as m:
         inject(m, ("unlink",), 1, KeyboardInterrupt)  # Ctrl-C as the commit starts
         with pytest.raises(DataError, match=r"Interrupted: .*prepare.partial/ keeps the finished "
@@ -257,4 +250,4 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(corpora, monkeypatch):
             run_mode("prepare", config, CliArgs())
     assert (folder / shards.PARTIAL / "state.json").is_file()
     run_mode("prepare", config, CliArgs())
-    assert tree_digest(folder) == tree_digest(ref)
+    assert file_digests(folder) == file_digests(ref)

@@ -17,8 +17,7 @@ from gpt2jax.training import checkpoint
 from gpt2jax.errors import ConfigError
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.training.workdir_lock import WorkdirLockedError, acquire, lock_path, release
-from helpers import cli_env, run_cli
-from test_checkpoint import _config, text  # noqa: F401
+from helpers import char_config, cli_env, run_cli
 
 
 def _cli_train(workdir: Path) -> subprocess.CompletedProcess:
@@ -34,7 +33,7 @@ def _lines(workdir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_second_run_is_refused_and_the_first_does_not_notice(tmp_path, text):  # noqa: F811
+def test_second_run_is_refused_and_the_first_does_not_notice(tmp_path, shakespeare_20k):
     """Run A (this process) starts run B (`run.py`, same workdir) after its step 2 and waits
     for it: B must exit 2 with one line naming A's pid, before touching the workdir; A goes
     on, saves and finishes with a metrics.jsonl of its own steps only."""
@@ -46,8 +45,7 @@ def test_second_run_is_refused_and_the_first_does_not_notice(tmp_path, text):  #
             seen["b"] = _cli_train(work)
             seen["listing_after"] = sorted(p.name for p in work.iterdir())
 
-    c = _config(text, steps=6)
-    c.train.batch_size = 8  # the 8 simulated CPU devices of the test session
+    c = char_config(shakespeare_20k, 6)
     c.checkpoint.update(save_every=2, keep=5)
     res = train_and_evaluate(c, work, hooks=[start_second_run])
     b = seen["b"]
@@ -79,8 +77,8 @@ def test_stale_lock_is_taken_over_and_indices_are_separate(tmp_path, caplog):
     release(tmp_path, acquire(tmp_path, 0), 0)  # free again
 
 
-def test_user_error_after_the_lock_leaves_no_trace(tmp_path, text):  # noqa: F811
-    c = _config(text)
+def test_user_error_after_the_lock_leaves_no_trace(tmp_path, shakespeare_20k):
+    c = char_config(shakespeare_20k)
     c.train.block_size = 64  # > n_positions=32: refused after the lock is taken
     with pytest.raises(ConfigError, match="block_size"):
         train_and_evaluate(c, tmp_path / "new" / "w")

@@ -6,7 +6,6 @@ checkpoint unreadable.
 
 from __future__ import annotations
 
-import hashlib
 
 import jax
 import numpy as np
@@ -17,14 +16,9 @@ from gpt2jax.errors import WeightsError
 from gpt2jax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from gpt2jax.training.loop import train_and_evaluate
 from gpt2jax.weights.loader import load_model
-from helpers import MICRO, char_run_config, tiny_config, tiny_params
+from helpers import MICRO, char_run_config, file_digests, tiny_config, tiny_params
 
 LINE = "First Citizen: Before we proceed any further, hear me speak, citizens.\n"
-
-
-def _digest(directory) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_resume_on_a_text_with_other_characters_is_refused(tmp_path, record_property):
@@ -36,7 +30,7 @@ def test_resume_on_a_text_with_other_characters_is_refused(tmp_path, record_prop
     straight.write_text(LINE * 40)
     work = tmp_path / "run"
     train_and_evaluate(char_run_config(curly, 2, save_every=2), work)
-    before = _digest(work)
+    before = file_digests(work)
 
     with pytest.raises(CheckpointMismatchError) as info:
         train_and_evaluate(char_run_config(straight, 4, save_every=2), work)
@@ -44,7 +38,7 @@ def test_resume_on_a_text_with_other_characters_is_refused(tmp_path, record_prop
     record_property("message", message)
     assert "another vocabulary" in message and "'\u201a'" in message and "','" in message
     assert "tokenizer.json" in message and "new --workdir" in message
-    assert _digest(work) == before  # tokenizer.json, checkpoints, metrics: untouched
+    assert file_digests(work) == before  # tokenizer.json, checkpoints, metrics: untouched
 
 
 def _save(checkpointer: Checkpointer, step: int, cfg, params) -> None:
