@@ -1,7 +1,8 @@
 """gpt2jax command line: `python run.py --mode=MODE --config=configs/FILE.py[:ARG] [--config.x=v]`.
 
-Modes: generate, train, eval, prepare, sweep, config (see gpt2jax/cli/). User errors print one line
-and exit with status 2; anything else is a bug and keeps its traceback.
+Modes: generate, train, eval, prepare, sweep, config (list every key), plan (compile a train
+step on simulated devices); see gpt2jax/cli/. User errors print one line and exit with
+status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text for --mode=generate.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "File with one prompt per line.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write results as JSON to this path.")
+_COMPILE_N_LAYER = flags.DEFINE_integer(
+    "compile_n_layer", 0, "--mode=plan: compile a copy with this many layers after lowering "
+    "the whole model (0 = compile the whole model).")
 # Multi-process (one process per host); automatic on Cloud TPU. See README "Scale-out".
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for jax.distributed (multi-host).")
@@ -54,6 +58,7 @@ def main(argv):
         output_json=_OUTPUT_JSON.value,
         config_file=config_flags.get_config_filename(flags.FLAGS["config"]),
         config_overrides=tuple(config_flags.get_override_values(flags.FLAGS["config"])),
+        compile_n_layer=_COMPILE_N_LAYER.value,
     )
     _quiet_logs()
     try:

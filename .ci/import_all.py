@@ -1,21 +1,20 @@
 """Imports every gpt2jax module after `pip install -e .` alone (no extras installed).
 
-A module may fail only with a ModuleNotFoundError that names an extra declared in setup.cfg
+A module may fail only with a ModuleNotFoundError that names an extra declared in pyproject.toml
 (`pip install -e ".[eval]"`): an optional backend. Any other failure is a missing core
 dependency, and exits non-zero.
 """
 
-import configparser
 import importlib
 import pkgutil
 import re
 import sys
+import tomllib
 
 import gpt2jax
 
-cfg = configparser.ConfigParser()
-cfg.read("setup.cfg")
-extras = set(cfg["options.extras_require"])
+with open("pyproject.toml", "rb") as f:
+    extras = set(tomllib.load(f)["project"]["optional-dependencies"])
 problems = []
 for module in pkgutil.walk_packages(gpt2jax.__path__, "gpt2jax."):
     try:
@@ -28,5 +27,5 @@ for module in pkgutil.walk_packages(gpt2jax.__path__, "gpt2jax."):
             problems.append(f"{module.name}: {e}")
 if problems:
     sys.exit("CI: with only `pip install -e .` these modules do not import (declare the "
-             "package in setup.cfg, or name its extra in the error):\n" + "\n".join(problems))
+             "package in pyproject.toml, or name its extra in the error):\n" + "\n".join(problems))
 print("CI: every gpt2jax module imports with the core install")

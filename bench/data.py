@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import common  # noqa: E402
 from bench import hardware  # noqa: E402
-from gpt2jax.data import corpus, shards  # noqa: E402
+from gpt2jax.data import corpus, prepare, shards  # noqa: E402
 from gpt2jax.data.batching import BatchIterator  # noqa: E402
 from gpt2jax.data.tokenizers import Gpt2Tokenizer  # noqa: E402
 
@@ -58,7 +58,7 @@ def bench_prepare(text_path: Path, repeat: int, tmp: Path) -> list[str]:
     assert np.array_equal(parallel, single), "parallel tokens differ from tiktoken"
     cfg = common.data_config(train_file=str(big), shards_dir=str(tmp / "shards"),
                              val_fraction=0.1)
-    meta, t_prep = _timed(shards.prepare_shards, cfg, None, False)
+    meta, t_prep = _timed(prepare.prepare_shards, cfg, None, False)
     s_prep = _speed(mb, t_prep)
     assert meta["num_tokens"] >= len(single) - 1
     return [

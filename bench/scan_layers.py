@@ -10,7 +10,7 @@ and `.compile()` (a fresh trace each, no compilation cache), then the steps of b
 in turns (ABAB...) so that a shared machine's load drifts over both alike; it prints the
 median step time of each and the ratio scanned / unrolled, plus the loss of step 1 of both
 (equal weights and batch: they must agree). For the 1.5B 64-device lowering see
-tests/lowering_worker.py --scan_layers=1.
+`python run.py --mode=plan` (gpt2jax/cli/plan.py) with --config.model.scan_layers=True.
 """
 
 from __future__ import annotations

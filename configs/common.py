@@ -106,12 +106,14 @@ def mesh_config() -> ml_collections.ConfigDict:
 def data_config(**overrides) -> ml_collections.ConfigDict:
     """`config.data`: where text comes from, how it is tokenized and packed (gpt2jax.data)."""
     c = ml_collections.ConfigDict()
-    c.source = "text"              # text (UTF-8 files) | tfds (TensorFlow Datasets) | shards
+    c.source = "text"              # text (UTF-8 files) | tfds (TensorFlow Datasets) | hf
+    #                                (Hugging Face datasets) | shards (written by --mode=prepare)
     # -- source "text": a path or glob (** recursive); $VARS expand at run time. One file is
     # one document; a literal <|endoftext|> inside a file also ends a document.
     c.train_file = ""              # e.g. "train.txt" or "dataset:tinyshakespeare/input.txt"
     c.val_file = ""                # path or glob of validation text; "" = held-out fraction
-    c.val_fraction = 0.1           # last fraction of the train characters used as val (nanoGPT)
+    c.val_fraction = 0.1           # held out for val: text/tfds the last fraction of the train
+    #                                characters (nanoGPT); hf a seeded fraction of the documents
     c.encoding_errors = "strict"   # non-UTF-8 bytes: strict (error) | replace (U+FFFD)
     # -- source "tfds": tfds.data_source (ArrayRecord, no TensorFlow) or tfds.load (TFRecord,
     # needs TensorFlow). A dataset prepared under data_dir is read without network.
@@ -121,9 +123,21 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.tfds_feature = "text"        # name of the Text feature to read
     c.data_dir = ""                # TFDS data_dir, local or gs://; "" = ~/tensorflow_datasets
     c.tfds_download = False        # let TFDS download + prepare a missing dataset (network)
+    # -- source "hf": datasets.load_dataset(hf_path, hf_name, data_files=, split=, streaming=)
+    # (`pip install -e ".[hf]"`); offline, hub names come from HF's cache (HF_HUB_OFFLINE=1)
+    c.hf_path = ""                 # hub name (HuggingFaceFW/fineweb-edu) | parquet | json | arrow
+    c.hf_name = ""                 # dataset configuration, e.g. "sample-10BT"; "" = default
+    c.hf_data_files = ""           # local files of parquet/json/arrow: a path or glob
+    c.hf_split = "train"           # split read for training
+    c.hf_val_split = ""            # named validation split; "" = val_fraction of the documents
+    c.val_seed = 2357              # seed of the held-out documents (hf; nanoGPT's split seed)
+    c.text_column = "text"         # the column holding each document's text
+    c.streaming = True             # IterableDataset: no Arrow copy, memory independent of size
     # -- source "shards": folder written by `python run.py --mode=prepare` (meta.json + .bin)
     c.shards_dir = ""              # also the output folder of --mode=prepare
     c.tokens_per_shard = 100_000_000  # prepare: max tokens per .bin file (200 MB as uint16)
+    c.verify_shards = True         # at open, check every shard's sha256 against meta.json
+    #                                (reads them once: 20 GB for 10B tokens); sizes always
     c.num_threads = 0              # tokenizer threads for prepare / text sources; 0 = all cores
     # -- tokenizer (ignored for shards: their meta.json says which one)
     c.tokenizer = "gpt2"           # gpt2 (tiktoken BPE) | char (vocabulary from the corpus)
@@ -174,6 +188,11 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     c.progress_bar = True          # tqdm progress bar with ETA on the console
     c.fit_to_data = False          # shrink block / batch / eval batches (and grow a held-out
     #                                val_fraction) to fit a small text; prints what it chose
+    c.convert_kv_heads = 0         # with init_from: first convert the loaded model to this
+    #                                many key/value heads (GQA/MQA from a multi-head model,
+    #                                Ainslie et al. 2023; nn/kv_heads.py), then train it
+    #                                ("uptraining"); 0 = keep the model's heads
+    c.convert_kv_method = "mean"   # mean (mean-pool each group) | first (its first head) | random
     c.steps_per_call = 1           # optimizer steps per jitted call (a lax.scan; the same
     #                                updates, fewer dispatches); logs/evals/saves stay per step
     # lm-eval tasks run at each evaluation, logged as lm_eval/<task>/<metric> to TensorBoard

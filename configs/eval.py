@@ -69,6 +69,11 @@ def eval_config(task: str) -> ml_collections.ConfigDict:
     c.file = ""                    # task `file`: the text file to score (from the working dir)
     c.context_length = 1024        # tokens per window (<= model.n_positions)
     c.stride = 512                 # window step; 1024 = disjoint windows (HF guide: 512)
+    # Perplexity tasks: comma-separated lengths (e.g. 128,256,512,1024), one set of rows per
+    # length, each with disjoint windows (stride = length, as Press et al. 2022 evaluate
+    # length extrapolation); past model.n_positions only for positions other than learned.
+    # "" = context_length and stride above.
+    c.context_lengths = ""
     c.batch_size = 8               # windows / examples per forward pass (CPU: 1-2 is fastest)
     c.max_tokens = 0               # score only the first N tokens of a text (0 = all; smoke)
     c.max_examples = 0             # LAMBADA / generation: first N examples (0 = all)

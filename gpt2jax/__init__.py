@@ -6,6 +6,7 @@ The public API, what a notebook imports:
     cfg, params = gpt2jax.load_pretrained("path/to/hf_dir")
     logits = gpt2jax.GPT2(cfg).apply({"params": params}, ids)   # [B, T, V]
     out = gpt2jax.generate(cfg, params, ids, max_new_tokens=20)
+    gqa_cfg, gqa_params = gpt2jax.convert_kv_heads(cfg, params, n_kv_heads=4)  # mean-pooled
 
 Packages, one concern each (arrows point down): `nn` the network, `weights` formats in and
 out, `data` text to batches and tokenizers, `generation` HF-style decoding, `parallel` mesh and
@@ -20,7 +21,9 @@ from gpt2jax.generation.generate import GenerateOutput, generate
 from gpt2jax.interp.cache import hook_names, run_with_cache, run_with_hooks
 from gpt2jax.interp.tools import activation_patching, head_ablation, logit_difference, logit_lens
 from gpt2jax.nn.hooks import ModelOutput
-from gpt2jax.nn.model import GPT2, ConfigError, GPT2Config, init_cache, init_params, param_count
+from gpt2jax.nn.kv_heads import convert_kv_heads
+from gpt2jax.nn.model import (GPT2, ConfigError, GPT2Config, init_cache, init_params,
+                              model_outputs, param_count)
 from gpt2jax.weights.pretrained import load_pretrained, save_pretrained
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "ModelOutput",
     "PerplexityResult",
     "activation_patching",
+    "convert_kv_heads",
     "generate",
     "get_tokenizer",
     "head_ablation",
@@ -40,6 +44,7 @@ __all__ = [
     "load_pretrained",
     "logit_difference",
     "logit_lens",
+    "model_outputs",
     "param_count",
     "perplexity",
     "run_with_cache",

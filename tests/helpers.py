@@ -160,3 +160,48 @@ def malicious_pickle(path: Path, victim: Path) -> None:
             return (Path.touch, (victim,))
 
     path.write_bytes(pickle.dumps({"wte.weight": Exploit()}))
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def corpus_documents(data_dir: Path, n_docs: int, seed: int = 0) -> list[str]:
+    """`n_docs` documents of real text: runs of 1-6 consecutive paragraphs of Tiny Shakespeare
+    and WikiText-2 (raw test), taken at seeded random places (the text of the shared data)."""
+    text = ((data_dir / "tinyshakespeare" / "input.txt").read_text() +
+            (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text())
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        start, k = int(rng.integers(0, len(paragraphs) - 6)), int(rng.integers(1, 7))
+        docs.append("\n\n".join(paragraphs[start:start + k]))
+    return docs
+
+
+def write_parquet(path: Path, docs: list[str], row_group_size: int = 256, **columns) -> Path:
+    """`docs` as the `text` column of a parquet file (plus `columns`), like a hub shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": docs, "id": list(range(len(docs))), **columns}), path,
+                   row_group_size=row_group_size)
+    return path
+
+
+def hellaswag_rows(data_dir: Path, n: int) -> list[dict]:
+    """`n` (<= 6) rows in the hub's Rowan/hellaswag format from Tiny Shakespeare lines: the
+    context is a line and the start of the next, the endings are the true rest and three
+    other lines' ends; odd rows carry a "[title]" artifact that lm-eval's preprocess rewrites."""
+    lines = [ln for ln in (data_dir / "tinyshakespeare" / "input.txt").read_text().split("\n")
+             if len(ln.split()) >= 6][:40]
+    rows = []
+    for i in range(n):
+        nxt = lines[i * 6 + 1].split()
+        ends = [" ".join(lines[i * 6 + k].split()[3:]) for k in (2, 3, 4)]
+        ends.insert(i % 4, " ".join(nxt[3:]))
+        rows.append({"activity_label": "Shakespeare", "ctx_a": lines[i * 6],
+                     "ctx_b": " ".join(nxt[:3]) + (" [title]" if i % 2 else ""),
+                     "endings": ends, "label": str(i % 4)})
+    return rows

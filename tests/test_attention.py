@@ -10,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 from flax import linen as nn
-from jax.sharding import AxisType, Mesh
 
 from configs import common
 from gpt2jax.nn import attention as attn_lib
@@ -79,8 +78,7 @@ def _sharded_loss(cfg, params, batch):
     Auto axes, shardings on jit's inputs, logical rules active while tracing)."""
     mesh_cfg = common.mesh_config()
     mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = 2, 2, 2
-    mesh = sharding.make_mesh(mesh_cfg)
-    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 3)
+    mesh = sharding.make_mesh(mesh_cfg)  # Auto axes
     rules = sharding.rules(mesh_cfg)
     place = Placement(mesh, rules)
     param_sh = place.shardings(logical_axes(cfg), params)
@@ -393,7 +391,7 @@ def test_kv_cache_shrinks_with_kv_heads_and_axes_are_named():
     (dict(position="alibi", attention_impl="pallas"), "'xla'"),
     (dict(sliding_window=4, attention_impl="pallas"), "'xla'"),
     (dict(n_kv_heads=3), "[1, 2, 4]"),
-    (dict(position="sinusoidal"), "'rope'"),
+    (dict(position="absolute"), "'sinusoidal'"),
     (dict(norm_position="sandwich"), "'post'"),
     (dict(sliding_window=-1), ">= 0"),
     (dict(n_embd=36, n_head=4, position="rope"), "even head_dim"),

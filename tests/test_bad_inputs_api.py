@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
-from catalogue import tree_change, tree_hash, tree_paths
+from catalogue import OTHER_MODEL, SHARD_DAMAGE, Case, case_dir, check_ids, fake_checkpoint
+from catalogue import prepared_shards, tree_change, tree_hash, tree_paths, truncate
 from configs import common, gpt2
 from gpt2jax.cli.config_check import check_config
 from gpt2jax.data import build_datasets
@@ -194,6 +194,17 @@ def no_meta(work):
     return str(work / "shards")
 
 
+def damaged_shards(damage: Callable[[Path], None]):
+    """make(work): char shards prepared in work/shards, `damage(folder)`, then training's
+    build_datasets on them."""
+    def make(work):
+        folder = prepared_shards(work)
+        damage(folder)
+        cfg = common.data_config(source="shards", shards_dir=str(folder), prefetch=0)
+        return lambda: build_datasets(cfg, 8, 4, seed=0, process_index=0, process_count=1)
+    return make
+
+
 # ----------------------------------------------------------------------------- generation
 
 
@@ -302,10 +313,14 @@ CASES = [
     Case("data-shards-missing", "source=shards in a folder without meta.json",
          datasets("", source=lambda work: "shards", shards_dir=no_meta),
          ("meta.json", "does not exist", "prepare")),
+    # token shards that are half-written or disagree with their metadata (catalogue.py)
+    *[Case(f"{case_id}-api", what, damaged_shards(damage), expect)
+      for case_id, what, damage, expect in SHARD_DAMAGE],
     # generation
     Case("prompt-too-long", "12-token prompt + 8 new tokens, context 16",
          gen(ids=[list(range(12))], max_new_tokens=8),
-         ("exceeds the model context", "shorten the prompt")),
+         ("12 prompt tokens + 8 new tokens=20 exceeds the model's n_positions=16",
+          "shorten the prompt")),
     Case("generate-top-p", "top_p=1.5", gen(do_sample=True, top_p=1.5, max_new_tokens=2),
          ("top_p=1.5", "(0, 1]")),
     Case("generate-zero-beams", "num_beams=0", gen(num_beams=0, max_new_tokens=2),

@@ -24,8 +24,8 @@ from typing import Callable
 
 import pytest
 
-from catalogue import OTHER_MODEL, Case, case_dir, check_ids, fake_checkpoint, truncate
-from catalogue import tree_change, tree_hash, tree_paths
+from catalogue import OTHER_MODEL, SHARD_DAMAGE, Case, case_dir, check_ids, fake_checkpoint
+from catalogue import prepared_shards, tree_change, tree_hash, tree_paths, truncate
 from helpers import REPO, malicious_pickle, run_cli, save_tiny
 
 CLI_TIMEOUT_S = 120
@@ -56,6 +56,19 @@ def write(name: str, content: str | bytes):
         else:
             (work / name).write_text(content)
     return setup
+
+
+def damaged_shards(damage: Callable[[Path], None]):
+    """setup(work): char shards prepared in work/shards, then `damage(folder)`."""
+    return lambda work: damage(prepared_shards(work))
+
+
+# Training from the shards folder of a damaged_shards setup (char vocabulary <= 65).
+TRAIN_SHARDS = (*TRAIN, "--config.data.source=shards", "--config.data.shards_dir={work}/shards",
+                "--config.train.batch_size=8", "--config.train.num_steps=2")
+# The catalogue's shard damage that the CLI also shows (the API runs all of it).
+CLI_SHARD_CASES = ("shards-meta-empty", "shards-meta-missing-key", "shards-shard-odd-size",
+                   "shards-ids-outside-vocab", "shards-old-meta-new-shards")
 
 
 def pickle_model(work):
@@ -112,6 +125,8 @@ CASES = [
          argv(*EVAL_FILE, "--config.eval.file={work}/latin1.txt",
               setup=write("latin1.txt", "café au lait\n".encode("latin-1"))),
          ("not utf-8", "iconv")),
+    *[Case(f"{case_id}-cli", what, argv(*TRAIN_SHARDS, setup=damaged_shards(damage)), expect)
+      for case_id, what, damage, expect in SHARD_DAMAGE if case_id in CLI_SHARD_CASES],
     Case("mesh-device-mismatch-cli", "--config.mesh.data=3 on 8 devices",
          argv(*TRAIN, "--config.mesh.data=3"), ("8 are available", "product is 8")),
     Case("train-batch-not-divisible-cli", "--config.train.batch_size=12 on 8 devices",
@@ -139,7 +154,7 @@ CASES = [
     Case("learned-positions-longer-context-cli", "--config.model.n_positions=64 on learned wpe",
          argv(*GENERATE, "--config.init_from={work}/model", "--prompt=hi",
               "--config.model.n_positions=64", setup=lambda work: save_tiny(work / "model")),
-         ("learned positions", "n_positions=64", "position=rope|alibi|none")),
+         ("learned positions", "n_positions=64", "position=rope|alibi|none|sinusoidal")),
     Case("finetune-text-too-small-cli", "configs/finetune.py on a 12-token train.txt",
          argv("--mode=train", "--config=configs/finetune.py", "--workdir={work}/ft",
               "--config.init_from={work}/model", "--config.data.train_file={work}/train.txt",

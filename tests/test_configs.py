@@ -23,7 +23,9 @@ from gpt2jax.weights.pretrained import WeightsError, check_gpt2_layout
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 HELPERS = {"__init__", "common"}  # modules of configs/ that are not config files
 GPT2_COUNTS = {"small": 124_439_808, "medium": 354_823_168, "large": 774_030_080,
-               "xl": 1_557_611_200}
+               "xl": 1_557_611_200,
+               # the 124M recipes pad the vocabulary to 50,304 rows: + 47 x 768
+               "owt": 124_475_904, "fineweb10b": 124_475_904}
 
 
 def _documented_args(name: str, doc: str) -> list[str | None]:
@@ -55,7 +57,7 @@ def test_config_files_are_found_and_documented():
         assert module.__doc__ and f"configs/{stem}.py" in module.__doc__, (
             f"configs/{stem}.py: the docstring must show the command that runs it")
     args = dict.fromkeys(a for s, a in _cases() if s == "gpt2")
-    assert list(args) == [None, "small", "medium", "large", "xl"]
+    assert list(args) == [None, "small", "medium", "large", "xl", "owt", "fineweb10b"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,3 +142,17 @@ def test_mode_config_lists_every_key_with_its_value_and_comment(tmp_path):
     assert any(ln.startswith("train.learning_rate = 5e-05") and "peak learning rate" in ln
                for ln in lines)  # the file's value, common.py's comment
     assert json.loads((tmp_path / "c.json").read_text())["generate"]["num_beams"] == 4
+
+
+def test_model_config_defaults_are_gpt2config_defaults():
+    """configs/common.py:model_config() and GPT2Config's defaults are one source of truth:
+    the same fields with the same values (the 124M GPT-2), so neither can drift alone."""
+    import dataclasses
+
+    from configs import common
+
+    section = common.model_config()
+    fields = {f.name: f.default for f in dataclasses.fields(GPT2Config)}
+    assert set(section.keys()) == set(fields)
+    assert {k: section[k] for k in fields} == fields
+    assert GPT2Config.from_config(section) == GPT2Config()

@@ -32,10 +32,11 @@ def test_parallel_chunks_tokenize_like_the_whole_text(text, tokenizer):
 def test_gpt2_shards_equal_direct_tokenization(tmp_path, text, tokenizer):
     cfg = common.data_config(train_file=SHAKESPEARE, tokenizer="gpt2", val_fraction=0.1,
                              shards_dir=str(tmp_path), tokens_per_shard=100_000)
-    meta = shards.prepare_shards(cfg, progress=False)
+    meta = data.prepare_shards(cfg, progress=False)
     cut = int(len(text) * 0.9)
     tok, train, val, meta2 = shards.open_shards(str(tmp_path))
-    assert meta2 == meta and meta["dtype"] == "uint16" and meta["num_tokens"] == 338_025
+    assert meta2 == {k: v for k, v in meta.items() if k != "seconds"}  # seconds: not written
+    assert meta["dtype"] == "uint16" and meta["num_tokens"] == 338_025
     assert len(meta["splits"]["train"]["files"]) == 4  # 301,966 tokens in 100k-token files
     assert train.arrays[0].dtype == np.uint16
     np.testing.assert_array_equal(train.to_numpy(), tokenizer.encode_ordinary(text[:cut]))
@@ -70,3 +71,26 @@ def test_shards_errors_name_the_folder(tmp_path):
     cfg = common.data_config(source="shards", shards_dir=str(tmp_path / "none"))
     with pytest.raises(DataError, match="none/meta.json.*does not exist.*prepare"):
         data.build_datasets(cfg, 8, 2, seed=0, process_index=0, process_count=1)
+
+
+def test_verify_shards_false_keeps_the_cheap_checks(tmp_path):
+    """verify_shards=False skips the sha256 pass (a same-size swap reads) but still refuses
+    a shard of the wrong size."""
+    (tmp_path / "t.txt").write_text("To be, or not to be: that is the question.\n" * 60)
+    folder = tmp_path / "s"
+    data.prepare_shards(common.data_config(train_file=str(tmp_path / "t.txt"), tokenizer="char",
+                                           shards_dir=str(folder), tokens_per_shard=500),
+                        progress=False)
+    a, b = folder / "train_00000.bin", folder / "train_00001.bin"
+    first, second = a.read_bytes(), b.read_bytes()
+    assert first != second and len(first) == len(second)
+    a.write_bytes(second)
+    b.write_bytes(first)
+    with pytest.raises(DataError, match="train_00000.bin.*sha256"):
+        shards.open_shards(str(folder))
+    _, train, _, _ = shards.open_shards(str(folder), verify=False)
+    assert len(train) == 2_322  # 90% of 2,580 characters, in 500-token files
+    np.testing.assert_array_equal(train.gather(np.arange(500)), np.frombuffer(second, np.uint16))
+    b.write_bytes(first[:-2])
+    with pytest.raises(DataError, match="train_00001.bin.*bytes"):
+        shards.open_shards(str(folder), verify=False)

@@ -68,7 +68,7 @@ def test_local_tfds_matches_the_text_file(local_tfds, data_dir, tokenizer, tmp_p
     ds = data.build_datasets(cfg, 64, 4, seed=0, process_index=0, process_count=1)
     for stream, split in ((ds.train_stream, "train"), (ds.val_stream, "validation")):
         np.testing.assert_array_equal(stream.to_numpy(), tokenizer.encode_ordinary(parts[split]))
-    meta = shards.prepare_shards(cfg, progress=False)  # TFDS -> shards, as --mode=prepare
+    meta = data.prepare_shards(cfg, progress=False)  # TFDS -> shards, as --mode=prepare
     assert meta["splits"]["val"]["origin"] == "tfds:local_tiny_shakespeare/validation"
     _, train, _, _ = shards.open_shards(str(tmp_path))
     np.testing.assert_array_equal(train.to_numpy(), ds.train_stream.to_numpy())

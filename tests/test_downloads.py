@@ -187,6 +187,14 @@ def test_offline_error_names_file_url_and_variable(fresh):
     assert cached_files(fresh) == []
 
 
+def test_a_mirror_that_is_not_http_is_refused(fresh, data_dir, monkeypatch):
+    # urlopen reads file: and custom schemes too (ruff S310); only http(s) is fetched
+    monkeypatch.setenv(resolve.BASE_URL_ENV, data_dir.as_uri())  # file:///.../shared/data
+    with pytest.raises(DataError, match="only http\\(s\\) URLs are fetched") as info:
+        resolve.data_file("lambada/lambada_test.jsonl")
+    assert "GPT2JAX_DOWNLOAD_BASE_URL" in str(info.value) and cached_files(fresh) == []
+
+
 def _zip(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:

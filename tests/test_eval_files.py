@@ -71,7 +71,7 @@ def test_file_task_from_the_working_directory_equals_the_hf_guide(data_dir, tmp_
     assert got["ppl"]["value"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     expected_bpb = nll / (math.log(2) * len(text.encode("utf-8")))
     assert got["bits_per_byte"]["value"] == pytest.approx(expected_bpb, rel=1e-5)
-    assert re.search(r"^file\s+eot_prefix\s+bits_per_byte\s+\d+\.\d{4}\s+%d$" % count,
+    assert re.search(r"^file\s+eot_prefix\s+128\s+bits_per_byte\s+\d+\.\d{4}\s+%d$" % count,
                      proc.stdout, re.M), proc.stdout
 
 

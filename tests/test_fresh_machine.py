@@ -42,12 +42,12 @@ def test_packaged_shakespeare_is_the_real_file(data_dir):
 
 
 def test_wheel_ships_tiny_shakespeare(tmp_path):
-    """A non-editable install gets the text too: it is in the wheel (setup.cfg package_data).
+    """A non-editable install gets the text too: it is in the wheel (pyproject.toml package-data).
     Built from a copy of the sources, so no build/ folder appears in the checkout."""
     src = tmp_path / "src"
     shutil.copytree(REPO / "gpt2jax", src / "gpt2jax",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
                            "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],

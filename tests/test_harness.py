@@ -11,6 +11,9 @@ configs/lm_eval_tasks read a data folder this module writes from the shared data
   hundred tokens: the rolling windows of 64 roll);
 - multiple_choice_local: 8 LAMBADA contexts with 4 candidate last words (acc, acc_norm;
   one-token endings share a model input, so both backends read them from one row);
+- hellaswag_local: lm-eval's own `hellaswag` processing on 6 rows in the hub's HellaSwag
+  format (activity label, ctx_a, ctx_b, 4 endings, a string label; "[title]" artifacts that
+  its preprocess rewrites), built from Tiny Shakespeare lines (acc, acc_norm);
 - completion_local: 4 contexts (one longer than 64 - max_gen_toks, so it is left-truncated),
   stop strings taken from the middle of the reference's own greedy continuations, and half
   of the targets equal to the reference's cut output (exact_match neither 0 nor 1).
@@ -32,8 +35,10 @@ from lm_eval.models.utils import postprocess_generated_text
 from gpt2jax.eval import harness, lambada as lambada_lib
 from gpt2jax.eval.harness_data import wikitext_pages
 from gpt2jax.data.bpe import EOT_ID, EOT_TOKEN
+from helpers import hellaswag_rows
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "lm_eval_tasks"
-TASKS = ["lambada_openai_local", "wikitext_local", "multiple_choice_local", "completion_local"]
+TASKS = ["lambada_openai_local", "wikitext_local", "multiple_choice_local", "completion_local",
+         "hellaswag_local"]
 N_POS, MAX_GEN, BATCH = 64, 12, 4
 REL = 1e-4
 
@@ -114,6 +119,7 @@ def task_data(tmp_path_factory, data_dir, tiny):
     contexts = [" ".join(t.split()[:n]) for t, n in zip(texts[200:204], (8, 16, 24, 90))]
     docs, until = _completions(model, tok, contexts)
     _write_jsonl(root / "completion" / "test.jsonl", docs)
+    _write_jsonl(root / "hellaswag" / "hellaswag_val.jsonl", hellaswag_rows(data_dir, 6))
     return root, until, docs
 
 
@@ -142,7 +148,8 @@ def test_every_metric_equals_the_hf_backend(results, task):
                 "wikitext_local": {"word_perplexity,none", "byte_perplexity,none",
                                    "bits_per_byte,none"},
                 "multiple_choice_local": {"acc,none", "acc_norm,none"},
-                "completion_local": {"exact_match,none"}}[task]
+                "completion_local": {"exact_match,none"},
+                "hellaswag_local": {"acc,none", "acc_norm,none"}}[task]
     assert set(ref) == expected and set(ours) == expected
     for key in expected:
         assert ours[key] == pytest.approx(ref[key], rel=REL, abs=0), key
@@ -180,6 +187,11 @@ def test_tasks_reach_every_path(results, tiny, task_data):
     # multiple choice: one-token endings of a question share a model input (one row)
     mc = ref["samples"]["multiple_choice_local"]
     assert max(sum(len(tok.encode(cont)) == 1 for _, cont in s["arguments"]) for s in mc) >= 2
+    # hellaswag: lm-eval's process_docs ran (label prefix, "[title]" rewritten), 4 endings
+    hs = ref["samples"]["hellaswag_local"]
+    assert len(hs) == 6 and all(len(s["arguments"]) == 4 for s in hs)
+    assert all(s["doc"]["query"].startswith("Shakespeare: ") and "[title]" not in
+               s["doc"]["query"] for s in hs)
 
 
 def test_our_lambada_protocol_equals_lm_eval(results, tiny, task_data):

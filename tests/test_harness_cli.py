@@ -6,12 +6,12 @@ tests/test_harness.py."""
 
 from __future__ import annotations
 
-import configparser
 import importlib
 import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jax
@@ -210,9 +210,6 @@ def test_harness_main_prints_a_gpt2jax_error_as_one_line(monkeypatch, capsys):
 
 
 def test_console_script_is_the_harness_cli():
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    scripts = dict(line.split(" = ") for line in
-                   cfg["options.entry_points"]["console_scripts"].strip().splitlines())
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["gpt2jax-lm-eval"].partition(":")
     assert getattr(importlib.import_module(module), name) is harness.main

@@ -6,10 +6,12 @@ scan_layers on and off, jit, and the unchanged program when no hook is requested
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax import GPT2, GPT2Config, hook_names, init_params, run_with_cache, run_with_hooks
+from gpt2jax import (GPT2, GPT2Config, hook_names, init_params, model_outputs, run_with_cache,
+                     run_with_hooks)
 from gpt2jax.errors import ConfigError
 from gpt2jax.nn import scan as scan_lib
 from helpers import TINY, converted, hf_forward, hf_model, left_padded_batch
@@ -112,8 +114,7 @@ def test_no_hook_is_the_same_program(hf):
 
     plain = lowered(lambda p, x, m: GPT2(cfg).apply({"params": p}, x, attention_mask=m))
     assert lowered(lambda p, x, m: run_with_hooks(cfg, p, x, [], attention_mask=m)) == plain
-    assert lowered(lambda p, x, m: GPT2(cfg).apply({"params": p}, x, attention_mask=m,
-                                                   output_hidden_states=False)) == plain
+    assert lowered(lambda p, x, m: model_outputs(cfg, p, x, attention_mask=m).logits) == plain
     hooked = lowered(lambda p, x, m: run_with_hooks(
         cfg, p, x, [("blocks.1.hook_resid_pre", lambda v, n: v * 2)], attention_mask=m))
     assert hooked != plain  # the comparison can see a hook
@@ -277,3 +278,41 @@ def test_bad_hook_requests_are_clear_errors(hf):
         trace(lambda p, x: run_with_hooks(cfg, p, x, [("hook_embed", 3.0)]))
     names = trace(lambda p, x: run_with_cache(cfg, p, x, lambda n: n.endswith("hook_z")))[1]
     assert list(names) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+
+
+def test_hook_state_belongs_to_its_thread_and_blocks_know_their_layer(hf):
+    """A hooked forward being traced in one thread does not hook another thread's plain
+    forward (the hook state was a module-global list, now a context variable); a block's
+    layer index is its field, whatever its name."""
+    import threading
+
+    from gpt2jax.nn import hooks
+    from gpt2jax.nn.model import Block
+
+    _, (cfg, params) = hf
+    ids, _, _ = left_padded_batch()
+    inside, release = threading.Event(), threading.Event()
+
+    def hooked():
+        with hooks.active(cfg, capture=["blocks.0.hook_resid_pre"]):
+            inside.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hooked)
+    thread.start()
+    try:
+        assert inside.wait(60)
+        assert not hooks.is_active()  # this thread traces without hooks
+        plain = jax.jit(lambda p, x: GPT2(cfg).apply({"params": p}, x)).lower(params, ids)
+        assert "blocks.0" not in plain.as_text()
+    finally:
+        release.set()
+        thread.join()
+    block = Block(cfg, layer=1, name="renamed")
+    x = jnp.zeros((1, 3, cfg.n_embd))
+    variables = block.init(jax.random.key(0), x, None, jnp.zeros((1, 3), jnp.int32), True,
+                           False, None)
+    with hooks.active(cfg, capture=["blocks.1.hook_resid_pre"]):
+        _, state = block.apply(variables, x, None, jnp.zeros((1, 3), jnp.int32), True, False,
+                               None, mutable=["intermediates"])
+    assert "blocks.1.hook_resid_pre" in state["intermediates"]

@@ -140,7 +140,8 @@ def test_a_longer_context_than_learned_positions_hold_is_one_line(char_run, tmp_
                  lambda: loader.load_model(tmp_path / "hf", n_positions=256)):
         with pytest.raises(ConfigError, match="learned positions") as info:
             load()
-        assert "\n" not in str(info.value) and "position=rope|alibi|none" in str(info.value)
+        message = str(info.value)
+        assert "\n" not in message and "position=rope|alibi|none|sinusoidal" in message
     assert loader.load_model(workdir, n_positions=128)[0] == cfg  # its own context: fine
     rope = dataclasses.replace(cfg, position="rope")
     _save_run(tmp_path / "rope", rope, init_params(rope, jax.random.key(0)), {"name": "gpt2"})

@@ -1,17 +1,17 @@
 """Ahead-of-time lowering and memory analysis, from abstract shapes (nothing allocated).
 
-- GPT-2 1.5B (configs/gpt2.py:xl): its train step (forward, backward, AdamW) lowers for a
-  64-device mesh (data 4 x fsdp 16) in a subprocess with 64 simulated CPU devices, and compiles
-  there; XLA's per-device bytes are printed. CI compiles the same step with the xl widths but
-  2 of its 48 layers (compiling all 48 on CPU takes minutes; the full compile is run by
-  `python tests/lowering_worker.py`, see README "Scale-out"), and checks that FSDP leaves
-  1/16 of the state on each device.
+- GPT-2 1.5B (configs/gpt2.py:xl): `run.py --mode=plan` lowers its train step (forward,
+  backward, AdamW) for a 64-device mesh (data 4 x fsdp 16) with 64 simulated CPU devices, and
+  compiles it there; XLA's per-device bytes are printed. CI compiles the same step with the
+  xl widths but 2 of its 48 layers (`--compile_n_layer=2`: compiling all 48 on CPU takes
+  minutes), and checks that FSDP leaves 1/16 of the state on each device.
 - Remat policies (config.model.remat) are in effect and leave the gradients unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +26,20 @@ from gpt2jax.nn.model import GPT2, GPT2Config, init_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_xl_train_step_lowers_and_compiles_for_64_devices():
-    cmd = [sys.executable, str(REPO / "tests" / "lowering_worker.py"),
-           "--config=configs/gpt2.py:xl", "--devices=64", "--fsdp=16", "--batch=64",
-           "--remat=full", "--compile_n_layer=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+def test_xl_train_step_lowers_and_compiles_for_64_devices(tmp_path):
+    cmd = [sys.executable, "run.py", "--mode=plan", "--config=configs/gpt2.py:xl",
+           "--cpu_devices=64", "--config.mesh.data=4", "--config.mesh.fsdp=16",
+           "--config.train.batch_size=64", "--config.train.grad_accum_steps=1",
+           "--config.model.remat=full", "--config.model.dtype=bfloat16",
+           "--compile_n_layer=2", f"--output_json={tmp_path / 'plan.json'}"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # not conftest's 8
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(json.dumps(out, indent=1))
-    assert out["lowered_params"] == 1_557_611_200  # the whole 1.5B model was lowered
+    out = json.loads((tmp_path / "plan.json").read_text())
+    assert "per-device memory (XLA): argument" in proc.stdout
+    assert "h_1/mlp/c_fc/kernel" in proc.stdout  # the sharding table
+    assert out["params"] == 1_557_611_200  # the whole 1.5B model was lowered
+    assert out["compiled_n_layer"] == 2
     assert out["devices"] == 64 and out["mesh"] == {"data": 4, "fsdp": 16, "tensor": 1}
     # FSDP: each device holds ~1/16 of params + AdamW moments (replicated biases aside).
     assert out["state_bytes_per_device"] < 1.05 * out["state_bytes"] / 16

@@ -129,7 +129,7 @@ def test_n_embd_not_divisible_by_n_head():
 
 def test_input_longer_than_n_positions(tiny_params):
     too_long = jnp.zeros((1, TINY.n_positions + 1), jnp.int32)
-    with pytest.raises(ConfigError, match="exceeds the model context n_positions=64"):
+    with pytest.raises(ConfigError, match="input length=65 exceeds the model's n_positions=64"):
         GPT2(TINY).apply({"params": tiny_params}, too_long)
     with pytest.raises(ConfigError, match="max_length=65 exceeds"):
         init_cache(TINY, 1, TINY.n_positions + 1)

@@ -4,7 +4,6 @@ its figures produced."""
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import re
@@ -15,7 +14,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from test_dependencies import _distributions, declared, third_party_imports
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "experiments" / "notebooks"
@@ -48,21 +46,6 @@ def test_committed_notebook_has_no_outputs_and_matches_its_generator():
     assert NOTEBOOK.read_text(encoding="utf-8") == \
         nbformat.writes(generator["build"]()) + "\n", \
         "the notebook and make_notebook.py differ: edit the script and rerun it"
-
-
-def test_notebook_imports_are_declared_in_setup_cfg(tmp_path):
-    """The notebook's code imports only what the install + test extra provide."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    ast.parse(code)
-    script = tmp_path / "notebook_code.py"
-    script.write_text(code, encoding="utf-8")
-    found = third_party_imports(script)
-    assert {"jax", "matplotlib", "IPython"} <= set(found)
-    req = declared()
-    allowed = req["core"] | req["test"]
-    missing = [m for m in found if not _distributions(m) & allowed]
-    assert not missing, f"declare in setup.cfg: {missing}"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""HF-style outputs (issue 16 point 1): `GPT2.apply(..., output_hidden_states=True,
+"""HF-style outputs: `gpt2jax.model_outputs(cfg, params, ids, output_hidden_states=True,
 output_attentions=True)` against transformers' `hidden_states` / `attentions` on the same
 random weights, loaded through `load_pretrained`, with a left-padded batch, with and without
 scan_layers; and `generate(..., return_dict=True, output_scores=True)` against HF's `scores`."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from gpt2jax import GPT2, ModelOutput, generate
+from gpt2jax import GPT2, ModelOutput, generate, model_outputs
 from gpt2jax.errors import ConfigError
 from helpers import converted, hf_forward, hf_model, left_padded_batch
 
@@ -23,8 +23,8 @@ def hf(tmp_path_factory):
 
 
 def _outputs(cfg, params, ids, mask, positions):
-    fn = jax.jit(lambda p, x, m, q: GPT2(cfg).apply(
-        {"params": p}, x, attention_mask=m, position_ids=q, output_hidden_states=True,
+    fn = jax.jit(lambda p, x, m, q: model_outputs(
+        cfg, p, x, attention_mask=m, position_ids=q, output_hidden_states=True,
         output_attentions=True))
     return fn(params, ids, mask, positions)
 
@@ -54,12 +54,13 @@ def test_hidden_states_and_attentions_equal_hf(hf, tmp_path, scan_layers):
 
 
 def test_plain_apply_unchanged_and_flags_alone(hf):
+    # GPT2.apply keeps nn.Module.apply's contract (logits); HF's fields come from one function
     _, (cfg, params) = hf
     ids, mask, positions = left_padded_batch()
     plain, only_hidden = jax.jit(lambda p, x, m, q: (
         GPT2(cfg).apply({"params": p}, x, attention_mask=m, position_ids=q),
-        GPT2(cfg).apply({"params": p}, x, attention_mask=m, position_ids=q,
-                        output_hidden_states=True)))(params, ids, mask, positions)
+        model_outputs(cfg, p, x, attention_mask=m, position_ids=q,
+                      output_hidden_states=True)))(params, ids, mask, positions)
     assert not isinstance(plain, ModelOutput) and plain.shape == (2, ids.shape[1], cfg.vocab_size)
     assert only_hidden.attentions is None and len(only_hidden.hidden_states) == cfg.n_layer + 1
     np.testing.assert_array_equal(np.asarray(only_hidden.logits), np.asarray(plain))
@@ -69,8 +70,7 @@ def test_output_attentions_needs_the_einsum_kernel(hf):
     _, (cfg, params) = hf
     ids, _, _ = left_padded_batch()
     with pytest.raises(ConfigError, match="attention_impl='xla'"):
-        GPT2(cfg.replace(attention_impl="xla")).apply({"params": params}, ids,
-                                                      output_attentions=True)
+        model_outputs(cfg.replace(attention_impl="xla"), params, ids, output_attentions=True)
 
 
 def test_generate_output_scores_equal_hf_greedy(hf):

@@ -1,6 +1,7 @@
 """Training step: learning, jit-once + donation, exact gradient accumulation, mesh equivalence,
 the optimizer's schedule and decay mask, and bad input (batch/mesh, NaN loss)."""
 
+import dataclasses
 import functools
 import math
 
@@ -141,6 +142,13 @@ def test_schedule_matches_nanogpt_and_decay_mask():
 
     for it in (0, 50, 99, 100, 1000, 1999, 2000, 2500):
         assert float(sched(it)) == pytest.approx(nanogpt_lr(it), rel=1e-5)
+    no_warmup = train.learning_rate_schedule(dataclasses.replace(tc, warmup_steps=0))
+    for it in (0, 950, 2000, 2500):  # get_lr with warmup_iters=0: cosine from the start
+        coeff = 0.5 * (1.0 + math.cos(math.pi * min(it, 2000) / 2000))
+        assert float(no_warmup(it)) == pytest.approx(1e-4 + coeff * 9e-4, rel=1e-5)
+    constant = train.learning_rate_schedule(dataclasses.replace(tc, schedule="constant"))
+    assert [float(constant(it)) for it in (0, 99, 100, 5000)] == pytest.approx(
+        [1e-3 / 101, 1e-3 * 100 / 101, 1e-3, 1e-3], rel=1e-5)
     shapes = jax.eval_shape(functools.partial(train.init_params, CFG), jax.random.key(0))
     mask = train.weight_decay_mask(shapes)
     assert mask["h_0"]["attn"]["c_attn"]["kernel"] and mask["h_1"]["mlp"]["c_fc"]["kernel"]

@@ -20,6 +20,7 @@ MODES = {
     "prepare": "gpt2jax.cli.prepare",
     "sweep": "gpt2jax.cli.sweep",
     "config": "gpt2jax.cli.show_config",
+    "plan": "gpt2jax.cli.plan",
 }
 
 
@@ -33,6 +34,7 @@ class CliArgs:
     output_json: str | None = None
     config_file: str | None = None  # --config's value, e.g. "configs/gpt2.py:small"
     config_overrides: tuple[str, ...] = ()  # the dotted keys set by --config.KEY=VALUE
+    compile_n_layer: int = 0  # --mode=plan: compile a copy with this many layers (0 = all)
 
 
 def run_mode(mode: str, config, args: CliArgs) -> None:

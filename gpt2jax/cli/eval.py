@@ -47,19 +47,21 @@ def ranks_file(config) -> str:
     return str(path) if path and path.is_file() else ""
 
 
-TABLE_COLUMNS = ("task", "protocol", "metric", "value", "count")
+TABLE_COLUMNS = ("task", "protocol", "context", "metric", "value", "count")
 
 
 def format_table(rows: list[dict]) -> str:
-    """A table of result rows: task, protocol, metric, value, tokens/examples; each column as
-    wide as its widest cell, two spaces between columns (text left-, numbers right-aligned)."""
-    cells = [[str(r["task"]), str(r["protocol"]), str(r["metric"]), f"{r['value']:.4f}",
+    """A table of result rows: task, protocol, context (the evaluation length, when a run
+    evaluates several), metric, value, tokens/examples; each column as wide as its widest
+    cell, two spaces between columns (text left-, numbers right-aligned)."""
+    cells = [[str(r["task"]), str(r["protocol"]), str(r.get("context_length", "")),
+              str(r["metric"]), f"{r['value']:.4f}",
               str(r.get("tokens", r.get("examples", "")))] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(TABLE_COLUMNS)]
 
     def line(values) -> str:
-        return "  ".join(v.ljust(w) if i < 3 else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths)))
+        return "  ".join(v.rjust(w) if name in ("context", "value", "count") else v.ljust(w)
+                         for name, v, w in zip(TABLE_COLUMNS, values, widths))
 
     header = line(TABLE_COLUMNS)
     return "\n".join([header, "-" * len(header)] + [line(c) for c in cells])

@@ -2,12 +2,15 @@
 
 A sweep config (e.g. `experiments/attention_ablation/sweep.py`) holds `base` (a full
 `--mode=train` config), `variants` (name -> nested override of `base`), `seeds`,
-`baseline`, `only` and `results_dir`. Each run calls `gpt2jax.training.loop.train_and_evaluate`
-in `<workdir>/<variant>/seed_<s>`; a finished run leaves `sweep_result.json` there and is
-not trained again (an interrupted sweep resumes where it stopped), unless its recorded config
-differs from the current one: then the sweep stops with an error instead of reusing it.
-Output: `results.json` in `results_dir` (relative to the workdir; "" = the workdir itself,
-an absolute path as it is): every run's curves and numbers, and a per-variant summary.
+`baseline`, `only`, `results_dir`, and what to measure besides the val loss: `measure`
+(perplexity at several lengths, decode speed) and `kv_conversion` (a multi-head variant
+converted to fewer kv heads, then uptrained), see `sweep_measure.py`. Each run calls
+`gpt2jax.training.loop.train_and_evaluate` in `<workdir>/<variant>/seed_<s>`; a finished
+run leaves `sweep_result.json` there and is not trained again (an interrupted sweep resumes
+where it stopped), unless its recorded config differs from the current one: then the sweep
+stops with an error instead of reusing it. Output: `results.json` in `results_dir` (relative
+to the workdir; "" = the workdir itself, an absolute path as it is): every run's curves and
+numbers, and a per-variant summary.
 Presentation (the markdown table, the plots) is not the library's: it lives in
 `experiments/sweep_report.py`, which reads that file.
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from gpt2jax.cli import sweep_measure
 from gpt2jax.errors import ConfigError
 from gpt2jax.nn.model import GPT2Config, kv_cache_bytes_per_token, param_count
 from gpt2jax.training.loop import train_and_evaluate
@@ -101,8 +105,9 @@ def _read_metrics(path: Path) -> tuple[list, list]:
     return train, val
 
 
-def run_one(name: str, seed: int, config, workdir: Path) -> dict:
-    """Trains one (variant, seed) in `workdir` unless it finished before; returns its record."""
+def run_one(name: str, seed: int, config, workdir: Path, measure=None) -> dict:
+    """Trains one (variant, seed) in `workdir` unless it finished before; returns its record
+    (with `sweep_measure.measure_run`'s numbers when `measure` is given)."""
 
     done = workdir / RESULT_FILE
     wanted = json.loads(config.to_json_best_effort())
@@ -126,6 +131,8 @@ def run_one(name: str, seed: int, config, workdir: Path) -> dict:
         "wall_s": wall, "load_average": [load0, os.getloadavg()[0]],
         "config": wanted,
     }
+    if measure is not None:
+        record.update(sweep_measure.measure_run(config, workdir, measure))
     done.write_text(json.dumps(record, indent=1))
     return record
 
@@ -181,10 +188,13 @@ def run_sweep(sweep, workdir: str | Path) -> dict:
     out_dir = workdir / Path(sweep.results_dir).expanduser()  # an absolute path stays
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    records = []
+    records, configs = [], {}
     for name, seed, config in plan(sweep):
         print(f"sweep: {name} seed {seed}", flush=True)
-        records.append(run_one(name, seed, config, workdir / name / f"seed_{seed}"))
+        records.append(run_one(name, seed, config, workdir / name / f"seed_{seed}",
+                               sweep.measure))
+        configs[name, seed] = config
+    kv_records = sweep_measure.kv_conversion_table(sweep, workdir, configs)
     rows = summarize(records, sweep.variants, sweep.baseline)
     results = {
         "sweep": sweep.to_dict(),
@@ -194,6 +204,7 @@ def run_sweep(sweep, workdir: str | Path) -> dict:
         "sweep_wall_s": time.perf_counter() - start,
         "summary": rows,
         "runs": records,
+        "kv_conversion": kv_records,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     for r in rows:
@@ -207,7 +218,8 @@ def main(config, args) -> None:
     """`python run.py --mode=sweep --config=SWEEP.py[:arg] --workdir=DIR`."""
     if not args.workdir:
         raise ConfigError("--mode=sweep needs --workdir=DIR (one sub-folder per run).")
-    for key in ("base", "variants", "seeds", "baseline", "only", "results_dir"):
+    for key in ("base", "variants", "seeds", "baseline", "only", "results_dir", "measure",
+                "kv_conversion"):
         if key not in config:
             raise ConfigError(f"The sweep config has no '{key}'; --mode=sweep needs a sweep "
                               "config such as experiments/attention_ablation/sweep.py.")

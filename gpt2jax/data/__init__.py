@@ -1,4 +1,5 @@
-"""Data: text files, TFDS and token shards -> packed, resumable, per-process batches.
+"""Data: text files, TFDS, HF datasets and token shards -> packed, resumable, per-process
+batches.
 
     from gpt2jax import data
     ds = data.build_datasets(config.data, block_size=1024, global_batch_size=8, seed=0)
@@ -7,8 +8,10 @@
     val = ds.val_batches(20)          # fixed validation batches, same layout
     arrays = Placement(mesh, rules).put_batch(batch)  # parallel.placement: on the mesh
 
-Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets),
-`shards` (token files written by `python run.py --mode=prepare`). See README `## Data`.
+Sources (`config.data.source`): `text` (UTF-8 files), `tfds` (TensorFlow Datasets), `hf`
+(Hugging Face datasets: hub names, local parquet / jsonl / arrow), `shards` (token files
+written and checksummed by `python run.py --mode=prepare`, gpt2jax.data.prepare). See README
+`## Data`.
 Public data files by name (`dataset:NAME`): `resolve.data_file` (data dir, caches, the
 package, a checksummed download; `registry` pins the sources, `downloads` fetches).
 """
@@ -16,13 +19,16 @@ package, a checksummed download; `registry` pins the sources, `downloads` fetche
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
-from gpt2jax.data import corpus
+from gpt2jax.data import corpus, hf_source
 from gpt2jax.data.batching import (BatchIterator, check_length, check_mode, val_starts,
                                    windows_batch)
-from gpt2jax.data.shards import TokenStream, open_shards, prepare_shards
+from gpt2jax.data.prepare import prepare_shards, source_tokenizer
+from gpt2jax.data.prepare_pipeline import tokenize_source
+from gpt2jax.data.shards import TokenStream, open_shards
 from gpt2jax.data.tokenizers import (CharTokenizer, Gpt2Tokenizer, Tokenizer, load_tokenizer,
                                      save_tokenizer)
 from gpt2jax.errors import ConfigError
@@ -62,10 +68,18 @@ class Datasets:
 
 
 def load_streams(cfg) -> tuple[Tokenizer, TokenStream, TokenStream]:
-    """(tokenizer, train tokens, val tokens) of `config.data`; text/TFDS are tokenized now."""
-    if corpus.check_source(cfg.source) == "shards":
-        tok, train, val, _ = open_shards(cfg.shards_dir, cfg.tiktoken_ranks)
+    """(tokenizer, train tokens, val tokens) of `config.data`; text/TFDS/HF are tokenized now."""
+    source = corpus.check_source(cfg.source)
+    if source == "shards":
+        tok, train, val, _ = open_shards(cfg.shards_dir, cfg.tiktoken_ranks, cfg.verify_shards)
         return tok, train, val
+    if source == "hf":
+        docs = hf_source.hf_source(cfg)
+        tok = source_tokenizer(cfg, docs)
+        train, val = tokenize_source(tok, docs.read(0), cfg.num_threads or os.cpu_count() or 1,
+                                     corpus.token_dtype(tok.vocab_size))
+        return (tok, TokenStream([train], origin=docs.origin["train"]),
+                TokenStream([val], origin=docs.origin["val"]))
     texts = corpus.split_texts(cfg)
     tok, texts = corpus.make_tokenizer(cfg, texts)
     train = TokenStream([corpus.tokenize_all(tok, texts.train, cfg.num_threads)],

@@ -18,7 +18,7 @@ from gpt2jax.data.tokenizers import (CharTokenizer, Gpt2Tokenizer, Tokenizer,
                                      check_tokenizer_name)
 from gpt2jax.errors import ConfigError
 
-SOURCES = ("text", "tfds", "shards")
+SOURCES = ("text", "tfds", "hf", "shards")
 _BATCH_CHARS = 1 << 24  # characters tokenized per parallel batch (~16 MB of text)
 
 
@@ -76,7 +76,8 @@ def split_texts(cfg) -> SplitTexts:
         return _text_splits(cfg)
     if source == "tfds":
         return _tfds_splits(cfg)
-    raise ConfigError("config.data.source='shards' has no text; use gpt2jax.data.shards.")
+    raise ConfigError(f"config.data.source={source!r} is not read here; use "
+                      "gpt2jax.data.hf_source or gpt2jax.data.shards.")
 
 
 def make_tokenizer(cfg, texts: SplitTexts) -> tuple[Tokenizer, SplitTexts]:

@@ -54,9 +54,11 @@ def _temp_beside(dest: Path) -> Path:
 
 def _stream(url: str, tmp: Path, desc: str, timeout: float) -> str:
     """Writes the body of `url` to `tmp`; returns its sha256. Raises on a short body."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    # `download` admits http(s) URLs only (S310)
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # noqa: S310
     digest = hashlib.sha256()
-    with urllib.request.urlopen(request, timeout=timeout) as resp, open(tmp, "wb") as out:
+    with (urllib.request.urlopen(request, timeout=timeout) as resp,  # noqa: S310
+          open(tmp, "wb") as out):
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
@@ -99,6 +101,10 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None, *, what: str
     Raises:
       DownloadError: one line naming the file, the URL and the way around it.
     """
+    if not url.startswith(("http://", "https://")):  # no file:, ftp: or custom schemes
+        raise DownloadError(f"Cannot download {what} from {url!r}: only http(s) URLs are "
+                            "fetched; check GPT2JAX_DOWNLOAD_BASE_URL (or copy the file into "
+                            "the data folder).")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     error: Exception | None = None

@@ -1,33 +1,42 @@
-"""Token shards: `prepare` writes them, `TokenStream` reads them by memory map.
+"""Token shards: the folder `--mode=prepare` commits, read back by memory map and checked.
 
 Layout of a shards folder (nanoGPT's `train.bin`/`val.bin`, split into pieces):
 
-    meta.json              format, tokenizer (with the char vocabulary), dtype, token counts,
-                           source and origin of each split
+    meta.json              the manifest: format, tokenizer (with the char vocabulary), dtype,
+                           and per split its files, each with its token count, byte size,
+                           sha256 and largest token id; written last, atomically
     train_00000.bin ...    raw little-endian uint16 (vocab <= 65,536) or uint32 token ids
     val_00000.bin ...
+    prepare.partial/       only while a prepare is unfinished (gpt2jax.data.prepare)
 
 Each split is one token stream (documents joined by EOT) cut into files of at most
-`tokens_per_shard` tokens; readers see the concatenation.
+`tokens_per_shard` tokens; readers see the concatenation. `open_shards` refuses, in one line
+naming the file and `--mode=prepare`, a folder whose manifest is missing, unreadable or
+incomplete, or whose files disagree with it (size, sha256, ids past the vocabulary).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import time
-from collections.abc import Iterable
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from gpt2jax.data import corpus
 from gpt2jax.data.sources import expand_path
-from gpt2jax.data.tokenizers import Tokenizer, tokenizer_from_json
-from gpt2jax.errors import ConfigError, DataError
+from gpt2jax.data.tokenizers import TOKENIZERS, Tokenizer, tokenizer_from_json
+from gpt2jax.errors import DataError
 
-FORMAT = "gpt2jax-shards-v1"
+FORMAT = "gpt2jax-shards-v2"
+META = "meta.json"
+PARTIAL = "prepare.partial"   # a prepare's work in progress (see gpt2jax.data.prepare)
 SPLITS = ("train", "val")
+DTYPES = ("uint16", "uint32")
+SHARD_NAME = re.compile(r"^(train|val)_\d{5,}\.bin$")
+FIX = "re-run `python run.py --mode=prepare` with the config that wrote this folder"
+_HASH_CHUNK = 1 << 24  # bytes read per sha256 update (16 MB)
 
 
 class TokenStream:
@@ -62,106 +71,172 @@ class TokenStream:
         return self.gather(np.arange(len(self)))
 
 
-def _write_split(out_dir: Path, split: str, parts: Iterable[np.ndarray], dtype: np.dtype,
-                 tokens_per_shard: int) -> dict:
-    files, total, shard_fill, handle = [], 0, 0, None
-    for part in parts:
-        part = part.astype(dtype)
-        while len(part):
-            if handle is None or shard_fill == tokens_per_shard:
-                if handle is not None:
-                    handle.close()
-                files.append(f"{split}_{len(files):05d}.bin")
-                handle = open(out_dir / (files[-1] + ".tmp"), "wb")
-                shard_fill = 0
-            take = part[: tokens_per_shard - shard_fill]
-            handle.write(take.tobytes())
-            shard_fill += len(take)
-            total += len(take)
-            part = part[len(take):]
-    if handle is not None:
-        handle.close()
-    for f in files:  # only complete shards get their final name
-        os.replace(out_dir / (f + ".tmp"), out_dir / f)
-    return {"files": files, "num_tokens": total}
+def sha256_file(path: Path, length: int | None = None) -> str:
+    """Hex sha256 of the first `length` bytes of `path` (all of it by default)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = length if length is not None else -1
+        while left:
+            chunk = f.read(_HASH_CHUNK if left < 0 else min(left, _HASH_CHUNK))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk) if left > 0 else 0
+    return h.hexdigest()
 
 
-def prepare_shards(cfg, out_dir: str | None = None, progress: bool = True) -> dict:
-    """Tokenizes the text/TFDS source of `config.data` on all cores into a shards folder.
+# ----------------------------------------------------------------------------- the manifest
 
-    Args:
-      cfg: `config.data` (source `text` or `tfds`; see configs/common.py:data_config).
-      out_dir: destination; default `cfg.shards_dir`.
-      progress: show a tqdm bar of characters tokenized.
-    Returns:
-      the metadata dict also written to `out_dir/meta.json`.
-    """
-    from tqdm import tqdm
 
-    if not (out_dir or cfg.shards_dir):
-        raise ConfigError("config.data.shards_dir is empty; set the output folder.")
-    out = Path(expand_path(out_dir or cfg.shards_dir, "shards_dir"))
-    if cfg.tokens_per_shard <= 0:
-        raise ConfigError(f"config.data.tokens_per_shard={cfg.tokens_per_shard} must be > 0.")
-    texts = corpus.split_texts(cfg)
-    tok, texts = corpus.make_tokenizer(cfg, texts)
-    out.mkdir(parents=True, exist_ok=True)  # only after the input was read (bad input: no trace)
-    dtype = corpus.token_dtype(tok.vocab_size)
-    start = time.perf_counter()
-    meta = {"format": FORMAT, "tokenizer": tok.to_json(), "dtype": dtype.name,
-            "source": cfg.source, "splits": {}}
-    for split, docs in (("train", texts.train), ("val", texts.val)):
-        with tqdm(desc=f"tokenizing {split}", unit="char", unit_scale=True,
-                  disable=not progress) as bar:
-            parts = corpus.tokenize(tok, docs, cfg.num_threads, progress=bar)
-            info = _write_split(out, split, parts, dtype, cfg.tokens_per_shard)
-        info["origin"] = texts.origin[split]
-        meta["splits"][split] = info
-    meta["num_tokens"] = sum(info["num_tokens"] for info in meta["splits"].values())
-    meta["data_config"] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    meta["seconds"] = round(time.perf_counter() - start, 3)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+def _get(obj, key: str, kind, where: str, path: Path):
+    """obj[key] checked to be a `kind`; errors name the file, the field and the fix."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(f"Shards metadata {str(path)!r}: field {where + key!r} is missing; "
+                        f"{FIX}.")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(f"Shards metadata {str(path)!r}: field {where + key!r} is "
+                        f"{type(value).__name__} {str(value)[:40]!r}, expected "
+                        f"{getattr(kind, '__name__', 'another type')}; {FIX}.")
+    return value
+
+
+def _check_file_entry(entry, split: str, itemsize: int, vocab: int, where: str,
+                      path: Path) -> None:
+    name = _get(entry, "name", str, where, path)
+    if not SHARD_NAME.match(name) or not name.startswith(split + "_"):
+        raise DataError(f"Shards metadata {str(path)!r}: {where}name={name!r} is not a "
+                        f"{split}_NNNNN.bin file name; {FIX}.")
+    tokens = _get(entry, "num_tokens", int, where, path)
+    size = _get(entry, "bytes", int, where, path)
+    digest = _get(entry, "sha256", str, where, path)
+    max_id = _get(entry, "max_id", int, where, path)
+    if tokens < 1 or size != tokens * itemsize or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise DataError(f"Shards metadata {str(path)!r}: the entry of {name} is inconsistent "
+                        f"({tokens} tokens, {size} bytes, sha256 {digest[:16]!r}); {FIX}.")
+    if not 0 <= max_id < vocab:
+        raise DataError(f"Shards metadata {str(path)!r}: {name} holds token ids up to {max_id} "
+                        f"but the tokenizer's vocabulary has {vocab} ids (another tokenizer's "
+                        f"shards, or an edited meta.json); {FIX}.")
+
+
+def check_meta(meta, path: Path) -> dict:
+    """Validates a manifest (types, names, sizes, ids < vocabulary); returns it."""
+    if not isinstance(meta, dict):
+        raise DataError(f"Shards metadata {str(path)!r} holds a {type(meta).__name__}, not a "
+                        f"JSON object; {FIX}.")
+    fmt = _get(meta, "format", str, "", path)
+    if fmt != FORMAT:
+        old = fmt.startswith("gpt2jax-shards-")
+        raise DataError(f"Shards metadata {str(path)!r} is {fmt!r}, not {FORMAT!r}"
+                        f"{' (written before shards had checksums)' if old else ''}; {FIX}.")
+    dtype = _get(meta, "dtype", str, "", path)
+    if dtype not in DTYPES:
+        raise DataError(f"Shards metadata {str(path)!r}: dtype {dtype!r} is not one of "
+                        f"{DTYPES}; {FIX}.")
+    tok = _get(meta, "tokenizer", dict, "", path)
+    if _get(tok, "name", str, "tokenizer.", path) not in TOKENIZERS:
+        raise DataError(f"Shards metadata {str(path)!r}: tokenizer {tok['name']!r} is not one "
+                        f"of {TOKENIZERS}; {FIX}.")
+    vocab = _get(tok, "vocab_size", int, "tokenizer.", path)
+    if tok["name"] == "char" and len(_get(tok, "chars", str, "tokenizer.", path)) != vocab:
+        raise DataError(f"Shards metadata {str(path)!r}: tokenizer.chars holds "
+                        f"{len(tok['chars'])} characters, vocab_size says {vocab}; {FIX}.")
+    if vocab > np.iinfo(dtype).max + 1:
+        raise DataError(f"Shards metadata {str(path)!r}: a {vocab}-id vocabulary does not fit "
+                        f"{dtype}; {FIX}.")
+    splits = _get(meta, "splits", dict, "", path)
+    for split in SPLITS:
+        info = _get(splits, split, dict, "splits.", path)
+        where = f"splits.{split}."
+        files = _get(info, "files", list, where, path)
+        for i, entry in enumerate(files):
+            _check_file_entry(entry, split, np.dtype(dtype).itemsize, vocab,
+                              f"{where}files[{i}].", path)
+        total = _get(info, "num_tokens", int, where, path)
+        if total != sum(e["num_tokens"] for e in files):
+            raise DataError(f"Shards metadata {str(path)!r}: {where}num_tokens={total} is not "
+                            f"the sum over its files; {FIX}.")
     return meta
 
 
 def read_meta(shards_dir: str) -> dict:
-    """The `meta.json` of a shards folder; errors say how to create it."""
-    path = Path(expand_path(shards_dir, "shards_dir")) / "meta.json"
+    """The validated manifest (`meta.json`) of a shards folder; errors say how to fix it."""
+    folder = Path(expand_path(shards_dir, "shards_dir"))
+    path = folder / META
     if not path.is_file():
+        if (folder / PARTIAL).is_dir():
+            raise DataError(f"Shards metadata {str(path)!r} does not exist: a prepare into this "
+                            f"folder was interrupted ({PARTIAL}/ holds its progress); rerun the "
+                            "same `python run.py --mode=prepare` command to finish it.")
         raise DataError(f"Shards metadata {str(path)!r} does not exist; write the shards with "
                         "`python run.py --mode=prepare --config=configs/prepare_*.py` or fix "
                         "config.data.shards_dir.")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{str(path)!r} is not a {FORMAT} metadata file; re-run prepare.")
-    return meta
+    raw = path.read_bytes()
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = "empty (0 bytes)" if not raw else f"cut short or damaged ({e})"
+        raise DataError(f"Shards metadata {str(path)!r} is not valid JSON: {what}; "
+                        f"{FIX}.") from None
+    return check_meta(meta, path)
 
 
-def open_split(shards_dir: str, split: str, meta: dict | None = None) -> TokenStream:
-    """Memory-maps the shard files of `split` ('train' | 'val') as one TokenStream."""
+# ----------------------------------------------------------------------------- the shards
+
+
+def _check_sizes(folder: Path, files: list[dict]) -> None:
+    for entry in files:
+        path = folder / entry["name"]
+        if not path.is_file():
+            raise DataError(f"Shard {str(path)!r} listed in {META} is missing; {FIX}.")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DataError(f"Shard {str(path)!r} is {size} bytes but {META} records "
+                            f"{entry['bytes']} (truncated, emptied or half-written); {FIX}.")
+
+
+def _check_checksums(folder: Path, files: list[dict], threads: int) -> None:
+    """sha256 of every file against the manifest, several files at once (hashlib releases
+    the GIL on large buffers, so threads use the cores)."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        digests = list(pool.map(lambda e: sha256_file(folder / e["name"]), files))
+    for entry, digest in zip(files, digests):
+        if digest != entry["sha256"]:
+            raise DataError(f"Shard {str(folder / entry['name'])!r} does not match its sha256 in "
+                            f"{META} (changed after prepare, or written by another prepare); "
+                            f"{FIX}.")
+
+
+def open_split(shards_dir: str, split: str, meta: dict | None = None, verify: bool = True,
+               threads: int = 0) -> TokenStream:
+    """Memory-maps the shard files of `split` ('train' | 'val') as one TokenStream.
+
+    Args:
+      verify: also check every file's sha256 against the manifest (reads the files once:
+        ~20 GB for 10B tokens); sizes and recorded max ids are always checked.
+      threads: files hashed at once; 0 = 8.
+    """
     meta = meta or read_meta(shards_dir)
     folder = Path(expand_path(shards_dir, "shards_dir"))
-    info = meta["splits"].get(split)
-    if info is None:
-        raise DataError(f"Shards in {str(folder)!r} have no {split!r} split; re-run prepare.")
-    arrays = []
-    for name in info["files"]:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"Shard {str(path)!r} listed in meta.json is missing; re-run "
-                            "prepare into this folder.")
-        arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
-    stream = TokenStream(arrays, origin=f"{folder / (split + '_*.bin')} "
-                                        f"(from {info.get('origin', '?')})")
-    if len(stream) != info["num_tokens"]:
-        raise DataError(f"Shards of {split!r} in {str(folder)!r} hold {len(stream)} tokens but "
-                        f"meta.json says {info['num_tokens']}; re-run prepare (truncated copy?).")
-    return stream
+    files = meta["splits"][split]["files"]
+    _check_sizes(folder, files)
+    if verify:
+        _check_checksums(folder, files, threads or 8)
+    arrays = [np.memmap(folder / e["name"], dtype=np.dtype(meta["dtype"]), mode="r")
+              for e in files]
+    origin = meta["splits"][split].get("origin", "?")
+    return TokenStream(arrays, origin=f"{folder / (split + '_*.bin')} (from {origin})")
 
 
-def open_shards(shards_dir: str, ranks_path: str = "") -> tuple[Tokenizer, TokenStream,
-                                                                TokenStream, dict]:
-    """(tokenizer, train stream, val stream, meta) of a shards folder."""
+def open_shards(shards_dir: str, ranks_path: str = "", verify: bool = True
+                ) -> tuple[Tokenizer, TokenStream, TokenStream, dict]:
+    """(tokenizer, train stream, val stream, meta) of a checked shards folder."""
     meta = read_meta(shards_dir)
     tok = tokenizer_from_json(meta["tokenizer"], ranks_path)
-    return tok, open_split(shards_dir, "train", meta), open_split(shards_dir, "val", meta), meta
+    if tok.vocab_size != meta["tokenizer"]["vocab_size"]:
+        raise DataError(f"Shards in {shards_dir!r} were written with a {tok.name} vocabulary "
+                        f"of {meta['tokenizer']['vocab_size']} ids, this tokenizer has "
+                        f"{tok.vocab_size}; {FIX}.")
+    return (tok, open_split(shards_dir, "train", meta, verify),
+            open_split(shards_dir, "val", meta, verify), meta)

@@ -27,6 +27,7 @@ from gpt2jax.eval import text_metrics
 from gpt2jax.eval.files import data_file
 from gpt2jax.generation.args import suppress_past_tokenizer
 from gpt2jax.generation.generate import generate
+from gpt2jax.nn.positions import context_limit
 from gpt2jax.data.bpe import EOT_ID
 
 
@@ -115,7 +116,8 @@ def generate_texts(ctx, prompts: list[list[int]]) -> list[str]:
 def _budget(ctx) -> int:
     """Prompt tokens that fit with the new tokens in the context."""
     new = ctx.generate_config.max_new_tokens or ctx.generate_config.max_length
-    return min(ctx.cfg.n_positions, ctx.ecfg.context_length) - int(new)
+    limit = context_limit(ctx.cfg) or ctx.ecfg.context_length  # None: any length
+    return min(limit, ctx.ecfg.context_length) - int(new)
 
 
 def _summarize(ctx, path: Path) -> list[dict]:

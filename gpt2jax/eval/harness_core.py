@@ -34,6 +34,7 @@ from gpt2jax.errors import ConfigError
 from gpt2jax.generation.generate import generate
 from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
+from gpt2jax.nn.positions import check_length
 from gpt2jax.parallel import sharding
 
 MIN_BUCKET = 16
@@ -126,7 +127,7 @@ class Scorer:
     Args:
       cfg, params: the model (params are placed on `mesh` once, by their logical axes).
       batch_size: rows per forward pass (rounded up to the data-parallel size).
-      max_length: the context the model reads (<= cfg.n_positions).
+      max_length: the context the model reads (<= cfg.n_positions for learned positions).
       mesh, axis_rules: shard rows on the data axes and params as the rules say; None = the
         default device.
     `rows_run` counts the forward rows run (padding rows left out).
@@ -134,9 +135,7 @@ class Scorer:
 
     def __init__(self, cfg: GPT2Config, params, batch_size: int, max_length: int,
                  mesh=None, axis_rules=(), min_bucket: int = MIN_BUCKET):
-        if max_length > cfg.n_positions:
-            raise ConfigError(f"max_length={max_length} exceeds the model's n_positions="
-                              f"{cfg.n_positions}; use max_length <= {cfg.n_positions}.")
+        check_length(cfg, max_length, "max_length", f"use max_length <= {cfg.n_positions}")
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer.")
         self.cfg, self.max_length, self.min_bucket = cfg, max_length, min_bucket

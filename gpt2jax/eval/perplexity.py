@@ -42,6 +42,7 @@ from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError, DataError
 from gpt2jax.nn import loss as loss_lib
 from gpt2jax.nn.model import GPT2, GPT2Config, logical_axes
+from gpt2jax.nn.positions import check_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +266,7 @@ def window_nll_sums(cfg: GPT2Config, params, token_ids: np.ndarray, windows: Win
     return out
 
 
-def perplexity(cfg: GPT2Config, params, token_ids, context_length: int = 1024,
+def perplexity(cfg: GPT2Config, params, token_ids, context_length: int | None = None,
                stride: int | None = None, batch_size: int = 8, byte_count: int | None = None,
                word_count: int | None = None, mesh: Mesh | None = None, axis_rules=(),
                progress: bool = False) -> PerplexityResult:
@@ -274,7 +275,10 @@ def perplexity(cfg: GPT2Config, params, token_ids, context_length: int = 1024,
     Args:
       cfg, params: the model.
       token_ids: [n_tokens] int, the whole tokenized text.
-      context_length: window length L (<= cfg.n_positions).
+      context_length: window length L; None = cfg.n_positions (1024 for GPT-2), the model's
+        own limit. At most n_positions for learned positions, any length
+        for the schemes defined at every position (`positions.UNBOUNDED`: length
+        extrapolation; Press et al. 2022 evaluate with stride = L, non-overlapping windows).
       stride: how far each window moves (1..L); None = L (disjoint windows).
       batch_size: windows per forward pass (rounded up to the data-parallel size).
       byte_count: UTF-8 bytes (or characters) of the text, for bits per byte/character.
@@ -285,11 +289,9 @@ def perplexity(cfg: GPT2Config, params, token_ids, context_length: int = 1024,
     Returns:
       A `PerplexityResult` (nll_sum, token_count, perplexity, guide_perplexity, ...).
     """
-    if context_length > cfg.n_positions:
-        raise ConfigError(
-            f"context_length={context_length} exceeds the model's n_positions={cfg.n_positions}; "
-            f"use context_length <= {cfg.n_positions}."
-        )
+    context_length = cfg.n_positions if context_length is None else context_length
+    check_length(cfg, context_length, "context_length",
+                 f"use context_length <= {cfg.n_positions}")
     stride = context_length if stride is None else stride
     token_ids = check_tokens(cfg, token_ids)
     windows = plan_windows(len(token_ids), context_length, stride)

@@ -103,16 +103,34 @@ def _truncate(ids: list[int], ecfg) -> np.ndarray:
     return ids[: ecfg.max_tokens] if ecfg.max_tokens else ids
 
 
+def context_runs(ecfg, cfg) -> list[tuple[int, int]]:
+    """(context length, stride) of each perplexity run: one per `eval.context_lengths`
+    entry with stride = length (disjoint windows), else `windows_of(ecfg, cfg)`."""
+    spec = str(ecfg.context_lengths).strip()
+    if not spec:
+        return [windows_of(ecfg, cfg)]
+    try:
+        lengths = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 2:
+        raise ConfigError(f"eval.context_lengths={spec!r} must be comma-separated lengths >= 2, "
+                          "e.g. --config.eval.context_lengths=128,256,512,1024.")
+    return [(n, n) for n in lengths]
+
+
 def _run_ppl(ctx, protocol: str, text: str, words: int | None = None,
              byte_count: int | None = None) -> list[dict]:
     ecfg = ctx.ecfg
     ids = _truncate(ctx.enc.encode(text), ecfg)
     if ecfg.max_tokens and len(ids) == ecfg.max_tokens:  # a smoke run scores a prefix only
         words = byte_count = None
-    context, stride = windows_of(ecfg, ctx.cfg)
-    res = perplexity(ctx.cfg, ctx.params, ids, context, stride, ecfg.batch_size, byte_count,
-                     words, ctx.mesh, ctx.axis_rules, ctx.progress)
-    return _ppl_rows(ctx.task, protocol, res)
+    rows = []
+    for length, stride in context_runs(ecfg, ctx.cfg):
+        res = perplexity(ctx.cfg, ctx.params, ids, length, stride, ecfg.batch_size,
+                         byte_count, words, ctx.mesh, ctx.axis_rules, ctx.progress)
+        rows += _ppl_rows(ctx.task, protocol, res)
+    return rows
 
 
 def _wikitext(ctx) -> list[dict]:
@@ -252,6 +270,7 @@ def run_task(ctx: TaskContext) -> list[dict]:
     """Runs the named task of `ctx`; returns its result rows."""
     check_inputs(ctx.task, ctx.ecfg, ctx.data_dir)
     check_vocab(ctx.cfg, ctx.enc)
+    context_runs(ctx.ecfg, ctx.cfg)  # a bad list of lengths fails before any data is read
     context, stride = windows_of(ctx.ecfg, ctx.cfg)
     if stride > context:
         raise ConfigError(

@@ -12,6 +12,7 @@ import numpy as np
 
 from gpt2jax.errors import ConfigError
 from gpt2jax.nn.model import GPT2Config
+from gpt2jax.nn.positions import check_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +150,8 @@ def new_token_count(cfg: GPT2Config, ids, mask, args: GenerationArgs) -> int:
                 "(max_new_tokens <= 0); raise max_length or set max_new_tokens."
             )
     longest = int(mask.sum(-1).max())
-    if longest + new > cfg.n_positions:
-        raise ConfigError(
-            f"prompt of {longest} tokens + {new} new tokens exceeds the model context of "
-            f"{cfg.n_positions} positions; shorten the prompt or lower max_new_tokens/max_length."
-        )
+    check_length(cfg, longest + new, f"{longest} prompt tokens + {new} new tokens",
+                 "shorten the prompt or lower max_new_tokens/max_length")
     return int(new)
 
 

@@ -38,6 +38,7 @@ from gpt2jax.generation.sampling import ScoreParams, ScoreSettings
 from gpt2jax.generation.scores import beam_outputs, check_output_scores, step_scores
 from gpt2jax.nn import model as model_lib
 from gpt2jax.nn.model import GPT2Config, init_cache
+from gpt2jax.nn.positions import context_limit
 from gpt2jax.parallel.placement import Placement
 
 
@@ -191,17 +192,19 @@ def generate(cfg: GPT2Config, params, input_ids, attention_mask=None, *, mesh=No
 def _plan(cfg, ids, mask, new_tokens, args, mesh, axis_rules, stream):
     """Buckets shapes and left-pads the batch: (Plan, prompt [B', P'], mask, real rows [B'])."""
     rows, length = ids.shape
-    if length + new_tokens > cfg.n_positions:
+    limit = context_limit(cfg)  # None: the position scheme defines every position
+    if limit is not None and length + new_tokens > limit:
         # the cache has one slot per column: fewer would overwrite the last slot every step
         raise ConfigError(
             f"{length} prompt columns (after cutting the padding shared by all rows) + "
-            f"{new_tokens} new tokens exceed the model context of {cfg.n_positions} positions"
+            f"{new_tokens} new tokens exceed the model context of {limit} positions"
             + ("; no_repeat_ngram_size needs the padding's n-grams, so pad to the longest "
                "prompt" if args.no_repeat_ngram_size else "") + "; or lower max_new_tokens.")
     prompt_len = bucket(length)
-    if prompt_len + new_tokens > cfg.n_positions:
+    if limit is not None and prompt_len + new_tokens > limit:
         prompt_len = length  # no room for bucket padding near the context limit
-    new_len = min(bucket(new_tokens), cfg.n_positions - prompt_len)
+    # the KV cache has prompt_len + new_len slots: sized from the requested length
+    new_len = bucket(new_tokens) if limit is None else min(bucket(new_tokens), limit - prompt_len)
     batch = batch_bucket(rows, Placement(mesh, axis_rules).data_parallel_size)
     offset = prompt_len - length
     fill = args.pad_id if 0 <= args.pad_id < cfg.vocab_size else 0

@@ -7,9 +7,10 @@ Variants are fields of `GPT2Config` (validated once there, see `check_supported`
   `c_q` [E, H, D] and `c_kv` [E, 2, K, D]; query head h reads key/value head h // (H / K).
   The KV cache holds [B, S, K, D] per layer. `fused_to_grouped` maps a GPT-2 `c_attn`
   onto `c_q` / `c_kv` (exactly equal outputs with K = H).
-- positions (`position`): "learned" (GPT-2 `wpe`, in model.py), "rope" (q and k rotated by
-  their position ids before caching), "alibi" (a per-head linear bias on position distance),
-  "none" (NoPE). See `positions.py`.
+- positions (`position`): "learned" (GPT-2 `wpe`, in model.py), "sinusoidal" (the original
+  Transformer's fixed embedding, in model.py), "rope" (q and k rotated by their position ids
+  before caching), "alibi" (a per-head linear bias on position distance), "none" (NoPE).
+  See `positions.py`; all but "learned" read past n_positions.
 - `sliding_window` W > 0: a query at position p sees keys at positions in (p - W, p].
 - `qk_norm`: LayerNorm over head_dim on queries and keys (before RoPE), `q_norm` / `k_norm`.
 - kernels (`attention_impl`):
@@ -41,7 +42,7 @@ from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
 
 AttentionImpl = Literal["einsum", "xla", "cudnn", "pallas", "blocked"]
-Position = Literal["learned", "rope", "alibi", "none"]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 NormPosition = Literal["pre", "post"]
 
 

@@ -12,7 +12,7 @@ Names (TransformerLens, `blocks.{i}.` prefix for the per-layer ones) and where t
 | name                          | shape                      | value (linen module path)          |
 |-------------------------------|----------------------------|------------------------------------|
 | hook_embed                    | [batch, pos, d_model]      | wte(input_ids)                     |
-| hook_pos_embed                | [batch, pos, d_model]      | wpe(position_ids) (learned only)   |
+| hook_pos_embed                | [batch, pos, d_model]      | wpe / sinusoid of position_ids     |
 | blocks.i.hook_resid_pre       | [batch, pos, d_model]      | input of h_i                       |
 | blocks.i.ln1.hook_normalized  | [batch, pos, d_model]      | h_i/ln_1 output                    |
 | blocks.i.attn.hook_q          | [batch, pos, head, d_head] | h_i/attn/c_attn (or c_q) queries   |
@@ -47,6 +47,7 @@ stacked on a leading layer axis (key `blocks.*.<name>`), which `collect` splits 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -54,7 +55,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import struct, traverse_util
 
 from gpt2jax.errors import ConfigError
 
@@ -76,8 +77,8 @@ _LAYER_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
 def missing_reason(cfg, local: str) -> str | None:
     """Why the model variant `cfg` has no hook point `local` (a name without `blocks.i.`),
     or None when it has it."""
-    if local == "hook_pos_embed" and cfg.position != "learned":
-        return f"position={cfg.position!r} has no learned position embedding (wpe)"
+    if local == "hook_pos_embed" and cfg.position not in ("learned", "sinusoidal"):
+        return f"position={cfg.position!r} adds no position embedding (learned or sinusoidal)"
     if local in ("attn.hook_rot_q", "attn.hook_rot_k") and cfg.position != "rope":
         return f"position={cfg.position!r} has no rotary embedding (only position='rope')"
     if local in SCORE_HOOKS and cfg.attention_impl != "einsum":
@@ -136,8 +137,10 @@ class _Active:
     layer: Any = None                   # current block: None outside, int, or traced int32
 
 
-# Set only while a hooked forward is traced (Python-level, like flax's own module stack).
-_STACK: list[_Active] = []
+# Set only while a hooked forward is traced (a context variable, as parallel/sharding.py's
+# tracing mesh: per thread and per async task, restored on exit).
+_ACTIVE: contextvars.ContextVar[_Active | None] = contextvars.ContextVar(
+    "gpt2jax_hooks", default=None)
 
 
 @contextlib.contextmanager
@@ -155,34 +158,31 @@ def active(cfg, capture: Iterable[str] = (), fwd_hooks: Iterable[tuple[str, Hook
                               f"got {fn!r}.")
         fns[name] = fns.get(name, ()) + (fn,)
     check_names(cfg, list(capture) + list(fns))
-    _STACK.append(_Active(cfg.n_layer, frozenset(capture), fns))
+    token = _ACTIVE.set(_Active(cfg.n_layer, frozenset(capture), fns))
     try:
         yield
     finally:
-        _STACK.pop()
+        _ACTIVE.reset(token)
 
 
 def is_active() -> bool:
     """True while a hooked forward is being traced."""
-    return bool(_STACK)
+    return _ACTIVE.get() is not None
 
 
 @contextlib.contextmanager
-def in_layer(module, layer=None):
+def in_layer(layer):
     """Marks the block being traced (used by `Block`); free when no hooks are active.
 
-    `layer`: the block index (int, or a traced int32 scalar under `nn.scan`); None reads it
-    from an unrolled block's name `h_{i}`."""
-    if not _STACK:
+    `layer`: the block index (its `Block.layer` field, or a traced int32 scalar under
+    `nn.scan`)."""
+    ctx = _ACTIVE.get()
+    if ctx is None:
         yield
         return
-    ctx = _STACK[-1]
     if layer is None:
-        match = re.fullmatch(r"h_(\d+)", module.name or "")
-        if match is None:
-            raise ConfigError(f"Block {module.name!r} has no layer index for its hooks; pass "
-                              "layer= (the scanned block does) or name it h_{i}.")
-        layer = int(match.group(1))
+        raise ConfigError("A Block traced with hooks has no layer index: construct it with "
+                          "layer=i (the unrolled model does), or pass it (the scanned one).")
     previous, ctx.layer = ctx.layer, layer
     try:
         yield
@@ -201,9 +201,9 @@ def _full_names(ctx: _Active, local: str) -> list[tuple[int | None, str]]:
 
 def wants(*locals_: str) -> bool:
     """True if any of the points `locals_` is captured or intervened on here (trace time)."""
-    if not _STACK:
+    ctx = _ACTIVE.get()
+    if ctx is None:
         return False
-    ctx = _STACK[-1]
     return any(name in ctx.capture or name in ctx.fns
                for local in locals_ for _, name in _full_names(ctx, local))
 
@@ -225,9 +225,9 @@ def hook(module, local: str, value: jax.Array) -> jax.Array:
     Identity when no hooks are active. Otherwise applies the registered functions (under a
     traced layer index: each selected by `where(layer == i, ...)`) and sows the result into
     "intermediates" under its full name (stacked ones as 'blocks.*.<local>')."""
-    if not _STACK:
+    ctx = _ACTIVE.get()
+    if ctx is None:
         return value
-    ctx = _STACK[-1]
     pairs = _full_names(ctx, local)
     traced = ctx.layer is not None and not isinstance(ctx.layer, int)
     for layer, name in pairs:
@@ -242,15 +242,6 @@ def hook(module, local: str, value: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------ reading the captures
 
 
-def _leaves(tree, out: dict) -> dict:
-    for key, value in tree.items():
-        if isinstance(value, tuple):  # sow's default: a tuple of the values sown
-            out[key] = value[0]
-        else:
-            _leaves(value, out)
-    return out
-
-
 def collect(intermediates: Mapping, names: Iterable[str]) -> dict[str, jax.Array]:
     """The captured values, by full name, in the order of `names`.
 
@@ -260,7 +251,9 @@ def collect(intermediates: Mapping, names: Iterable[str]) -> dict[str, jax.Array
     Returns:
       {name: array}; stacked (scan) captures are split per layer.
     """
-    flat = _leaves(intermediates, {})
+    # sow keeps a tuple of the values sown under each point's name: the last path element
+    flat = {path[-1]: value[0]
+            for path, value in traverse_util.flatten_dict(dict(intermediates)).items()}
     out = {}
     for name in names:
         if name in flat:

@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from gpt2jax.nn import attention as attn_lib
 from gpt2jax.nn import hooks
+from gpt2jax.nn import positions as pos_lib
 from gpt2jax.nn import scan as scan_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
@@ -104,11 +105,7 @@ class GPT2Config:
                 f"n_kv_heads={self.n_kv_heads} does not divide n_head={self.n_head}; choose one "
                 f"of {divisors} (1 = multi-query), or 0 for GPT-2's fused multi-head layout."
             )
-        if self.position == "rope" and (self.head_dim % 2 or self.rope_theta <= 0):
-            raise ConfigError(
-                f"position='rope' needs an even head_dim (got {self.head_dim}) and rope_theta > 0 "
-                f"(got {self.rope_theta}); change n_embd/n_head or use position='learned'."
-            )
+        pos_lib.check_config(self)
         attn_lib.check_supported(self)
 
     @property
@@ -222,16 +219,17 @@ class Block(nn.Module):
     Post-LN (original Transformer, GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
 
     cfg: GPT2Config
+    layer: int | None = None  # this block's index (hook names); the scanned block has none
 
     @nn.compact
     def __call__(self, x, key_mask, positions, deterministic: bool, decode: bool, cache_index,
                  layer=None):
-        """`layer`: this block's index for hooks only (int or traced; None = from the name)."""
+        """`layer`: the traced index of the scanned block (hooks only); default `self.layer`."""
         cfg = self.cfg
         ln_1, ln_2 = layer_norm(cfg, "ln_1"), layer_norm(cfg, "ln_2")
         attn, mlp = Attention(cfg, name="attn"), MLP(cfg, name="mlp")
         hook = functools.partial(hooks.hook, self)  # identity unless hooks are active
-        with hooks.in_layer(self, layer):
+        with hooks.in_layer(self.layer if layer is None else layer):
             x = hook("hook_resid_pre", x)
             if cfg.norm_position == "pre":
                 h = hook("ln1.hook_normalized", ln_1(x)).astype(cfg.compute_dtype)
@@ -283,11 +281,9 @@ class GPT2(nn.Module):
         """
         cfg = self.cfg
         batch, length = input_ids.shape
-        if not decode and length > cfg.n_positions and cfg.position == "learned":
-            raise ConfigError(
-                f"Input length {length} exceeds the model context n_positions={cfg.n_positions}; "
-                f"keep the last {cfg.n_positions} tokens or use strided windows (perplexity)."
-            )
+        if not decode:  # learned positions stop at n_positions; the other schemes go on
+            pos_lib.check_length(cfg, length, "input length", f"keep the last {cfg.n_positions}"
+                                 " tokens or use strided windows (perplexity)")
         cache_index = None
         if decode:
             index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
@@ -309,6 +305,9 @@ class GPT2(nn.Module):
                 dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
                 embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
             )(position_ids))
+        elif cfg.position == "sinusoidal":  # Vaswani et al. 3.4: token embeddings x sqrt(E)
+            pe = pos_lib.sinusoidal_embedding(position_ids, cfg.n_embd).astype(cfg.compute_dtype)
+            x = x * cfg.n_embd ** 0.5 + hooks.hook(self, "hook_pos_embed", pe)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         block = Block
@@ -320,8 +319,8 @@ class GPT2(nn.Module):
                                      decode, cache_index)
         else:
             for i in range(cfg.n_layer):
-                x = block(cfg, name=f"h_{i}")(x, attention_mask, position_ids, deterministic,
-                                              decode, cache_index)
+                x = block(cfg, layer=i, name=f"h_{i}")(x, attention_mask, position_ids,
+                                                       deterministic, decode, cache_index)
         if cfg.norm_position == "pre":  # post-LN blocks end normalised: no ln_f
             x = hooks.hook(self, "ln_final.hook_normalized", layer_norm(cfg, "ln_f")(x))
             x = x.astype(cfg.compute_dtype)
@@ -330,15 +329,21 @@ class GPT2(nn.Module):
         logits = wte.attend(x)
         return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-    def apply(self, variables, *args, output_hidden_states: bool = False,
-              output_attentions: bool = False, **kwargs):
-        """`nn.Module.apply`; with output_hidden_states / output_attentions it returns HF's
-        fields as a `hooks.ModelOutput` (see hooks.py), else exactly what it always did."""
-        if not (output_hidden_states or output_attentions):
-            return super().apply(variables, *args, **kwargs)
-        mutable = kwargs.pop("mutable", False)
-        run = functools.partial(super().apply, variables, *args, **kwargs)
-        return hooks.hf_outputs(self.cfg, run, output_hidden_states, output_attentions, mutable)
+
+
+def model_outputs(cfg: GPT2Config, params, *args, output_hidden_states: bool = False,
+                  output_attentions: bool = False, **kwargs) -> hooks.ModelOutput:
+    """HF's `CausalLMOutput` fields of one forward pass: `GPT2(cfg).apply({"params": params},
+    *args, **kwargs)` with the hook points that give them captured.
+
+    Returns a `hooks.ModelOutput`: logits [B, T, V] float32; hidden_states (n_layer + 1 arrays
+    [B, T, E]: the embeddings, each block's input and the output after ln_f, as HF) when
+    asked; attentions (n_layer arrays [B, H, T, S] of softmax weights, einsum kernel only)
+    when asked. With `mutable=` it returns (output, the other mutable collections).
+    """
+    mutable = kwargs.pop("mutable", False)
+    run = functools.partial(GPT2(cfg).apply, {"params": params}, *args, **kwargs)
+    return hooks.hf_outputs(cfg, run, output_hidden_states, output_attentions, mutable)
 
 
 def init_params(cfg: GPT2Config, rng: jax.Array, boxed: bool = False):
@@ -370,18 +375,15 @@ def _abstract_params(cfg: GPT2Config, boxed: bool):
 
 
 def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
-    """An empty KV cache for `max_length` slots.
+    """An empty KV cache for `max_length` slots (past n_positions for a model whose position
+    scheme defines every position, `positions.UNBOUNDED`).
 
     Returns the pytree {"cache_index": int32 scalar, "h_i": {"attn": {"cached_key",
     "cached_value": [B, S, K, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
     layer also caches "cached_positions" [B, S] int32 (key position ids). With scan_layers
     the layers are stacked instead: "h": {"attn": {"cached_key": [L, B, S, K, D], ...}}.
     """
-    if max_length > cfg.n_positions:
-        raise ConfigError(
-            f"max_length={max_length} exceeds the model context n_positions={cfg.n_positions}; "
-            "shorten the prompt or the number of new tokens."
-        )
+    pos_lib.check_length(cfg, max_length, "max_length", "shorten the prompt or new tokens")
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                         _cache_shapes(cfg, batch_size, max_length))
 

@@ -1,9 +1,15 @@
-"""Positional schemes applied inside attention: RoPE rotations and ALiBi biases.
+"""Positional schemes: RoPE rotations and ALiBi biases (inside attention), the fixed
+sinusoidal embedding (added to the token embeddings), and how far each scheme reaches.
 
 Learned absolute embeddings (GPT-2's `wpe`) live in `model.py`; "none" (NoPE) needs no code.
-Both schemes here take explicit integer position ids, so left padding (HF's
+Every scheme here takes explicit integer position ids, so left padding (HF's
 `position_ids = cumsum(mask) - 1`) and cached decoding see the same positions as a full
 forward pass.
+
+Reach: learned positions define `n_positions` positions, no more. RoPE, ALiBi, sinusoidal
+and none define every position, so such a model reads sequences longer than the
+`n_positions` it was trained at (length extrapolation, Press et al. 2022); `n_positions`
+stays its default length. `check_length` is the one place that decides.
 
 Shapes: B batch, T query length, S key length, H heads, D head_dim.
 """
@@ -15,6 +21,42 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gpt2jax.errors import ConfigError
+
+# The position schemes defined at every position: their models read past n_positions.
+UNBOUNDED = ("rope", "alibi", "sinusoidal", "none")
+SINUSOID_BASE = 10000.0  # Vaswani et al. 2017's wavelength base
+
+
+def check_config(cfg) -> None:
+    """Raises ConfigError when `cfg` (a GPT2Config) has shapes its position scheme cannot use."""
+    if cfg.position == "rope" and (cfg.head_dim % 2 or cfg.rope_theta <= 0):
+        raise ConfigError(
+            f"position='rope' needs an even head_dim (got {cfg.head_dim}) and rope_theta > 0 "
+            f"(got {cfg.rope_theta}); change n_embd/n_head or use position='learned'."
+        )
+    if cfg.position == "sinusoidal" and cfg.n_embd % 2:
+        raise ConfigError(f"position='sinusoidal' needs an even n_embd (sin/cos pairs), got "
+                          f"{cfg.n_embd}; change n_embd or use position='learned'.")
+
+
+def context_limit(cfg) -> int | None:
+    """The most positions `cfg` (a GPT2Config) defines: n_positions for learned positions,
+    None (no limit) for the UNBOUNDED schemes."""
+    return None if cfg.position in UNBOUNDED else cfg.n_positions
+
+
+def check_length(cfg, length: int, what: str, fix: str) -> None:
+    """Raises ConfigError when `length` positions exceed what `cfg`'s position scheme defines.
+
+    `what` names the length (e.g. "context_length"), `fix` says how to shorten it."""
+    limit = context_limit(cfg)
+    if limit is not None and length > limit:
+        raise ConfigError(
+            f"{what}={length} exceeds the model's n_positions={limit} (the context its learned "
+            f"positions define); {fix}, or use a model with position in {list(UNBOUNDED)}, "
+            "which reads past n_positions.")
 
 
 def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:
@@ -82,3 +124,19 @@ def alibi_bias(n_heads: int, q_positions: jax.Array, k_positions: jax.Array) -> 
     slopes = jnp.asarray(alibi_slopes(n_heads), jnp.float32)
     distance = (q_positions[:, :, None] - k_positions[:, None, :]).astype(jnp.float32)
     return -slopes[None, :, None, None] * distance[:, None, :, :]
+
+
+def sinusoidal_embedding(positions: jax.Array, dim: int) -> jax.Array:
+    """The original Transformer's fixed position embedding (Vaswani et al. 2017, 3.5):
+    PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(p / 10000^(2i/dim)).
+
+    Args:
+      positions: [B, T] int position ids (any value: defined at every position).
+      dim: the embedding width E (even).
+    Returns:
+      [B, T, E] float32, added to the token embeddings (no parameters).
+    """
+    inv_freq = jnp.asarray(SINUSOID_BASE ** (-np.arange(0, dim, 2) / dim), jnp.float32)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*angles.shape[:-1],
+                                                                          dim)

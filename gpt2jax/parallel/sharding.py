@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gpt2jax.errors import ConfigError
 
@@ -76,10 +76,9 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
     return tuple(sizes)
 
 
-def _auto_axes() -> dict:
-    """Keyword selecting "auto" axis types (jax >= 0.7 defaults `jax.make_mesh` to explicit)."""
-    axis_type = getattr(jax.sharding, "AxisType", None)
-    return {} if axis_type is None else {"axis_types": (axis_type.Auto,) * len(MESH_AXES)}
+# Shardings are propagated by XLA (jit's in/out shardings and `constrain`): "auto" axes
+# (jax >= 0.7 makes `jax.make_mesh`'s axes explicit by default).
+AUTO_AXES = (AxisType.Auto,) * len(MESH_AXES)
 
 
 def _dcn_sizes(mesh_config) -> tuple[int, int, int]:
@@ -124,16 +123,20 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
             f"devices in {num_granules} slices: {e}; make the dcn_* product the number of "
             "slices and the data*fsdp*tensor product the devices per slice."
         ) from e
-    return Mesh(array, MESH_AXES, **_auto_axes())
+    return Mesh(array, MESH_AXES, axis_types=AUTO_AXES)
 
 
 def _single_slice_mesh(shape: tuple[int, int, int], devices: list) -> Mesh:
-    if len(devices) == len(jax.devices()):
-        try:
-            return jax.make_mesh(shape, MESH_AXES, devices=devices, **_auto_axes())
-        except (TypeError, ValueError, NotImplementedError):
-            pass
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, **_auto_axes())
+    """All devices: `jax.make_mesh` (it orders devices by the physical topology); a subset:
+    in the given order."""
+    if len(devices) != len(jax.devices()):
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=AUTO_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=AUTO_AXES)
+    except ValueError as e:  # e.g. a shape the TPU topology cannot be split into
+        raise MeshError(f"Cannot lay out mesh {dict(zip(MESH_AXES, shape))} over "
+                        f"{len(devices)} {devices[0].platform} devices: {e}; choose sizes that "
+                        "follow the slice's topology (e.g. powers of two).") from e
 
 
 def rules(mesh_config) -> tuple:

@@ -30,7 +30,7 @@ from gpt2jax.training.meter import StepMetrics, Throughput, log_steps, peak_flop
 from gpt2jax.training.preemption import PreemptionGuard
 from gpt2jax.training.setup import Hook, Run, open_run
 from gpt2jax.training.step import Trainer, model_flops_per_token
-from gpt2jax.weights.pretrained import save_pretrained
+from gpt2jax.weights.pretrained import gpt2_layout_mismatch, save_pretrained
 
 
 def train_and_evaluate(config, workdir: str | Path, hooks: Sequence[Hook] = (),
@@ -120,7 +120,7 @@ def _train(run: Run, hooks: Sequence[Hook]) -> dict:
         return {"step": step, "train_loss": train_loss, "val_loss": run.val_loss,
                 "preempted": True}
     if opt.export_hf:
-        export_hf(run)
+        export_hf(run)  # None (and one line saying why) for a variant HF cannot hold
     logging.info("train_step compiled %d time(s).", trainer.compile_count())
     return {"step": step, "train_loss": train_loss, "val_loss": run.val_loss}
 
@@ -288,9 +288,23 @@ def sample_text(run: Run, step: int) -> str | None:
     return tok.decode([int(t) for t in np.asarray(out)[0, len(ids):]])
 
 
-def export_hf(run: Run) -> Path:
-    """Writes the params to `<workdir>/hf` (HF GPT2LMHeadModel layout) + the tokenizer."""
+def export_hf(run: Run) -> Path | None:
+    """Writes the params to `<workdir>/hf` (HF GPT2LMHeadModel layout) + the tokenizer.
 
+    An attention variant that layout cannot hold (ALiBi, RoPE, GQA, post-LN, ...) is not
+    exported: one line says why and where the model is (its Orbax checkpoint, which
+    `--config.init_from=WORKDIR` and `gpt2jax.weights.loader.load_model` read); returns None
+    (before, the run saved its checkpoint and then exited 2 with the WeightsError).
+    """
+    bad = gpt2_layout_mismatch(run.cfg, exact=True)
+    if bad:
+        line = (f"export_hf skipped: the HF GPT-2 layout cannot represent {bad}; the model "
+                f"is in {run.workdir / 'checkpoints'} (--mode=generate or eval read it with "
+                f"--config.init_from={run.workdir}).")
+        logging.info(line)
+        if jax.process_index() == 0:
+            print(line, flush=True)
+        return None
     params = run.state.params
     if jax.process_count() > 1:  # gather the shards of every host, write on process 0
         from jax.experimental import multihost_utils

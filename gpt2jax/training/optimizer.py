@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
@@ -77,22 +75,22 @@ class TrainConfig:
         return cls(**{n: train_config[n] for n in names})
 
 
-def learning_rate_schedule(tc: TrainConfig):
-    """nanoGPT's `get_lr`: `lr * (s+1)/(warmup+1)` while s < warmup, then cosine to min_lr at
-    `lr_decay_steps`, then min_lr. `s` is the 0-based update count."""
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = tc.learning_rate * (step + 1) / (tc.warmup_steps + 1)
-        if tc.schedule == "constant":
-            return jnp.where(step < tc.warmup_steps, warm, tc.learning_rate)
-        span = max(tc.lr_decay_steps - tc.warmup_steps, 1)
-        ratio = jnp.clip((step - tc.warmup_steps) / span, 0.0, 1.0)
-        coeff = 0.5 * (1.0 + jnp.cos(math.pi * ratio))
-        cosine = tc.min_learning_rate + coeff * (tc.learning_rate - tc.min_learning_rate)
-        return jnp.where(step < tc.warmup_steps, warm, cosine)
-
-    return schedule
+def learning_rate_schedule(tc: TrainConfig) -> optax.Schedule:
+    """nanoGPT's `get_lr` from optax's schedules: `lr * (s+1)/(warmup+1)` while s < warmup
+    (a linear schedule from lr/(warmup+1) to lr over `warmup_steps`), then cosine to min_lr
+    at `lr_decay_steps` (`optax.cosine_decay_schedule`), then min_lr; `schedule="constant"`
+    holds lr after the warmup. `s` is the 0-based update count."""
+    lr, warmup = tc.learning_rate, tc.warmup_steps
+    if tc.schedule == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        after = optax.cosine_decay_schedule(
+            lr, decay_steps=max(tc.lr_decay_steps - warmup, 1),
+            alpha=tc.min_learning_rate / lr if lr else 0.0)
+    if warmup <= 0:
+        return after
+    warm = optax.linear_schedule(lr / (warmup + 1), lr, transition_steps=warmup)
+    return optax.join_schedules([warm, after], boundaries=[warmup])
 
 
 def weight_decay_mask(params, decay_embeddings: bool = False):

@@ -31,6 +31,7 @@ from gpt2jax.training import fit as fit_lib
 from gpt2jax.training import metric_writers
 from gpt2jax.training.step import Trainer, TrainConfig, TrainState
 from gpt2jax.training.workdir_lock import workdir_lock
+from gpt2jax.nn.kv_heads import convert_kv_heads
 from gpt2jax.weights.loader import check_explicit, explicit_overrides, load_model
 
 
@@ -258,8 +259,9 @@ def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int |
            explicit: Collection[str]):
     """(the GPT2Config trained, pretrained params or None, their tokenizer or None): the
     checkpoint's model when resuming, else `init_from`'s (`weights.loader.load_model`: an HF
-    directory, a weights file, a hub name or another run's workdir), else `cfg` itself. An
-    explicit `model.X` override that the loaded model fixes is refused (`check_explicit`)."""
+    directory, a weights file, a hub name or another run's workdir; its kv heads converted
+    when `train.convert_kv_heads` > 0), else `cfg` itself. An explicit `model.X` override
+    that the loaded model fixes is refused (`check_explicit`)."""
     overrides = explicit_overrides(config.model, explicit)
     if latest is not None:
         if config.init_from:  # fine-tuning: the model is the saved one
@@ -268,10 +270,19 @@ def _model(config, cfg: GPT2Config, tc: TrainConfig, checkpointer, latest: int |
             check_explicit(cfg, config.model, explicit, str(checkpointer.directory))
         checkpointer.check_model(latest, cfg)
         return cfg, None, None
+    groups = config.train.convert_kv_heads
     if not config.init_from:
+        if groups:
+            raise ConfigError(f"train.convert_kv_heads={groups} converts a loaded model: set "
+                              "--config.init_from=WORKDIR_OR_HF_DIR, or train a new model with "
+                              f"--config.model.n_kv_heads={groups} instead.")
         return cfg, None, None
     cfg, pretrained, tokenizer = load_model(config.init_from, **overrides)
     check_explicit(cfg, config.model, explicit, config.init_from)
+    if groups:  # GQA/MQA "uptraining" (Ainslie et al. 2023) from a multi-head model
+        cfg, pretrained = convert_kv_heads(cfg, pretrained, groups,
+                                           config.train.convert_kv_method,
+                                           jax.random.key(config.seed))
     if tc.block_size > cfg.n_positions:
         raise ConfigError(f"train.block_size={tc.block_size} exceeds the pretrained "
                           f"model's n_positions={cfg.n_positions}.")

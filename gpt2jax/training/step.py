@@ -30,6 +30,7 @@ from flax import struct
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from gpt2jax.parallel.placement import Placement
+from gpt2jax.parallel.sharding import MeshError
 from gpt2jax.errors import ConfigError, GPT2JaxError
 from gpt2jax.generation.compiled import TraceCounter
 from gpt2jax.nn.loss import model_metrics, token_metrics  # noqa: F401 (token_metrics: API)
@@ -55,12 +56,6 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------- the steps
-
-
-def _norm(tree) -> jax.Array:
-    """Global L2 norm of a pytree (optax.tree.norm; global_norm on older optax)."""
-    tree_lib = getattr(optax, "tree", None)
-    return tree_lib.norm(tree) if hasattr(tree_lib, "norm") else optax.global_norm(tree)
 
 
 def _all_finite(grad_norm: jax.Array, params) -> jax.Array:
@@ -119,8 +114,8 @@ def make_train_step(cfg: GPT2Config, tc: TrainConfig, tx: optax.GradientTransfor
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        grad_norm = _norm(grads)
-        metrics = dict(sums, grad_norm=grad_norm, param_norm=_norm(params),
+        grad_norm = optax.tree.norm(grads)
+        metrics = dict(sums, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
                        learning_rate=schedule(state.step),
                        update_finite=_all_finite(grad_norm, params))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -168,9 +163,14 @@ def grads_of(cfg: GPT2Config, params, batch: dict) -> Any:
 # ----------------------------------------------------------------------------- on a mesh
 
 
-def auto_mesh(mesh: Mesh) -> Mesh:
-    """The same devices and axes with `Auto` axis types (shardings propagated by XLA)."""
-    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+def check_auto_axes(mesh: Mesh) -> Mesh:
+    """`mesh` itself if its axes are all `Auto` (XLA propagates the shardings), else a
+    MeshError: build it with `parallel.sharding.make_mesh`."""
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+        raise MeshError(f"The mesh's axis types are {mesh.axis_types}; training propagates "
+                        "shardings through XLA and needs Auto axes: build the mesh with "
+                        "gpt2jax.parallel.sharding.make_mesh(config.mesh).")
+    return mesh
 
 
 class Trainer:
@@ -184,7 +184,7 @@ class Trainer:
 
     def __init__(self, cfg: GPT2Config, tc: TrainConfig, mesh: Mesh, rules: tuple):
         self.cfg, self.tc, self.rules = cfg, tc, rules
-        self.mesh = auto_mesh(mesh)
+        self.mesh = check_auto_axes(mesh)
         self.placement = Placement(self.mesh, rules)
         self.tx = make_optimizer(tc)
         self._check_batch()

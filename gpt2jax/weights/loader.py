@@ -78,7 +78,7 @@ def check_explicit(cfg: GPT2Config, model_config: Mapping[str, Any], explicit: C
                 f"--config.model.{field}={model_config[field]!r} cannot take effect: the model "
                 f"loaded from {source} has {field}={getattr(cfg, field)!r}. Drop the override; "
                 f"a loaded model may change only {sorted(saved_run.LOAD_OVERRIDES)} (and "
-                "n_positions, for rope / alibi / none positions).")
+                "n_positions, for rope / alibi / none / sinusoidal positions).")
 
 
 def is_workdir(source: str | os.PathLike) -> bool:

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from gpt2jax.errors import WeightsError
 from gpt2jax.nn.model import GPT2Config
@@ -97,20 +98,30 @@ def _our_shape(cfg: GPT2Config, name: str, hf_shape: tuple) -> tuple:
     return _HEAD_SHAPES[suffix](cfg) if suffix in _HEAD_SHAPES else hf_shape
 
 
+def _gpt2_fields(exact: bool) -> dict:
+    fields = {"n_kv_heads": 0, "position": "learned", "qk_norm": False}
+    if exact:
+        fields.update(sliding_window=0, norm_position="pre")
+    return fields
+
+
+def gpt2_layout_mismatch(cfg: GPT2Config, exact: bool = False) -> dict:
+    """The fields of `cfg` that the HF GPT-2 layout cannot hold ({} = none); see below."""
+    return {k: getattr(cfg, k) for k, v in _gpt2_fields(exact).items() if getattr(cfg, k, v) != v}
+
+
 def check_gpt2_layout(cfg: GPT2Config, exact: bool = False) -> None:
     """Raises WeightsError if `cfg` has parameters the HF GPT-2 layout cannot hold.
 
     With `exact=True` also rejects variants that keep GPT-2's parameters but compute
     differently (sliding window, post-LN): HF would then give other logits.
     """
-    fields = {"n_kv_heads": 0, "position": "learned", "qk_norm": False}
-    if exact:
-        fields.update(sliding_window=0, norm_position="pre")
-    bad = {k: getattr(cfg, k) for k, v in fields.items() if getattr(cfg, k, v) != v}
+    bad = gpt2_layout_mismatch(cfg, exact)
     if bad:
         raise WeightsError(
-            f"The HF GPT-2 layout cannot represent {bad}; only plain GPT-2 ({fields}) "
-            "imports/exports. Save such models with the Orbax checkpointer instead."
+            f"The HF GPT-2 layout cannot represent {bad}; only plain GPT-2 "
+            f"({_gpt2_fields(exact)}) imports/exports. Save such models with the Orbax "
+            "checkpointer instead."
         )
 
 
@@ -182,13 +193,10 @@ def hf_state_dict_to_params(state: Mapping[str, Any], cfg: GPT2Config) -> Params
                 f"vocab_size={cfg.vocab_size}, n_positions={cfg.n_positions}; the config does "
                 "not match the weights: fix config.json (or the n_* overrides)."
             )
-    params: Params = {}
-    for name, path in _name_map(cfg).items():
-        value = np.asarray(state[name]).astype(cfg.storage_dtype)
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value.reshape(_our_shape(cfg, name, expected[name]))
+    params = traverse_util.unflatten_dict({
+        path: np.asarray(state[name]).astype(cfg.storage_dtype).reshape(
+            _our_shape(cfg, name, expected[name]))
+        for name, path in _name_map(cfg).items()})
     return to_layout(params, cfg.scan_layers)
 
 
@@ -206,9 +214,14 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
     check_gpt2_layout(cfg, exact=True)
     params = to_layout(params, False)  # HF names one tensor per layer
     out, names = {}, _name_map(cfg)
+    flat = traverse_util.flatten_dict(dict(params))
     for name, shape in expected_hf_shapes(cfg).items():
         path = names[name]
-        value = np.asarray(jax.device_get(_lookup(params, path)))
+        if path not in flat:
+            raise WeightsError(
+                f"params has no {'/'.join(path)!r}; pass the pytree made by "
+                "gpt2jax.init_params or load_pretrained (unboxed).")
+        value = np.asarray(jax.device_get(flat[path]))
         if value.size != np.prod(shape):
             raise WeightsError(
                 f"params {'/'.join(path)} has shape {value.shape}, which does not fit {name} "
@@ -216,19 +229,6 @@ def params_to_hf_state_dict(params: Params, cfg: GPT2Config, prefix: str = HF_PR
             )
         out[prefix + name] = np.ascontiguousarray(value.reshape(shape))
     return out
-
-
-def _lookup(params: Params, path: tuple) -> Any:
-    node = params
-    for i, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, TypeError):
-            raise WeightsError(
-                f"params has no {'/'.join(path[:i + 1])!r}; pass the pytree made by "
-                "gpt2jax.init_params or load_pretrained (unboxed)."
-            ) from None
-    return node
 
 
 # ----------------------------------------------------------------------------- configs

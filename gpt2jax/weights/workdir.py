@@ -87,7 +87,7 @@ def load_params_for_inference(workdir: str | Path, step: int | None = None,
 def check_context(saved: dict, overrides: dict, where, manager=None) -> None:
     """Refuses (ConfigError) overrides a saved model cannot take: any field but
     `LOAD_OVERRIDES`, and `n_positions` unless its positions are defined at every position
-    (rope / alibi / none); `manager` is closed first."""
+    (rope / alibi / none / sinusoidal); `manager` is closed first."""
     bad = sorted(set(overrides) - LOAD_OVERRIDES - {"n_positions"})
     error = None
     if bad:
@@ -108,7 +108,8 @@ def learned_positions_error(where, saved: int | None, asked: int) -> ConfigError
     return ConfigError(
         f"The model in {where} has learned positions ({table}): it cannot run at "
         f"n_positions={asked}. Keep its own context (evaluate long texts in strided windows), "
-        "or train with --config.model.position=rope|alibi|none, which define every position.")
+        "or train with --config.model.position=rope|alibi|none|sinusoidal, which define every "
+        "position.")
 
 
 def _abstract_params(cfg: GPT2Config):
