@@ -41,6 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo
+
+from bench import hardware  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "gpt2jax" / "data" / "assets" / "tinyshakespeare" / "input.txt"
 TOKENS_PER_STEP = 12 * 64
@@ -146,6 +150,7 @@ def main() -> None:
     p.add_argument("--ours_flags", default="", help="extra run.py flags, space separated")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     a = p.parse_args()
+    print(hardware.describe(), flush=True)
     load = os.getloadavg()[0]
     res = {"steps": a.steps, "cores": os.cpu_count(), "load_average_start": load,
            "flops_per_token": flops_per_token(**RECIPE)}

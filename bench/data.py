@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import common  # noqa: E402
+from bench import hardware  # noqa: E402
 from gpt2jax.data import corpus, prepare, shards  # noqa: E402
 from gpt2jax.data.batching import BatchIterator  # noqa: E402
 from gpt2jax.data.tokenizers import Gpt2Tokenizer  # noqa: E402
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--block", type=int, default=1024)
     args = parser.parse_args()
+    print(hardware.describe(), flush=True)
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     data_dir = Path(os.environ.setdefault("GPT2JAX_DATA_DIR", str(default)))
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import hardware  # noqa: E402
 from gpt2jax.eval import perplexity as ppl_lib  # noqa: E402
 from gpt2jax.eval.tasks import wikitext_hf_join  # noqa: E402
 from gpt2jax.nn.model import GPT2Config, init_params  # noqa: E402
@@ -84,6 +85,7 @@ def main() -> None:
                    help="gpt2jax attention kernel (configs/eval.py's default: blocked; einsum = "
                         "the reference)")
     args = p.parse_args()
+    print(hardware.describe(), flush=True)
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
     enc = get_encoding(data / "gpt2" / "gpt2.tiktoken")
     length = 1024

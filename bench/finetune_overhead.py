@@ -33,6 +33,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
+from bench import hardware  # noqa: E402
 from configs import finetune  # noqa: E402
 from gpt2jax.nn.model import GPT2, GPT2Config, init_params  # noqa: E402
 from gpt2jax.training.loop import train_and_evaluate  # noqa: E402
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds of loop/trainer/plain")
     p.add_argument("--dropout", type=float, default=0.0)
     a = p.parse_args()
+    print(hardware.describe(), flush=True)
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} device(s), "
           f"{os.cpu_count()} cores, batch {B} x {T}, dropout {a.dropout}", flush=True)
     rates = {"loop": [], "trainer": [], "plain": []}

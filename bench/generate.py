@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench import hardware  # noqa: E402
 from gpt2jax.weights import pretrained as weights  # noqa: E402
 from gpt2jax.generation.generate import DECODERS, generate  # noqa: E402
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, few tokens")
     parser.add_argument("--repeats", type=int, default=2)
     flags = parser.parse_args()
+    print(hardware.describe(), flush=True)
     shape = dict(n_layer=2, n_head=4, n_embd=64) if flags.quick else {}
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import hardware  # noqa: E402
+
 # module -> wheel name prefix in bench/wheels (pure-python or cp312 manylinux wheels)
 DEPS = {
     "numpy": None, "jax": None, "jaxlib": None,
@@ -391,6 +393,7 @@ def main() -> None:
     device = jax.devices()[0]
     report = {"jax": jax.__version__, "backend": jax.default_backend(),
               "device": device.device_kind, "device_count": jax.device_count()}
+    report["host_cpu"] = hardware.describe()
     print(json.dumps(report), flush=True)
     peaks = {}
     nominal = next((v for k, v in NOMINAL_BF16.items() if k in device.device_kind), None)

@@ -38,6 +38,7 @@ import transformers  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from configs import common  # noqa: E402
+from bench import hardware  # noqa: E402
 from gpt2jax.eval import harness  # noqa: E402
 from gpt2jax.parallel import distributed, sharding  # noqa: E402
 from gpt2jax.eval.lambada import read_lambada  # noqa: E402
@@ -125,6 +126,7 @@ def main() -> None:
                    help="split the CPU into N JAX devices, rows data-parallel (0: one device)")
     p.add_argument("--tasks", default="lambada_openai_local,wikitext_local,multiple_choice_local")
     args = p.parse_args()
+    print(hardware.describe(), flush=True)
     data = Path(os.environ.get("GPT2JAX_DATA_DIR", Path(__file__).parents[2] / "shared/data"))
     tasks = args.tasks.split(",")
     distributed.set_cpu_devices(args.cpu_devices)

@@ -31,6 +31,7 @@ from ml_collections import ConfigDict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
 from configs import common  # noqa: E402
+from bench import hardware  # noqa: E402
 from gpt2jax.nn.model import GPT2Config  # noqa: E402
 from gpt2jax.parallel import sharding  # noqa: E402
 from gpt2jax.training import step as train  # noqa: E402
@@ -81,6 +82,7 @@ def main() -> None:
                    help="compile the blocks as one nn.scan (faster compile of big models)")
     p.add_argument("--remat", default="", help="model.remat override (full, dots_saveable)")
     args = p.parse_args()
+    print(hardware.describe(), flush=True)
     model = common.model_config(**common.GPT2_SIZES[args.size])
     if args.remat:
         model.remat = args.remat

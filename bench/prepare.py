@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import hardware  # noqa: E402
 from configs import common  # noqa: E402
 from gpt2jax.data import prepare  # noqa: E402
 from gpt2jax.data.tokenizers import Gpt2Tokenizer  # noqa: E402
@@ -251,6 +252,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2, help="repetitions of the rates part")
     parser.add_argument("--skip_rates", action="store_true")
     args = parser.parse_args()
+    print(hardware.describe(), flush=True)
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     data_dir = Path(os.environ.setdefault("GPT2JAX_DATA_DIR", str(default)))
     LOAD["before"] = os.getloadavg()[0]

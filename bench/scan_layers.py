@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
 from configs import common, gpt2  # noqa: E402
+from bench import hardware  # noqa: E402
 from gpt2jax.nn.model import GPT2Config, init_params  # noqa: E402
 from gpt2jax.nn.scan import stack_layers  # noqa: E402
 from gpt2jax.training import step as train  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="ABAB rounds")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     args = p.parse_args()
+    print(hardware.describe(), flush=True)
 
     config = gpt2.get_config(args.size)
     config.model.update(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)

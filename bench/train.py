@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
+from bench import hardware  # noqa: E402
+
 SHAPES = {
     "a": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=65, block=64, batch=12),
     "b": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block=256, batch=4),
@@ -131,6 +133,7 @@ def main() -> None:
                    help="also time gpt2jax data-parallel over this many CPU devices (run.py "
                         "--cpu_devices); <= 1 skips that row")
     args = p.parse_args()
+    print(hardware.describe(), flush=True)
     from gpt2jax.parallel import distributed
 
     distributed.set_cpu_devices(max(args.cpu_devices, 1))

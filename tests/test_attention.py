@@ -124,7 +124,7 @@ def test_variant_trains_decodes_and_shards(name):
     cached, cache = _decode(cfg, params, ids, mask, positions, prompt_len=5)
     real = np.asarray(mask).astype(bool)
     np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
-    assert cache["h_0"]["attn"]["cached_key"].shape == (4, 12, cfg.kv_heads, cfg.head_dim)
+    assert cache["h_0"]["attn"]["cached_key"].shape == (4, cfg.kv_heads, 12, cfg.head_dim)
 
     # 3) sharded on 8 simulated devices == one device (the initial params' loss).
     sharded = _sharded_loss(cfg, params, batch)

@@ -68,7 +68,7 @@ def test_cached_decode_past_n_positions_equals_the_full_forward(position):
     small, big, params = _pair(position, 0)
     ids = jax.random.randint(jax.random.key(4), (1, LONG), 0, small.vocab_size)
     cache = init_cache(small, 1, LONG)  # refused before: LONG > n_positions
-    assert cache["h_0"]["attn"]["cached_key"].shape == (1, LONG, 4, 8)
+    assert cache["h_0"]["attn"]["cached_key"].shape == (1, 4, LONG, 8)
 
     @jax.jit
     def step(cache, token):

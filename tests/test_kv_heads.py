@@ -57,7 +57,7 @@ def test_shapes_and_cache_shrink_by_n_head_over_g(groups):
     assert attn["c_kv"]["bias"].shape == (2, groups, d)
     assert attn["c_q"]["kernel"].shape == (e, H, d)
     assert kv_cache_bytes_per_token(new_cfg) * (H // groups) == kv_cache_bytes_per_token(cfg)
-    assert init_cache(new_cfg, 1, 8)["h_0"]["attn"]["cached_key"].shape == (1, 8, groups, d)
+    assert init_cache(new_cfg, 1, 8)["h_0"]["attn"]["cached_key"].shape == (1, groups, 8, d)
     assert _logits(new_cfg, new, _ids(cfg)).shape == (2, 12, cfg.vocab_size)
 
 

@@ -96,7 +96,7 @@ def test_generate_greedy_and_beams_through_the_stacked_cache(variant):
     params = _init(cfg, 2)
     stacked = stack_layers(params)
     cache = init_cache(scan_cfg, 2, 8)
-    want_shape = (cfg.n_layer, 2, 8, cfg.kv_heads, cfg.head_dim)  # [L, B, S, K, D]
+    want_shape = (cfg.n_layer, 2, cfg.kv_heads, 8, cfg.head_dim)  # [L, B, K, S, D]
     assert cache["h"]["attn"]["cached_key"].shape == want_shape
     prompts = np.asarray(jax.random.randint(jax.random.key(3), (2, 5), 0, cfg.vocab_size))
     mask = np.ones_like(prompts)

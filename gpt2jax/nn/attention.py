@@ -5,8 +5,10 @@ Variants are fields of `GPT2Config` (validated once there, see `check_supported`
 - heads: `n_kv_heads` = 0 keeps GPT-2's fused `c_attn` [E, 3, H, D]; any n_kv_heads = K > 0
   (K divides H; K = 1 is multi-query, 1 < K < H grouped-query, K = H multi-head) uses
   `c_q` [E, H, D] and `c_kv` [E, 2, K, D]; query head h reads key/value head h // (H / K).
-  The KV cache holds [B, S, K, D] per layer. `fused_to_grouped` maps a GPT-2 `c_attn`
-  onto `c_q` / `c_kv` (exactly equal outputs with K = H).
+  The KV cache holds [B, K, S, D] per layer; a decode step's one query per row attends to
+  it in that layout (`decode_kernels.py`), any other step through the kernel below.
+  `fused_to_grouped` maps a GPT-2 `c_attn` onto `c_q` / `c_kv` (exactly equal outputs with
+  K = H).
 - positions (`position`): "learned" (GPT-2 `wpe`, in model.py), "sinusoidal" (the original
   Transformer's fixed embedding, in model.py), "rope" (q and k rotated by their position ids
   before caching), "alibi" (a per-head linear bias on position distance), "none" (NoPE).
@@ -37,6 +39,7 @@ from flax import linen as nn
 
 from gpt2jax.nn import hooks
 from gpt2jax.nn.blocked_attention import blocked_attention
+from gpt2jax.nn.decode_kernels import cached_attention
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.errors import ConfigError
@@ -313,18 +316,25 @@ class Attention(nn.Module):
         length = x.shape[1]
         k_positions = positions
         query_slots = jnp.arange(length)
+        dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
+        one_query = False  # a decode step: one new query per row against the cache
         if decode:
             k, v, k_positions = self._update_cache(k, v, positions, cache_index)
             query_slots = cache_index + query_slots
-        mask = attention_mask(query_slots, k.shape[1], key_mask, positions, k_positions,
+            one_query = length == 1 and not dropout_rate and not hooks.wants(*hooks.SCORE_HOOKS)
+            if not one_query:  # a prompt: the kernels below read [B, S, K, D]
+                k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))
+        num_keys = k.shape[2] if one_query else k.shape[1]
+        mask = attention_mask(query_slots, num_keys, key_mask, positions, k_positions,
                               cfg.sliding_window)
         bias = None
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(cfg.n_head, positions, k_positions)
         impl = "einsum" if decode and cfg.attention_impl == "pallas" else cfg.attention_impl
-        dropout_rate = 0.0 if deterministic else cfg.attn_pdrop
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0 else None
-        if hooks.wants(*hooks.SCORE_HOOKS):  # the reference path, which forms the scores
+        if one_query:
+            out = cached_attention(q, k, v, mask, bias, cfg.compute_dtype)
+        elif hooks.wants(*hooks.SCORE_HOOKS):  # the reference path, which forms the scores
             out = einsum_attention(q, k, v, mask, bias, dropout_rate, dropout_rng,
                                    cfg.compute_dtype, functools.partial(hooks.hook, self))
         else:
@@ -353,13 +363,14 @@ class Attention(nn.Module):
 
     def _update_cache(self, k, v, positions, cache_index):
         """Writes k, v [B, T, K, D] (and positions [B, T] when masks or biases need them)
-        at slot `cache_index`; returns the whole cache: k, v [B, S, K, D], positions [B, S].
+        at slot `cache_index`; returns the whole cache: k, v [B, K, S, D], positions [B, S].
 
         S is the input length at `init_cache` time. Without ALiBi or a sliding window the
         key positions are never read, so they are not cached (the returned value is a dummy).
         """
         cfg = self.cfg
         keep_positions = cfg.position == "alibi" or cfg.sliding_window > 0
+        k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))  # [B, K, T, D]: kv heads first
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         cached_p = None
@@ -368,12 +379,13 @@ class Attention(nn.Module):
                                      jnp.int32)
         if self.is_initializing():
             return k, v, positions
-        start = (0, cache_index, 0, 0)
+        start = (0, 0, cache_index, 0)
         cached_k.value = jax.lax.dynamic_update_slice(
             cached_k.value, k.astype(cached_k.value.dtype), start)
         cached_v.value = jax.lax.dynamic_update_slice(
             cached_v.value, v.astype(cached_v.value.dtype), start)
-        key_positions = jnp.zeros(cached_k.value.shape[:2], jnp.int32)
+        batch, _, slots, _ = cached_k.value.shape
+        key_positions = jnp.zeros((batch, slots), jnp.int32)
         if keep_positions:
             cached_p.value = jax.lax.dynamic_update_slice(
                 cached_p.value, positions.astype(jnp.int32), (0, cache_index))

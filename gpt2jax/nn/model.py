@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax.nn import attention as attn_lib
+from gpt2jax.nn import decode_kernels
 from gpt2jax.nn import hooks
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.nn import scan as scan_lib
@@ -326,7 +327,10 @@ class GPT2(nn.Module):
             x = x.astype(cfg.compute_dtype)
         if return_hidden:
             return sharding.constrain(x, ("batch", "length", "embed"))
-        logits = wte.attend(x)
+        if decode and length == 1 and batch > 1:  # a decode step of several rows
+            logits = decode_kernels.few_rows_logits(x, wte.embedding, cfg.compute_dtype)
+        else:
+            logits = wte.attend(x)
         return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
@@ -379,9 +383,9 @@ def init_cache(cfg: GPT2Config, batch_size: int, max_length: int):
     scheme defines every position, `positions.UNBOUNDED`).
 
     Returns the pytree {"cache_index": int32 scalar, "h_i": {"attn": {"cached_key",
-    "cached_value": [B, S, K, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
+    "cached_value": [B, K, S, D]}}} with K = cfg.kv_heads; with ALiBi or a sliding window each
     layer also caches "cached_positions" [B, S] int32 (key position ids). With scan_layers
-    the layers are stacked instead: "h": {"attn": {"cached_key": [L, B, S, K, D], ...}}.
+    the layers are stacked instead: "h": {"attn": {"cached_key": [L, B, K, S, D], ...}}.
     """
     pos_lib.check_length(cfg, max_length, "max_length", "shorten the prompt or new tokens")
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),

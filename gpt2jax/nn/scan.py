@@ -6,7 +6,7 @@ compiling no longer grow with depth. Everything per layer is then stacked on a l
 of length L = n_layer, under the name `h` instead of `h_0` .. `h_{L-1}`:
 
 - parameters: `h/attn/c_attn/kernel` [L, E, 3, H, D] (logical axis "layers", unsharded);
-- the KV cache: `cache/h/attn/cached_key` [L, B, S, K, D] (the batch axis is then axis 1);
+- the KV cache: `cache/h/attn/cached_key` [L, B, K, S, D] (the batch axis is then axis 1);
 - sown intermediates (hooks): `intermediates/h/...` [L, ...].
 
 `stack_layers` / `unstack_layers` convert params (or grads, or any pytree laid out like them)
