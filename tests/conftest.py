@@ -19,6 +19,8 @@ os.environ["GPT2JAX_DATA_DIR"] = str(DATA_DIR)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from zygote import Zygote  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
@@ -47,3 +49,11 @@ def shakespeare_20k(data_dir, tmp_path_factory) -> Path:
     path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
     return path
 
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory):
+    """The session's zygote (tests/zygote.py): a process that forks one child per job before
+    anything imports JAX; children inherit this process's environment plus the job's."""
+    z = Zygote(tmp_path_factory.mktemp("zygote") / "zygote.log")
+    yield z
+    z.close()

@@ -3,7 +3,8 @@ gpt2jax's own converter, the `python run.py` subprocess harness and a free TCP p
 
 Plain functions (no fixtures: those live in conftest.py); test files import them with
 `from helpers import ...` (pytest puts tests/ on sys.path). Test files do not import helpers
-from each other.
+from each other. torch and transformers (the HF reference) are imported by the functions that
+use them: the zygote's children (tests/zygote.py) import this module without paying for them.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from configs import common, shakespeare_char
 
 from gpt2jax.nn.model import GPT2Config, init_params
 from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
                                         load_pretrained, save_pretrained)
+
+if TYPE_CHECKING:
+    import transformers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +120,9 @@ def hf_model(seed: int = 0, *, random_norms: bool = False, eager: bool = False,
     1 / 0, so a converter or hook that drops them would go unnoticed). eager: HF's eager
     attention (the one that returns attentions); otherwise HF's default.
     """
+    import torch  # noqa: PLC0415  (the HF reference: imported where used, see below)
+    import transformers  # noqa: PLC0415
+
     torch.manual_seed(seed)
     extra = {"attn_implementation": "eager"} if eager else {}
     model = transformers.GPT2LMHeadModel(
@@ -162,6 +168,8 @@ def left_padded_batch(seed: int = 0, length: int = 12, pads: int = 4):
 
 def hf_forward(model, ids, mask=None, positions=None, **kwargs):
     """HF forward on numpy inputs, no grad."""
+    import torch  # noqa: PLC0415
+
     with torch.no_grad():
         return model(torch.as_tensor(ids, dtype=torch.long),
                      attention_mask=None if mask is None else torch.as_tensor(mask),

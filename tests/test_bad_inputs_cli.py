@@ -6,19 +6,15 @@ the bad input. It passes when the exit status is non-zero, the output holds exac
 case-insensitive), and the workdir tree (names, sizes, bytes) is identical before and after.
 
 Cases run through `app.run(run.main, flags_parser=parse_flags)`, which is exactly what
-`python run.py` executes, in processes forked from one "zygote" that imported run.py once
-(a fresh `python run.py` costs seconds of imports per case on the 2-core CI machine); the
-first case is additionally run as a real `python run.py` subprocess to show that both paths
-agree.
+`python run.py` executes, in children of the session's zygote (tests/zygote.py: forked before
+JAX is imported, with the JAX-free imports already paid: a fresh `python run.py` costs about
+twice the CPU per case on the 2-core CI machine); the first case is additionally run as a real
+`python run.py` subprocess to show that both paths agree.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -249,55 +245,11 @@ CASES = [
               "--config.generate.top_p=1.5"), ("top_p=1.5", "(0, 1]")),
 ]
 
-ZYGOTE = textwrap.dedent(
-    """
-    import json, os, signal, sys, traceback
-    sys.path.insert(0, os.getcwd())
-    import run
-    from absl import app
-    from gpt2jax.cli.config_check import parse_flags
-    for name in ("jax", "gpt2jax.nn.model", "gpt2jax.weights.pretrained", "gpt2jax.cli.generate",
-                 "gpt2jax.cli.train", "gpt2jax.cli.eval", "gpt2jax.cli.prepare"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-    results = []
-    for c in json.load(sys.stdin):
-        with open(c["log"], "wb") as log:
-            pid = os.fork()
-            if pid == 0:
-                os.dup2(log.fileno(), 1)
-                os.dup2(log.fileno(), 2)
-                signal.alarm(c["timeout"])
-                sys.argv = ["run.py"] + c["argv"]  # config_flags reads overrides from here
-                try:
-                    app.run(run.main, flags_parser=parse_flags)
-                    code = 0
-                except SystemExit as e:
-                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                except BaseException:
-                    traceback.print_exc()
-                    code = 1
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-            _, status = os.waitpid(pid, 0)
-        results.append(os.waitstatus_to_exitcode(status))
-    print(json.dumps(results))
-    """
-)
-
-
-def run_cli_batch(argvs: list[list[str]], logs: list[Path]) -> list[tuple[int, str]]:
-    """Runs each argv through run.py's entry point in a forked child: [(exit code, output)]."""
-    spec = [{"argv": a, "log": str(log), "timeout": CLI_TIMEOUT_S} for a, log in zip(argvs, logs)]
-    proc = subprocess.run(
-        [sys.executable, "-c", ZYGOTE], input=json.dumps(spec), cwd=REPO, capture_output=True,
-        text=True, timeout=CLI_TIMEOUT_S * 2 + 30 * len(argvs),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+def run_cases(zygote, argvs: list[list[str]], logs: list[Path]) -> list[tuple[int, str]]:
+    """Runs each argv through run.py's entry point in a child of the zygote: [(exit code,
+    output)]."""
+    codes = [zygote.run("zygote:run_py", log=log, argv=["run.py", *a], timeout=CLI_TIMEOUT_S)
+             ["exit"] for a, log in zip(argvs, logs)]
     return [(code, log.read_text(errors="replace")) for code, log in zip(codes, logs)]
 
 
@@ -308,9 +260,9 @@ def _user_lines(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cli_results(tmp_path_factory):
-    """Builds every case and runs them all in one zygote: id -> (code, output, workdir hash
-    before, after, argv, what changed)."""
+def cli_results(zygote, tmp_path_factory):
+    """Builds every case and runs them all, one zygote child each: id -> (code, output,
+    workdir hash before, after, argv, what changed)."""
     root = tmp_path_factory.mktemp("cli_cases")
     argvs, logs, works, before, paths = [], [], [], [], []
     for c in CASES:
@@ -320,7 +272,7 @@ def cli_results(tmp_path_factory):
         works.append(work)
         before.append(tree_hash(work))
         paths.append(tree_paths(work))
-    outs = run_cli_batch(argvs, logs)
+    outs = run_cases(zygote, argvs, logs)
     results = {}
     for c, (code, out), b, w, a, p in zip(CASES, outs, before, works, argvs, paths):
         after = tree_hash(w)
@@ -346,7 +298,7 @@ def test_cli_case(c: Case, cli_results, record_property):
 
 
 def test_real_subprocess_agrees_with_zygote(cli_results):
-    """`python run.py ...` prints the same line and exits the same as the forked entry point."""
+    """`python run.py ...` prints the same line and exits the same as the zygote's child."""
     c = CASES[0]
     code, output, _, _, argv, _ = cli_results[c.id]
     proc = run_cli(argv, timeout=CLI_TIMEOUT_S, check=False)

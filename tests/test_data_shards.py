@@ -67,12 +67,6 @@ def test_prepare_cli_char_and_train_from_shards(tmp_path, text):
     assert ds.tokenizer.decode(first["inputs"][0]) == text[:256]
 
 
-def test_shards_errors_name_the_folder(tmp_path):
-    cfg = common.data_config(source="shards", shards_dir=str(tmp_path / "none"))
-    with pytest.raises(DataError, match="none/meta.json.*does not exist.*prepare"):
-        data.build_datasets(cfg, 8, 2, seed=0, process_index=0, process_count=1)
-
-
 def test_verify_shards_false_keeps_the_cheap_checks(tmp_path):
     """verify_shards=False skips the sha256 pass (a same-size swap reads) but still refuses
     a shard of the wrong size."""

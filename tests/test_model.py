@@ -122,11 +122,6 @@ def test_bf16_compute_top1_agreement_124m(text_ids):
     assert agreement >= 0.99
 
 
-def test_n_embd_not_divisible_by_n_head():
-    with pytest.raises(ConfigError, match="n_embd=100 is not divisible by n_head=12"):
-        GPT2Config(n_embd=100, n_head=12)
-
-
 def test_input_longer_than_n_positions(tiny_params):
     too_long = jnp.zeros((1, TINY.n_positions + 1), jnp.int32)
     with pytest.raises(ConfigError, match="input length=65 exceeds the model's n_positions=64"):

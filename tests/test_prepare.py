@@ -7,10 +7,10 @@
   byte-identical to an uninterrupted run's.
 - A full disk (ENOSPC raised by a wrapper at the n-th os.write, for every n) is one line that
   names the disk and the fix; the previous dataset stays readable; the rerun is identical.
-- SIGKILL of a real process mid-shard (1,200 documents, GPT-2 BPE, small batches so that
-  a small corpus has many checkpoints): the rerun keeps the finished shards (same inodes)
-  and ends byte-identical to an uninterrupted run. (The hf source's resume, which skips
-  rows of a streamed dataset, is tested in test_data_hf.py.)
+- SIGKILL of a real process (a child of the session's zygote) mid-shard (1,200 documents,
+  GPT-2 BPE, small batches so that a small corpus has many checkpoints): the rerun keeps the
+  finished shards (same inodes) and ends byte-identical to an uninterrupted run. (The hf
+  source's resume, which skips rows of a streamed dataset, is tested in test_data_hf.py.)
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
-import subprocess
-import sys
+import signal
 import threading
+import time
 from pathlib import Path
 
 import ml_collections
@@ -31,10 +32,10 @@ import pytest
 from configs import common
 from gpt2jax import data
 from gpt2jax.cli import CliArgs, run_mode
-from gpt2jax.data import prepare, shards
+from gpt2jax.data import documents, prepare, shards
 from gpt2jax.errors import DataError
 from gpt2jax.data.sources import EOT_TEXT as EOT
-from helpers import REPO, corpus_documents, file_digests
+from helpers import corpus_documents, file_digests
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 30
 # Same length and layout, other characters: a re-prepare whose shards have the same sizes as
@@ -151,74 +152,66 @@ def test_changed_config_does_not_resume_someone_elses_prepare(corpora, tmp_path,
 
 # ----------------------------------------------------------------------------- SIGKILL
 
-# Forks one child per prepare (imports paid once); kills children mid-shard at seeded random
-# moments once their first shard is finished; reports what was on disk at each kill.
-_ZYGOTE = r"""
-import json, os, random, signal, sys, time
-from pathlib import Path
-from configs import common
-from gpt2jax.data import documents
-from gpt2jax.data.prepare import prepare_shards
-documents.BATCH_DOCS = 16  # a checkpoint every ~2 batches on this small corpus
-spec = json.loads(sys.argv[1])
-rng = random.Random(spec["seed"])
+def prepare_job(text_file: str, out: str, tokens_per_shard: int) -> None:
+    """A zygote child: --mode=prepare's work on `text_file` into `out`, in small batches (a
+    checkpoint every ~2 batches on this small corpus)."""
+    documents.BATCH_DOCS = 16
+    cfg = common.data_config(train_file=text_file, val_fraction=0.05,
+                             tokens_per_shard=tokens_per_shard, shards_dir=out, num_threads=2)
+    data.prepare_shards(cfg, progress=False)
 
-def inode(path):
+
+def _inode(path: Path) -> int | None:
     return path.stat().st_ino if path.exists() else None
 
-def run(out, kill):
-    before = inode(Path(out) / "prepare.partial" / "state.json")
-    pid = os.fork()
-    if pid == 0:
-        cfg = common.data_config(train_file=spec["file"], val_fraction=0.05,
-                                 tokens_per_shard=spec["tokens_per_shard"], shards_dir=out,
-                                 num_threads=2)
-        prepare_shards(cfg, progress=False)
-        os._exit(0)
-    staging = Path(out) / "prepare.partial"
-    if kill:  # once this child wrote a checkpoint (a new state.json), at a random moment
-        while inode(staging / "state.json") == before and not os.waitpid(pid, os.WNOHANG)[0]:
+
+def _prepare(zygote, text: Path, out: Path, kill_delay: float | None = None) -> dict:
+    """`prepare_job` in a zygote child; with `kill_delay`, SIGKILLed that many seconds after it
+    wrote a checkpoint (a new state.json). Returns its exit code and what its staging folder
+    held: {exit, files: {name: [size, inode]}, position, kept (the finished shards)}."""
+    staging = out / "prepare.partial"
+    before = _inode(staging / "state.json")
+    zygote.start("test_prepare:prepare_job", [str(text), str(out), 8_000],
+                 log=out.parent / f"{out.name}.log", timeout=300)
+    result = None
+    if kill_delay is not None:
+        while _inode(staging / "state.json") == before and result is None:
+            result = zygote.poll()
             time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 0.05))
-        os.kill(pid, signal.SIGKILL)
-    status = os.waitpid(pid, 0)[1]
-    seen = {f.name: [f.stat().st_size, f.stat().st_ino] for f in staging.iterdir()} \
-        if staging.is_dir() else {}
-    state = json.loads((staging / "state.json").read_text()) \
-        if (staging / "state.json").exists() else None
+        if result is None:
+            time.sleep(kill_delay)
+            zygote.signal("SIGKILL")
+    result = result or zygote.wait(300)
+    seen = ({f.name: [f.stat().st_size, f.stat().st_ino] for f in staging.iterdir()}
+            if staging.is_dir() else {})
+    state = (json.loads((staging / "state.json").read_text())
+             if (staging / "state.json").exists() else None)
     kept = [e["name"] for w in state["writers"].values() for e in w["files"]] if state else []
-    return {"status": status, "files": seen, "position": state and state["position"],
+    return {"exit": result["exit"], "files": seen, "position": state and state["position"],
             "kept": kept}
 
-report = {"reference": run(spec["ref"], False), "kills": []}
-for _ in range(spec["kills"]):
-    report["kills"].append(run(spec["out"], True))
-report["final"] = run(spec["out"], False)
-print(json.dumps(report))
-"""
 
-
-def test_sigkill_mid_shard_resumes_byte_identical(data_dir, tmp_path):
+def test_sigkill_mid_shard_resumes_byte_identical(zygote, data_dir, tmp_path):
+    """Three prepares of one corpus, each SIGKILLed (a zygote child) at a seeded random moment
+    once it has written a checkpoint, then one to the end: byte-identical to a clean run."""
     text = tmp_path / "corpus.txt"
     text.write_text(EOT.join(corpus_documents(data_dir, 1200)))
     out, ref = tmp_path / "shards", tmp_path / "ref"
-    spec = {"file": str(text), "tokens_per_shard": 8_000,
-            "out": str(out), "ref": str(ref), "kills": 3, "seed": 20261206}
-    proc = subprocess.run([sys.executable, "-c", _ZYGOTE, json.dumps(spec)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["reference"]["status"] == 0 and report["final"]["status"] == 0
-    killed = [k for k in report["kills"] if os.WIFSIGNALED(k["status"])]
-    assert len(killed) >= 2, report["kills"]
+    rng = random.Random(20261206)
+    assert _prepare(zygote, text, ref)["exit"] == 0
+    kills = [_prepare(zygote, text, out, rng.uniform(0.0, 0.05)) for _ in range(3)]
+    final = _prepare(zygote, text, out)
+    assert final["exit"] == 0, (out.parent / "shards.log").read_text()[-3000:]
+    killed = [k for k in kills if k["exit"] == -signal.SIGKILL]
+    assert len(killed) >= 2, kills
     mid_shard = [k for k in killed
                  if any(n.endswith(".bin.tmp") and 0 < s < 16_000 for n, (s, _) in
                         k["files"].items())]
-    assert mid_shard, report["kills"]
+    assert mid_shard, kills
     assert all(k["position"] for k in killed), "a kill came before the first checkpoint"
     assert file_digests(out) == file_digests(ref)  # byte-identical, meta.json included
     # the finished shards of the last kill were kept (moved, not rewritten): same inodes
-    last = report["kills"][-1]
+    last = kills[-1]
     kept = {n: last["files"][n][1] for n in last["kept"]}
     assert kept and all((out / n).stat().st_ino == ino for n, ino in kept.items())
     meta = shards.read_meta(str(out))

@@ -1,5 +1,7 @@
 """Training step: learning, jit-once + donation, exact gradient accumulation, mesh equivalence,
-the optimizer's schedule and decay mask, and bad input (batch/mesh, NaN loss)."""
+the optimizer's schedule and decay mask, the finite-update flag, and the loop's out-of-memory
+message and padded vocabulary. (Bad batch and mesh sizes are catalogue cases in
+test_bad_inputs_*.py; the NaN guard is test_nan_guard.py.)"""
 
 import dataclasses
 import functools
@@ -15,7 +17,6 @@ from ml_collections import ConfigDict
 from configs import common, shakespeare_char
 from gpt2jax.parallel import sharding
 from gpt2jax.training import step as train
-from gpt2jax.errors import ConfigError
 from gpt2jax.nn.model import GPT2Config
 
 CFG = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
@@ -109,22 +110,30 @@ def test_grad_accumulation_equals_large_batch():
 
 
 def test_meshes_match_one_device():
+    """Data, FSDP and tensor parallelism (with gradient accumulation) on 8 CPU devices: the
+    losses and the parameters after 3 steps are those of one device."""
     tc = train_cfg(batch_size=16, grad_accum_steps=2)
     batches = [make_batch(16, seed=s) for s in range(3)]
 
     cfg = CFG.replace(n_layer=1)  # one block is enough to shard every kind of parameter
 
-    def losses(shape):
+    def run(shape):
         trainer = train.Trainer(cfg, tc, mesh_of(*shape), RULES)
         state, out = trainer.init(0), []
         for b in batches:
             state, m = trainer.train_step(state, trainer.put_batch(b))
             out.append(float(m["loss_sum"] / m["weight_sum"]))
-        return np.array(out)
+        return np.array(out), jax.device_get(state.params)
 
-    reference = losses((1, 1, 1))
+    losses, params = run((1, 1, 1))
     for shape in [(8, 1, 1), (2, 2, 2), (1, 2, 4)]:
-        np.testing.assert_allclose(losses(shape), reference, atol=1e-5, rtol=0, err_msg=str(shape))
+        got_losses, got_params = run(shape)
+        np.testing.assert_allclose(got_losses, losses, atol=1e-5, rtol=0, err_msg=str(shape))
+        # Adam divides by sqrt(v): near-zero gradients amplify float rounding, so parameters
+        # are compared well below what 3 steps at lr 3e-3 move them
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-3,
+                                                             err_msg=str(shape)),
+                     got_params, params)
 
 
 def test_schedule_matches_nanogpt_and_decay_mask():
@@ -173,11 +182,6 @@ def test_step_reports_whether_its_update_is_finite():
     assert flags == {3e-3: (True, True), float("inf"): (False, False)}
 
 
-def test_batch_not_divisible_by_data_parallel_size():
-    with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
-        train.Trainer(CFG, train_cfg(batch_size=12, grad_accum_steps=1), mesh_of(8, 1, 1), RULES)
-
-
 def tiny_char_config(text_file, steps: int = 8) -> ConfigDict:
     """shakespeare_char:cpu shrunk to seconds: 1 layer, 32 dims, block 32, batch 8."""
     c = shakespeare_char.get_config("cpu")
@@ -196,32 +200,6 @@ def text_file(tmp_path, data_dir):
     path = tmp_path / "train.txt"
     path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
     return path
-
-
-def test_mesh_not_matching_devices(tmp_path, text_file):
-    from gpt2jax.training.loop import train_and_evaluate
-
-    c = tiny_char_config(text_file)
-    c.mesh.update(data=3, fsdp=1, tensor=1)
-    with pytest.raises(ConfigError, match="devices"):
-        train_and_evaluate(c, tmp_path / "w")
-
-
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, text_file):
-    from gpt2jax.training.loop import train_and_evaluate
-
-    def poison(step, run):
-        if step == 2:  # after step 2's checkpoint: make step 3 produce NaN
-            run.state = run.state.replace(
-                params=jax.tree.map(lambda x: x * jnp.nan, run.state.params))
-
-    c = tiny_char_config(text_file, steps=6)
-    c.mesh.update(data=-1)
-    with pytest.raises(train.TrainingDivergedError, match="at step 3"):
-        train_and_evaluate(c, tmp_path / "w", hooks=[poison])
-    from gpt2jax.training.checkpoint import Checkpointer
-
-    assert Checkpointer(tmp_path / "w").all_steps() == [2]
 
 
 def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, text_file):

@@ -1,11 +1,10 @@
-"""A workdir shared across runs and readers: a resume on another character vocabulary is
-refused (nothing restored or overwritten), and a reader that loses the race to a training
-run's deletion of old checkpoints (keep=1) reads the newest one instead of calling a healthy
-checkpoint unreadable.
+"""A workdir shared by a run and a reader: a reader that loses the race to a training run's
+deletion of old checkpoints (keep=1) reads the newest one instead of calling a healthy
+checkpoint unreadable. (A resume on another character vocabulary: the catalogue's
+workdir-other-vocabulary cases in test_bad_inputs_*.py.)
 """
 
 from __future__ import annotations
-
 
 import jax
 import numpy as np
@@ -13,33 +12,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gpt2jax.errors import WeightsError
-from gpt2jax.training.checkpoint import Checkpointer, CheckpointMismatchError
-from gpt2jax.training.loop import train_and_evaluate
+from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.weights.loader import load_model
-from helpers import MICRO, char_run_config, file_digests, tiny_config, tiny_params
-
-LINE = "First Citizen: Before we proceed any further, hear me speak, citizens.\n"
-
-
-def test_resume_on_a_text_with_other_characters_is_refused(tmp_path, record_property):
-    """Trained on a text with curly commas, resumed on the same text with straight ones
-    (as long, another character set: every id after ',' shifts): refused before anything is
-    restored, and tokenizer.json (the saved vocabulary) is not overwritten."""
-    curly, straight = tmp_path / "curly.txt", tmp_path / "straight.txt"
-    curly.write_text((LINE * 40).replace(",", "\u201a"))
-    straight.write_text(LINE * 40)
-    work = tmp_path / "run"
-    train_and_evaluate(char_run_config(curly, 2, save_every=2), work)
-    before = file_digests(work)
-
-    with pytest.raises(CheckpointMismatchError) as info:
-        train_and_evaluate(char_run_config(straight, 4, save_every=2), work)
-    message = str(info.value)
-    record_property("message", message)
-    assert "another vocabulary" in message and "'\u201a'" in message and "','" in message
-    assert "tokenizer.json" in message and "new --workdir" in message
-    assert file_digests(work) == before  # tokenizer.json, checkpoints, metrics: untouched
-
+from helpers import MICRO, tiny_config, tiny_params
 
 def _save(checkpointer: Checkpointer, step: int, cfg, params) -> None:
     meta = {"model": cfg.to_dict(), "tokenizer": {"name": "char", "vocab_size": 50,
