@@ -28,7 +28,7 @@ import pytest
 
 from configs import common, shakespeare_char
 
-from gpt2jax.nn.model import GPT2Config, init_params
+from gpt2jax.nn.model import GPT2, GPT2Config, init_cache, init_params
 from gpt2jax.weights.pretrained import (config_from_hf, hf_state_dict_to_params,
                                         load_pretrained, save_pretrained)
 
@@ -110,6 +110,26 @@ def save_tiny(directory: Path, seed: int = 0, **overrides) -> Path:
 
 
 # ----------------------------------------------------------------------------- HF reference
+
+
+def decode_step_by_step(cfg: GPT2Config, params, ids, mask, positions, prefill: int):
+    """Prefills `prefill` tokens, then decodes one token per call with the KV cache.
+
+    ids, mask, positions: [B, T]. Returns (logits [B, T, V], the final cache).
+    """
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    cache = init_cache(cfg, *ids.shape)
+    model = GPT2(cfg)
+    step = jax.jit(lambda c, x, pos: model.apply({"params": params, "cache": c}, x,
+                                                 attention_mask=mask, position_ids=pos,
+                                                 decode=True, mutable=["cache"]))
+    logits, state = step(cache, ids[:, :prefill], positions[:, :prefill])
+    outs = [logits]
+    for t in range(prefill, ids.shape[1]):
+        logits, state = step(state["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
+        outs.append(logits)
+    return jnp.concatenate(outs, axis=1), state["cache"]
 
 
 def hf_model(seed: int = 0, *, random_norms: bool = False, eager: bool = False,

@@ -18,8 +18,9 @@ from gpt2jax.nn import positions as pos_lib
 from gpt2jax.parallel import sharding
 from gpt2jax.parallel.placement import Placement
 from gpt2jax.errors import ConfigError
-from gpt2jax.nn.model import GPT2, GPT2Config, init_cache, init_params, kv_cache_bytes_per_token
+from gpt2jax.nn.model import GPT2, GPT2Config, init_params, kv_cache_bytes_per_token
 from gpt2jax.nn.model import logical_axes
+from helpers import decode_step_by_step
 
 TINY = dict(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
             embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -55,22 +56,6 @@ def _loss(cfg, params, ids, mask, positions):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
     weights = jnp.ones_like(ce) if mask is None else mask[:, :-1] * mask[:, 1:]
     return (ce * weights).sum() / weights.sum(), logits
-
-
-def _decode(cfg, params, ids, mask, positions, prompt_len):
-    """Prefill `prompt_len` tokens, then decode one token at a time; logits [B, T, V]."""
-    batch, length = ids.shape
-    cache = init_cache(cfg, batch, length)
-    model = GPT2(cfg)
-    step = jax.jit(lambda c, i, p: model.apply({"params": params, "cache": c}, i,
-                                               attention_mask=mask, position_ids=p,
-                                               decode=True, mutable=["cache"]))
-    out, cache = step(cache, ids[:, :prompt_len], positions[:, :prompt_len])
-    outs = [out]
-    for t in range(prompt_len, length):
-        out, cache = step(cache["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
-        outs.append(out)
-    return jnp.concatenate(outs, axis=1), cache["cache"]
 
 
 def _sharded_loss(cfg, params, batch):
@@ -121,7 +106,7 @@ def test_variant_trains_decodes_and_shards(name):
 
     # 2) cached decode (prefill 5, then 1 by 1, left padded) == full forward on real tokens.
     ids, mask, positions = batch
-    cached, cache = _decode(cfg, params, ids, mask, positions, prompt_len=5)
+    cached, cache = decode_step_by_step(cfg, params, ids, mask, positions, prefill=5)
     real = np.asarray(mask).astype(bool)
     np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
     assert cache["h_0"]["attn"]["cached_key"].shape == (4, cfg.kv_heads, 12, cfg.head_dim)
@@ -243,7 +228,8 @@ def test_blocked_impl_matches_einsum_in_the_model():
     for a, r in zip(jax.tree.leaves(got_g), jax.tree.leaves(ref_g)):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)  # summed loss: |g| up to ~50
     blocked = cfg.replace(attention_impl="blocked")
-    cached, _ = _decode(blocked, params, ids[:, :16], mask[:, :16], positions[:, :16], 5)
+    cached, _ = decode_step_by_step(blocked, params, ids[:, :16], mask[:, :16],
+                                    positions[:, :16], 5)
     full = GPT2(cfg).apply({"params": params}, ids[:, :16], attention_mask=mask[:, :16],
                            position_ids=positions[:, :16])
     np.testing.assert_allclose(np.asarray(cached)[real[:, :16]],

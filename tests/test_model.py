@@ -9,6 +9,7 @@ import pytest
 
 from gpt2jax import GPT2, GPT2Config, init_cache, init_params
 from gpt2jax.errors import ConfigError
+from helpers import decode_step_by_step
 
 TINY = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64)
 
@@ -27,22 +28,6 @@ def tiny_params():
     return jax.jit(init_params, static_argnums=0)(TINY, jax.random.key(0))
 
 
-def _decode_step_by_step(params, ids, mask, positions, prefill: int) -> np.ndarray:
-    """Prefill `prefill` tokens, then one token per call; returns the logits [B, T, V]."""
-    batch, length = ids.shape
-    cache = init_cache(TINY, batch, length)
-    model = GPT2(TINY)
-    step = jax.jit(lambda c, x, pos: model.apply({"params": params, "cache": c}, x,
-                                                 attention_mask=mask, position_ids=pos,
-                                                 decode=True, mutable=["cache"]))
-    logits, state = step(cache, ids[:, :prefill], positions[:, :prefill])
-    outs = [logits]
-    for t in range(prefill, length):
-        logits, state = step(state["cache"], ids[:, t:t + 1], positions[:, t:t + 1])
-        outs.append(logits)
-    return np.concatenate([np.asarray(o) for o in outs], axis=1)
-
-
 def test_cached_decode_equals_full_forward(tiny_params, text_ids):
     ids = text_ids[:48].reshape(2, 24).copy()
     mask = np.ones_like(ids)
@@ -52,7 +37,7 @@ def test_cached_decode_equals_full_forward(tiny_params, text_ids):
     full = jax.jit(lambda p: GPT2(TINY).apply({"params": p}, ids, attention_mask=mask,
                                               position_ids=positions))(tiny_params)
     full = np.asarray(full)
-    cached = _decode_step_by_step(tiny_params, ids, mask, positions, prefill=7)
+    cached, _ = decode_step_by_step(TINY, tiny_params, ids, mask, positions, prefill=7)
     real = mask == 1
     assert np.abs(cached[real] - full[real]).max() <= 1e-5
 

@@ -79,6 +79,7 @@ def _single_process_losses(steps: int) -> list[float]:
     return losses
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_resume_equal_one_process(tmp_path):
     workdir = tmp_path / "run"
     first = _launch(workdir, 0, 5, "first")

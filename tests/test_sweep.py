@@ -17,6 +17,7 @@ from gpt2jax.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_smoke_sweep_writes_table_plots_and_results(tmp_path, tmp_path_factory, data_dir):
     # A fresh XLA compilation cache for this sweep: seed 1 of a variant compiles the programs
     # seed 0 just compiled (as tests/test_crash_safety.py's zygote does).
