@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import hardware  # noqa: E402
 from gpt2jax.data.batching import BatchIterator  # noqa: E402
 from gpt2jax.data.shards import TokenStream  # noqa: E402
 from gpt2jax.data.tokenizers import Gpt2Tokenizer  # noqa: E402
@@ -92,8 +92,8 @@ def main() -> None:
     def theirs(batched: bool = True):
         return iter(grain_batches(tokens, t, b, seed=0, batched=batched))
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}; {len(tokens):,} tokens, batches [{b}, {t}]")
+    print(hardware.describe(), flush=True)
+    print(f"# {len(tokens):,} tokens, batches [{b}, {t}]")
     for r in range(args.rounds):  # alternate, so load drifts over both alike
         a = rate(ours(), args.batches, b * t)
         g = rate(theirs(True), args.batches, b * t)

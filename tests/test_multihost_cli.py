@@ -44,6 +44,7 @@ TINY = [  # a 2-layer char model, batch 4 x 32 tokens; every step logged; no sam
     "--config.train.eval_batches=2", "--config.train.sample_tokens=0",
     "--config.train.peak_flops=1e9", "--config.train.progress_bar=False",
     "--config.checkpoint.save_every=0",  # saves: the preemption one and the last step
+    "--verbosity=0",  # absl INFO on: the jax.distributed and mesh lines this test reads
 ]
 
 # Imported at start-up by every run.py process (PYTHONPATH): records each file or directory

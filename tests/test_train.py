@@ -14,10 +14,11 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from configs import common, shakespeare_char
+from configs import common
 from gpt2jax.parallel import sharding
 from gpt2jax.training import step as train
 from gpt2jax.nn.model import GPT2Config
+from helpers import char_config
 
 CFG = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
                  embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -182,27 +183,7 @@ def test_step_reports_whether_its_update_is_finite():
     assert flags == {3e-3: (True, True), float("inf"): (False, False)}
 
 
-def tiny_char_config(text_file, steps: int = 8) -> ConfigDict:
-    """shakespeare_char:cpu shrunk to seconds: 1 layer, 32 dims, block 32, batch 8."""
-    c = shakespeare_char.get_config("cpu")
-    c.model.update(n_layer=1, n_head=2, n_embd=32, n_positions=32)
-    c.data.train_file = str(text_file)
-    c.data.prefetch = 0
-    c.train.update(batch_size=8, block_size=32, num_steps=steps, lr_decay_steps=steps,
-                   warmup_steps=2, log_every=1, eval_every=0, eval_batches=2, sample_tokens=0,
-                   export_hf=False, progress_bar=False, peak_flops=1e9)
-    c.checkpoint.update(save_every=2, keep=2, keep_best=0)
-    return c
-
-
-@pytest.fixture
-def text_file(tmp_path, data_dir):
-    path = tmp_path / "train.txt"
-    path.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
-    return path
-
-
-def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, text_file):
+def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, shakespeare_20k):
     # XLA's RESOURCE_EXHAUSTED ended the run in a raw traceback (configs/gpt2.py:fineweb10b on a
     # CPU: "Out of memory allocating 89... bytes"); it is raised here from a hook at step 3, as
     # the real one surfaces when a step's metrics are fetched.
@@ -214,7 +195,8 @@ def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, text_file):
             raise jax.errors.JaxRuntimeError(
                 "RESOURCE_EXHAUSTED: Out of memory allocating 1865022768000 bytes.")
 
-    c = tiny_char_config(text_file, steps=6)
+    c = char_config(shakespeare_20k, 6)
+    c.checkpoint.update(save_every=2, keep=2)
     with pytest.raises(OutOfMemoryError) as info:
         train_and_evaluate(c, tmp_path / "w", hooks=[exhaust])
     message = str(info.value)
@@ -224,7 +206,7 @@ def test_out_of_memory_is_one_line_naming_the_fixes(tmp_path, text_file):
         assert fix in message, message
 
 
-def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, text_file,
+def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, shakespeare_20k,
                                                                     capsys):
     """A model vocabulary padded past the tokenizer's (96 rows for the text's characters, as
     50,304 for GPT-2 BPE): the samples at each eval never hold an id the tokenizer cannot
@@ -232,7 +214,7 @@ def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, te
     run before `suppress_tokens`)."""
     from gpt2jax.training.loop import train_and_evaluate
 
-    c = tiny_char_config(text_file, steps=2)
+    c = char_config(shakespeare_20k, 2)
     c.model.vocab_size = 96
     c.train.update(eval_every=2, eval_batches=1, sample_tokens=24)
     c.mesh.update(data=-1)
