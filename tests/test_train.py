@@ -6,6 +6,7 @@ test_bad_inputs_*.py; the NaN guard is test_nan_guard.py.)"""
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -221,3 +222,27 @@ def test_padded_vocabulary_trains_and_samples_only_decodable_tokens(tmp_path, sh
     train_and_evaluate(c, tmp_path / "w")
     out = capsys.readouterr().out
     assert "sample at step 2:" in out, out[-2000:]
+
+
+def test_xla_out_of_memory_text_is_what_the_run_reads(tmp_path):
+    """Pins the library text that `out_of_memory_message` parses: a real XLA:CPU allocation of
+    1 TiB, in a child whose address space is capped at 8 GB (it can never touch real memory),
+    fails with RESOURCE_EXHAUSTED and "allocating N bytes"; an upgrade that rewords it fails
+    here instead of silently dropping the size from the one-line error."""
+    import subprocess
+    import sys
+
+    from gpt2jax.training.loop import out_of_memory_message
+
+    child = ("import resource\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+             "import jax, jax.numpy as jnp\n"
+             "try:\n    jax.jit(lambda: jnp.ones((1 << 38,), jnp.float32))().block_until_ready()\n"
+             "except jax.errors.JaxRuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    text = out.stdout.strip()
+    assert "RESOURCE_EXHAUSTED" in text and "allocating 1099511627776 bytes" in text, (
+        text, out.stderr[-2000:])
+    message = out_of_memory_message(RuntimeError(text), tmp_path)
+    assert "(1,024.0 GiB at once)" in message and "no checkpoint was saved" in message, message
