@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from gpt2jax.parallel import distributed
 from gpt2jax.cli import MODES, CliArgs, run_mode
+from gpt2jax.cli.console import PipeSafeStdout
 from gpt2jax.cli.config_check import parse_flags
 from gpt2jax.errors import GPT2JaxError
 
@@ -61,6 +62,7 @@ def main(argv):
         compile_n_layer=_COMPILE_N_LAYER.value,
     )
     _quiet_logs()
+    sys.stdout = PipeSafeStdout(sys.stdout)  # `run.py ... | head` does not end a training run
     try:
         _split_cpu()
         _init_distributed()
