@@ -21,8 +21,8 @@ pool forked from a JAX process (JAX warns that such a fork can deadlock).
 workdir (its latest checkpoint). Other model_args: `dtype` (compute dtype), `batch_size`
 (rows per forward pass, default 8), `max_length` (context, default n_positions),
 `max_gen_toks` (default 256, as lm-eval's hf backend), `attention_impl` (default `blocked`,
-as `configs/eval.py`: exact, and 1.09x `xla` on 124M rolling windows on a CPU; `cudnn` on an
-NVIDIA GPU with `dtype=bfloat16`),
+as `configs/eval.py`: exact, and on a CPU faster than `xla`, see bench/README.md; `cudnn`
+on an NVIDIA GPU with `dtype=bfloat16`),
 `tokenizer` (a gpt2.tiktoken ranks file; default: `gpt2jax.get_tokenizer()`'s search).
 The model comes from `gpt2jax.weights.loader.load_model`, as in the CLI modes.
 From Python, `GPT2JaxLM(cfg=cfg, params=params, mesh=mesh, axis_rules=rules)` wraps a model

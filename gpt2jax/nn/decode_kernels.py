@@ -8,17 +8,16 @@ HF's layout too), so that a decode step's two products are batched matrix-vector
     out[b, k, g, :]    = sum_s p[b, k, g, s] value[b, k, s, :]  (contract S, rows of D)
 
 Why: with the cache stored [B, S, K, D] the same products need (batch, head)-major operands,
-and XLA:CPU copied (transposed) the whole cache of every layer twice per decoded token to
-make them. One layer's attention of one token (124M shapes, B 8, S 1024, a 2-core AVX-512
-EPYC, bench/README.md) took 35 ms that way and 2-3 ms from the [B, K, S, D] cache. The
-arithmetic is `einsum_attention`'s (scores in float32 scaled after the dot, masked with
-finfo.min, float32 softmax, probabilities cast to the compute dtype); only the operand layout
-differs, so the results agree to float32 rounding.
+and XLA:CPU copies (transposes) the whole cache of every layer twice per decoded token to
+make them (`bench/decode_parts.py` times both layouts). The arithmetic is
+`einsum_attention`'s (scores in float32 scaled after the dot, masked with finfo.min, float32
+softmax, probabilities cast to the compute dtype); only the operand layout differs, so the
+results agree to float32 rounding.
 
 **Head.** For a decode step of several rows (batch > 1, or beams) the tied head is computed
 as wte [V, E] @ h^T [E, B] and then transposed, not as h @ wte^T: XLA:CPU's matrix kernel
-(YNNPACK) then streams the 154 MB of 124M's wte once with the few rows as the small operand.
-Same products, same sums; at batch 8 the head took 1.5x less time this way (bench/README.md).
+(YNNPACK) then streams wte once with the few rows as the small operand. Same products, same
+sums.
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ def auto_cpu_devices(micro_batch: int, cores: int) -> int:
     sequences evenly (1 = no split).
 
     Data parallelism over one device per core is exact (token-weighted sums reduced across
-    devices: the losses equal one device's within float32 rounding) and ~1.4-1.6x faster on
-    small models, whose matrices XLA:CPU's per-op threading uses poorly (bench/README.md).
+    devices: the losses equal one device's within float32 rounding) and faster on small
+    models, whose matrices XLA:CPU's per-op threading uses poorly (bench/train.py).
     """
     return max(d for d in range(1, max(cores, 1) + 1) if micro_batch % d == 0)
 
