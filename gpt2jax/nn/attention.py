@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from gpt2jax.nn import hooks
+from gpt2jax.nn import initializers as init
 from gpt2jax.nn.blocked_attention import blocked_attention
 from gpt2jax.nn.decode_kernels import cached_attention
 from gpt2jax.nn import positions as pos_lib
@@ -247,21 +248,12 @@ def dot_product_attention(q, k, v, mask, bias=None, impl: str = "einsum", dropou
 # ----------------------------------------------------------------------------- the layer
 
 
-def _init(cfg, axes: tuple, std: float | None = None):
-    std = cfg.initializer_range if std is None else std
-    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
-
-
-def _zeros(axes: tuple):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
-
-
 def _dense(cfg, features, axes: tuple, name: str, std=None, axis=-1) -> nn.DenseGeneral:
     """A projection whose kernel has logical `axes` (inputs first); the bias gets the rest."""
     n_in = len(axis) if isinstance(axis, tuple) else 1
     return nn.DenseGeneral(
         features=features, axis=axis, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-        kernel_init=_init(cfg, axes, std), bias_init=_zeros(axes[n_in:]), name=name,
+        kernel_init=init.normal(cfg, axes, std), bias_init=init.zeros(axes[n_in:]), name=name,
     )
 
 
@@ -269,8 +261,7 @@ def _head_norm(cfg, name: str) -> nn.LayerNorm:
     """QK-norm: LayerNorm over head_dim, parameters [D] shared by all heads, float32."""
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32, param_dtype=cfg.storage_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("head_dim",)),
-        bias_init=_zeros(("head_dim",)), name=name,
+        scale_init=init.ones(("head_dim",)), bias_init=init.zeros(("head_dim",)), name=name,
     )
 
 
@@ -345,7 +336,7 @@ class Attention(nn.Module):
                                         cfg.compute_dtype, key_mask, is_causal)  # [B, T, H, D]
         out = hooks.hook(self, "attn.hook_z", out)
         out = _dense(cfg, cfg.n_embd, ("heads", "head_dim", "embed"), "c_proj",
-                     cfg.initializer_range / (2 * cfg.n_layer) ** 0.5, axis=(-2, -1))(out)
+                     init.residual_std(cfg), axis=(-2, -1))(out)
         return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
     def _project(self, x):

@@ -22,6 +22,7 @@ from flax import linen as nn
 from gpt2jax.nn import attention as attn_lib
 from gpt2jax.nn import decode_kernels
 from gpt2jax.nn import hooks
+from gpt2jax.nn import initializers as init
 from gpt2jax.nn import positions as pos_lib
 from gpt2jax.nn import scan as scan_lib
 from gpt2jax.parallel import sharding
@@ -156,32 +157,14 @@ def _check_choice(name: str, value, literal) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {list(choices)}.")
 
 
-def _init(cfg: GPT2Config, axes: tuple, std: float | None = None):
-    std = cfg.initializer_range if std is None else std
-    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
-
-
-def _zeros(axes: tuple):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
-
-
-def _ones(axes: tuple):
-    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
-
-
-def _residual_std(cfg: GPT2Config) -> float:
-    """GPT-2 scales residual projections by 1/sqrt(2 * n_layer) at init."""
-    return cfg.initializer_range / (2 * cfg.n_layer) ** 0.5
-
-
 def layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
     """GPT-2 LayerNorm (eps 1e-5), computed in float32 whatever the compute dtype."""
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_epsilon,
         dtype=jnp.float32,
         param_dtype=cfg.storage_dtype,
-        scale_init=_ones(("embed",)),
-        bias_init=_zeros(("embed",)),
+        scale_init=init.ones(("embed",)),
+        bias_init=init.zeros(("embed",)),
         name=name,
     )
 
@@ -198,8 +181,8 @@ class MLP(nn.Module):
             4 * cfg.n_embd,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.storage_dtype,
-            kernel_init=_init(cfg, ("embed", "mlp")),
-            bias_init=_zeros(("mlp",)),
+            kernel_init=init.normal(cfg, ("embed", "mlp")),
+            bias_init=init.zeros(("mlp",)),
             name="c_fc",
         )(x)
         h = hooks.hook(self, "mlp.hook_pre", sharding.constrain(h, ("batch", "length", "mlp")))
@@ -208,8 +191,8 @@ class MLP(nn.Module):
             cfg.n_embd,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.storage_dtype,
-            kernel_init=_init(cfg, ("mlp", "embed"), _residual_std(cfg)),
-            bias_init=_zeros(("embed",)),
+            kernel_init=init.normal(cfg, ("mlp", "embed"), init.residual_std(cfg)),
+            bias_init=init.zeros(("embed",)),
             name="c_proj",
         )(h)
         return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
@@ -297,14 +280,14 @@ class GPT2(nn.Module):
         wte = nn.Embed(
             cfg.vocab_size, cfg.n_embd,
             dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-            embedding_init=_init(cfg, ("vocab", "embed")), name="wte",
+            embedding_init=init.normal(cfg, ("vocab", "embed")), name="wte",
         )
         x = hooks.hook(self, "hook_embed", wte(input_ids))
         if cfg.position == "learned":
             x = x + hooks.hook(self, "hook_pos_embed", nn.Embed(
                 cfg.n_positions, cfg.n_embd,
                 dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-                embedding_init=_init(cfg, (None, "embed"), 0.01), name="wpe",
+                embedding_init=init.normal(cfg, (None, "embed"), 0.01), name="wpe",
             )(position_ids))
         elif cfg.position == "sinusoidal":  # Vaswani et al. 3.4: token embeddings x sqrt(E)
             pe = pos_lib.sinusoidal_embedding(position_ids, cfg.n_embd).astype(cfg.compute_dtype)
