@@ -314,14 +314,16 @@ def hellaswag_rows(data_dir: Path, n: int) -> list[dict]:
 def tmpfs(path: Path, size_bytes: int, read_only: bool = False):
     """A tmpfs of `size_bytes` mounted at `path` (created) for the body: a small real disk
     that fills up, or (`read_only`) one that refuses every write, even root's. Needs root
-    (CAP_SYS_ADMIN, as in this project's test containers); skips the test where mounting is
-    not allowed."""
+    (CAP_SYS_ADMIN, as in CI and this project's test containers); where mounting is not
+    allowed the test fails saying so (a skipped disk-full test would prove nothing)."""
     path.mkdir(parents=True, exist_ok=True)
     options = f"size={size_bytes}" + (",ro" if read_only else "")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root")
+        pytest.fail(f"cannot mount a tmpfs at {path} ({mounted.stderr.strip()}): the disk-full "
+                    "and read-only-disk tests need root (CAP_SYS_ADMIN); run the suite as root "
+                    "or in a container that allows mount", pytrace=False)
     try:
         yield path
     finally:
