@@ -17,7 +17,6 @@ incomplete, or whose files disagree with it (size, sha256, ids past the vocabula
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2jax.data.downloads import sha256_of
 from gpt2jax.data.sources import expand_path
 from gpt2jax.data.tokenizers import TOKENIZERS, Tokenizer, tokenizer_from_json
 from gpt2jax.errors import DataError
@@ -36,7 +36,6 @@ SPLITS = ("train", "val")
 DTYPES = ("uint16", "uint32")
 SHARD_NAME = re.compile(r"^(train|val)_\d{5,}\.bin$")
 FIX = "re-run `python run.py --mode=prepare` with the config that wrote this folder"
-_HASH_CHUNK = 1 << 24  # bytes read per sha256 update (16 MB)
 
 
 class TokenStream:
@@ -69,20 +68,6 @@ class TokenStream:
     def to_numpy(self) -> np.ndarray:
         """All tokens as one int32 array `[len]` (reads everything; for tests and eval)."""
         return self.gather(np.arange(len(self)))
-
-
-def sha256_file(path: Path, length: int | None = None) -> str:
-    """Hex sha256 of the first `length` bytes of `path` (all of it by default)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = length if length is not None else -1
-        while left:
-            chunk = f.read(_HASH_CHUNK if left < 0 else min(left, _HASH_CHUNK))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk) if left > 0 else 0
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -200,7 +185,7 @@ def _check_checksums(folder: Path, files: list[dict], threads: int) -> None:
     """sha256 of every file against the manifest, several files at once (hashlib releases
     the GIL on large buffers, so threads use the cores)."""
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        digests = list(pool.map(lambda e: sha256_file(folder / e["name"]), files))
+        digests = list(pool.map(lambda e: sha256_of(folder / e["name"]), files))
     for entry, digest in zip(files, digests):
         if digest != entry["sha256"]:
             raise DataError(f"Shard {str(folder / entry['name'])!r} does not match its sha256 in "
