@@ -124,7 +124,7 @@ def einsum_attention(q, k, v, mask, bias=None, dropout_rate=0.0, dropout_rng=Non
       mask: [B, 1, T, S] bool (True = attend).
       bias: additive [B, H, T, S] float (ALiBi) or None.
       hook: hook(name, value) applied to the scores and the pattern [B, H, T, S] (hooks.py),
-        or None (no hooks: the masked value is finfo.min, as before hooks existed).
+        or None (no hooks: masked scores are finfo.min before the softmax).
     Returns:
       [B, T, H, D] in `dtype`.
     """
